@@ -1,0 +1,38 @@
+# Quick start: `make demo` runs the main job, `make test` runs the whole suite.
+# Both create .venv on first use. Without an NVIDIA driver the CPU build of torch is installed
+# first, so the generic torch requirement never pulls the CUDA packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+export MINARI_DATASETS_PATH ?= $(CURDIR)/datasets
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install "torch==$(TORCH_VERSION)"; \
+	else \
+		$(PY) -m pip install "torch==$(TORCH_VERSION)+cpu" || $(PY) -m pip install "torch==$(TORCH_VERSION)" \
+			--index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install -e '.[ros,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) training/evaluate.py --bundle models/pointmaze_umaze --episodes 10 --seed 0
+
+test: setup
+	$(PY) -m pytest -q test
+
+lint: setup
+	$(PY) -m flake8 diffusion_planner_ros training test launch setup.py
+	$(PY) -m pydocstyle diffusion_planner_ros training launch
+
+clean:
+	rm -rf $(VENV) build install log

@@ -1,0 +1,314 @@
+"""One validated dataclass per component; YAML in, dataclasses inside.
+
+Every field is documented where it is declared. ``__post_init__`` checks each value and says what
+would be right. ``load_config`` rejects unknown keys so that a typo never falls back silently to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+CONDITION_KINDS = ('goal', 'returns')
+BETA_SCHEDULES = ('cosine', 'linear')
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to learn from and how it is cut into training windows."""
+
+    # Minari dataset id, local (made by training/collect.py) or remote (D4RL/...).
+    dataset_id: str = 'dpr/pointmaze-umaze-v0'
+    # gymnasium env id used for evaluation; empty takes the id recorded in the dataset.
+    env_id: str = ''
+    # 'goal' conditions on a goal position (navigation), 'returns' on returns-to-go.
+    condition: str = 'goal'
+    # Planned states per plan, the current state included (H in the paper).
+    horizon: int = 16
+    # Past states the prior reads before rolling out (h in the paper).
+    history: int = 4
+    # Discount of the returns-to-go (the paper uses 1.0).
+    discount: float = 1.0
+    # Returns-to-go are divided by this before entering a network (the condition scale).
+    returns_scale: float = 1.0
+    # State dimensions the goal stands for (PointMaze: x, y), for goal inpainting and display.
+    goal_state_dims: tuple = (0, 1)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset_id), 'data.dataset_id must name a Minari dataset')
+        _require(self.condition in CONDITION_KINDS,
+                 f'data.condition {self.condition!r} must be one of {CONDITION_KINDS}')
+        _require(self.horizon >= 2, f'data.horizon {self.horizon} must be at least 2')
+        _require(self.history >= 1, f'data.history {self.history} must be at least 1')
+        _require(0.0 < self.discount <= 1.0,
+                 f'data.discount {self.discount} must be in (0, 1]')
+        _require(self.returns_scale > 0.0,
+                 f'data.returns_scale {self.returns_scale} must be positive')
+        self.goal_state_dims = tuple(int(d) for d in self.goal_state_dims)
+        _require(all(d >= 0 for d in self.goal_state_dims),
+                 f'data.goal_state_dims {self.goal_state_dims} must be state indices')
+
+
+@dataclass
+class PriorConfig:
+    """GPT-style autoregressive prior over [state, condition] tokens (paper section 4.2)."""
+
+    # Transformer blocks.
+    n_layer: int = 4
+    # Attention heads per block; must divide n_embd.
+    n_head: int = 4
+    # Token width.
+    n_embd: int = 256
+    # Dropout on attention, residual and embedding paths during training.
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.n_layer >= 1, f'prior.n_layer {self.n_layer} must be at least 1')
+        _require(self.n_head >= 1 and self.n_embd % self.n_head == 0,
+                 f'prior.n_embd {self.n_embd} must be a multiple of prior.n_head {self.n_head}')
+        _require(0.0 <= self.dropout < 1.0, f'prior.dropout {self.dropout} must be in [0, 1)')
+
+
+@dataclass
+class UnetConfig:
+    """Temporal U-Net noise model (Diffuser's architecture, paper appendix A.4)."""
+
+    # Channels of the first level; level i has dim * dim_mults[i].
+    dim: int = 32
+    # Channel multipliers; the horizon is halved len(dim_mults) - 1 times.
+    dim_mults: tuple = (1, 2, 4, 8)
+    # Temporal convolution kernel size (odd).
+    kernel_size: int = 5
+    # Width of the diffusion-time embedding and of the condition embedding (64 each in the paper).
+    embed_dim: int = 64
+    # Hidden width of the two-layer embedding MLPs (128 in the paper).
+    embed_hidden: int = 128
+    # GroupNorm groups; must divide dim.
+    groups: int = 8
+
+    def __post_init__(self) -> None:
+        self.dim_mults = tuple(int(m) for m in self.dim_mults)
+        _require(len(self.dim_mults) >= 1 and all(m >= 1 for m in self.dim_mults),
+                 f'unet.dim_mults {self.dim_mults} must be positive integers')
+        _require(self.kernel_size % 2 == 1, f'unet.kernel_size {self.kernel_size} must be odd')
+        _require(self.dim % self.groups == 0,
+                 f'unet.dim {self.dim} must be a multiple of unet.groups {self.groups}')
+        _require(self.embed_dim >= 1 and self.embed_hidden >= 1,
+                 'unet.embed_dim and unet.embed_hidden must be positive')
+
+    @property
+    def downsample_factor(self) -> int:
+        """How many times shorter the deepest level is than the horizon."""
+        return 2 ** (len(self.dim_mults) - 1)
+
+
+@dataclass
+class ScheduleConfig:
+    """DDPM noise schedule."""
+
+    # K, the number of diffusion steps used in training (100 in the paper).
+    num_steps: int = 100
+    # 'cosine' (Diffuser, Decision Diffuser) or 'linear' (DDPM).
+    beta_schedule: str = 'cosine'
+    # Clip the predicted x0 to the normalised range [-1, 1] in each reverse step.
+    clip_denoised: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.num_steps >= 1, f'schedule.num_steps {self.num_steps} must be at least 1')
+        _require(self.beta_schedule in BETA_SCHEDULES,
+                 f'schedule.beta_schedule {self.beta_schedule!r} must be one of {BETA_SCHEDULES}')
+
+
+@dataclass
+class InverseDynamicsConfig:
+    """MLP a_t = f(s_t, s_t+1) (paper Eq. 3)."""
+
+    # Hidden width.
+    hidden_dim: int = 256
+    # Hidden layers.
+    n_hidden: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_dim >= 1 and self.n_hidden >= 1,
+                 'inverse_dynamics.hidden_dim and n_hidden must be positive')
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the three models."""
+
+    # Gradient steps per model; 0 skips that model.
+    prior_steps: int = 20000
+    diffuser_steps: int = 40000
+    inverse_dynamics_steps: int = 10000
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    # Probability p of dropping the condition (classifier-free guidance, paper Eq. 6-7).
+    condition_dropout: float = 0.5
+    # EMA decay of the diffuser weights; the bundle ships the EMA weights.
+    ema_decay: float = 0.995
+    # Steps between checkpoints and between log lines.
+    checkpoint_every: int = 5000
+    log_every: int = 500
+    seed: int = 0
+    # 'auto' picks CUDA when present.
+    device: str = 'auto'
+
+    def __post_init__(self) -> None:
+        for name in ('prior_steps', 'diffuser_steps', 'inverse_dynamics_steps'):
+            _require(getattr(self, name) >= 0, f'training.{name} must be >= 0')
+        _require(self.batch_size >= 1, f'training.batch_size {self.batch_size} must be >= 1')
+        _require(self.learning_rate > 0, 'training.learning_rate must be positive')
+        _require(0.0 <= self.condition_dropout < 1.0,
+                 f'training.condition_dropout {self.condition_dropout} must be in [0, 1)')
+        _require(0.0 <= self.ema_decay < 1.0,
+                 f'training.ema_decay {self.ema_decay} must be in [0, 1)')
+        _require(self.checkpoint_every >= 1 and self.log_every >= 1,
+                 'training.checkpoint_every and training.log_every must be positive')
+        _require(self.device in DEVICES,
+                 f'training.device {self.device!r} must be one of {DEVICES}')
+
+
+@dataclass
+class PlannerConfig:
+    """Run-time sampler knobs; a ROS parameter or CLI flag may override each."""
+
+    # k: diffusion levels the prior's trajectory is noised to and denoised from; 0 = prior only.
+    refine_steps: int = 5
+    # w: classifier-free guidance scale (eps_u + w (eps_c - eps_u)).
+    guidance_scale: float = 1.2
+    # Scale on the reverse-step noise standard deviation (alpha in Algorithm 1, line 20).
+    noise_scale: float = 0.5
+    # Control steps between replans; the action chunk covers them.
+    replan_every: int = 1
+    # Write the goal into the last planned state (inpainting) as well as conditioning on it.
+    inpaint_goal: bool = False
+    # Target return for returns-conditioned tasks, in env units.
+    target_return: float = 0.0
+    device: str = 'auto'
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.refine_steps >= 0, f'planner.refine_steps {self.refine_steps} must be >= 0')
+        _require(self.guidance_scale >= 0.0, 'planner.guidance_scale must be >= 0')
+        _require(self.noise_scale >= 0.0, 'planner.noise_scale must be >= 0')
+        _require(self.replan_every >= 1, f'planner.replan_every {self.replan_every} must be >= 1')
+        _require(self.device in DEVICES,
+                 f'planner.device {self.device!r} must be one of {DEVICES}')
+
+
+@dataclass
+class EvaluationConfig:
+    """Reference returns for the D4RL-style normalised score, measured by the project."""
+
+    # Mean return of uniformly random actions under the evaluation protocol.
+    random_return: float = 0.0
+    # Mean return of the scripted controller that made the data.
+    reference_return: float = 1.0
+    # The commands that measured the two figures.
+    measured_with: str = ''
+
+    def __post_init__(self) -> None:
+        _require(self.reference_return != self.random_return,
+                 'evaluation.reference_return must differ from evaluation.random_return')
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything train.py needs, one section per component."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    inverse_dynamics: InverseDynamicsConfig = field(default_factory=InverseDynamicsConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        factor = self.unet.downsample_factor
+        _require(self.data.horizon % factor == 0,
+                 f'data.horizon {self.data.horizon} must be a multiple of '
+                 f'2**(len(unet.dim_mults) - 1) = {factor}')
+        _require(self.planner.refine_steps <= self.schedule.num_steps,
+                 f'planner.refine_steps {self.planner.refine_steps} must be at most '
+                 f'schedule.num_steps {self.schedule.num_steps}')
+        _require(self.planner.replan_every <= self.data.horizon - 1,
+                 f'planner.replan_every {self.planner.replan_every} must be below data.horizon '
+                 f'{self.data.horizon}: the action chunk comes from one plan')
+
+
+def build_section(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting keys it does not declare."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f'unknown key(s) {unknown} in section {section!r}; '
+                         f'known keys are {sorted(known)}')
+    return cls(**values)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Build an ExperimentConfig from nested plain data (parsed YAML or bundle JSON)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f'a config must be a mapping of sections, got {type(raw).__name__}')
+    sections = {f.name: f.type for f in fields(ExperimentConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ValueError(f'unknown section(s) {unknown}; known sections are {sorted(sections)}')
+    classes = {f.name: f.default_factory for f in fields(ExperimentConfig)}
+    built = {name: build_section(classes[name], raw.get(name), name) for name in classes}
+    return ExperimentConfig(**built)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply 'section.key=value' strings (value parsed as YAML) to nested config data."""
+    raw = {name: dict(section or {}) for name, section in raw.items()}
+    for item in overrides:
+        target, sep, value = item.partition('=')
+        section, dot, key = target.partition('.')
+        if not sep or not dot or not key:
+            raise ValueError(f'override {item!r} must look like section.key=value')
+        raw.setdefault(section, {})[key] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, then apply 'section.key=value' overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'config file {path} does not exist')
+    with path.open() as stream:
+        raw = yaml.safe_load(stream) or {}
+    try:
+        raw = apply_overrides(raw, overrides or [])
+        return config_from_dict(raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'{path}: {error}') from error
+
+
+def config_to_dict(config: ExperimentConfig) -> dict:
+    """Plain nested data for JSON or YAML."""
+    data = asdict(config)
+    data['unet']['dim_mults'] = list(config.unet.dim_mults)
+    data['data']['goal_state_dims'] = list(config.data.goal_state_dims)
+    return data
+
+
+def replace_section(config: ExperimentConfig, section: str, **changes: Any) -> ExperimentConfig:
+    """Return a copy of config with fields of one section changed (validated again)."""
+    current = getattr(config, section)
+    return dataclasses.replace(config, **{section: dataclasses.replace(current, **changes)})

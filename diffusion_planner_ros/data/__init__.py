@@ -1,0 +1,1 @@
+"""Datasets: Minari collection and loading, sequence windows, normalisation."""

@@ -1,0 +1,99 @@
+"""Loading Minari datasets: local ids, and remote ids that fail fast when offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+# namespace/name-vN (namespaces may nest: D4RL/pointmaze/umaze-v2).
+_DATASET_ID = re.compile(r'^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*-v\d+$')
+# Where each Minari remote kind answers HTTPS.
+_REMOTE_URLS = {'hf': 'https://huggingface.co', 'gcp': 'https://storage.googleapis.com'}
+
+
+def validate_dataset_id(dataset_id: str) -> str:
+    """Reject ids that are not of the form namespace/name-vN or that could escape the folder."""
+    if not isinstance(dataset_id, str) or not _DATASET_ID.match(dataset_id) or '..' in dataset_id:
+        raise ValueError(f'dataset id {dataset_id!r} is not of the form namespace/name-vN '
+                         '(letters, digits, _ and - only), e.g. dpr/pointmaze-umaze-v0')
+    return dataset_id
+
+
+@dataclass
+class Episode:
+    """One episode as flat arrays: T actions and T + 1 observations."""
+
+    observations: np.ndarray   # (T + 1, obs_dim)
+    actions: np.ndarray        # (T, action_dim)
+    rewards: np.ndarray        # (T,)
+    achieved_goals: np.ndarray | None  # (T + 1, goal_dim)
+    desired_goals: np.ndarray | None   # (T + 1, goal_dim)
+
+
+def _remote_reachable(timeout_s: float) -> tuple[bool, str]:
+    """Whether the Minari remote answers HTTPS within the timeout (any HTTP status counts)."""
+    remote = os.environ.get('MINARI_REMOTE', 'hf://farama-minari')
+    url = _REMOTE_URLS.get(remote.split('://', 1)[0], remote)
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout_s)
+    except urllib.error.HTTPError:
+        return True, url
+    except (OSError, ValueError):
+        return False, url
+    return True, url
+
+
+def load_minari(dataset_id: str, download_timeout_s: float = 3.0):
+    """Load a local Minari dataset, or download a remote one when the remote answers quickly."""
+    import minari
+
+    validate_dataset_id(dataset_id)
+    try:
+        return minari.load_dataset(dataset_id)
+    except FileNotFoundError:
+        pass
+    reachable, url = _remote_reachable(download_timeout_s)
+    if not reachable:
+        folder = os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')
+        raise RuntimeError(
+            f'Minari dataset {dataset_id!r} is not in the local folder {folder} and the remote '
+            f'({url}) cannot be reached. Make a local dataset with training/collect.py, set '
+            f'MINARI_DATASETS_PATH to where it lives, or connect and run '
+            f'`minari download {dataset_id}`.')
+    minari.download_dataset(dataset_id)
+    return minari.load_dataset(dataset_id)
+
+
+def read_episodes(dataset) -> list[Episode]:
+    """All episodes of a Minari dataset as flat float arrays, checked for NaN and inf."""
+    episodes = []
+    for episode in dataset.iterate_episodes():
+        obs = episode.observations
+        if isinstance(obs, dict):
+            states = np.asarray(obs['observation'], dtype=np.float64)
+            achieved = np.asarray(obs['achieved_goal'], dtype=np.float64)
+            desired = np.asarray(obs['desired_goal'], dtype=np.float64)
+        else:
+            states, achieved, desired = np.asarray(obs, dtype=np.float64), None, None
+        item = Episode(states, np.asarray(episode.actions, dtype=np.float64),
+                       np.asarray(episode.rewards, dtype=np.float64), achieved, desired)
+        for name in ('observations', 'actions', 'rewards', 'achieved_goals', 'desired_goals'):
+            values = getattr(item, name)
+            if values is not None and not np.all(np.isfinite(values)):
+                raise ValueError(f'episode {episode.id} of dataset {dataset.spec.dataset_id} '
+                                 f'has NaN or inf in {name}')
+        episodes.append(item)
+    if not episodes:
+        raise ValueError(f'dataset {dataset.spec.dataset_id} has no episodes')
+    return episodes
+
+
+def dataset_env_id(dataset) -> str:
+    """Return the gymnasium id recorded in a Minari dataset, or '' if none."""
+    spec = dataset.spec.env_spec
+    return spec.id if spec is not None else ''

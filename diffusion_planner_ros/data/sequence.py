@@ -1,0 +1,152 @@
+"""Training windows over Minari episodes: states, conditions, transitions.
+
+Conditions are returns-to-go (reward tasks) or goals relabelled in hindsight (navigation). A
+hindsight goal for a window is a position the ball really reached at or after the window's last
+state, inside the same goal segment of the data (the stretch during which the data's controller
+pursued one goal), so every window is a piece of a path that really leads to its goal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffusion_planner_ros.data.minari_io import Episode
+from diffusion_planner_ros.data.normalizer import Normalizer
+
+# Batch keys.
+STATES = 'states'
+CONDITIONS = 'conditions'
+ACTIONS = 'actions'
+NEXT_STATES = 'next_states'
+
+
+def returns_to_go(rewards: np.ndarray, discount: float) -> np.ndarray:
+    """R_t = sum_{t' >= t} discount^(t' - t) r_t'; one more entry (0) for the final state."""
+    rtg = np.zeros(len(rewards) + 1)
+    for t in range(len(rewards) - 1, -1, -1):
+        rtg[t] = rewards[t] + discount * rtg[t + 1]
+    return rtg
+
+
+def segment_ends(desired_goals: np.ndarray) -> np.ndarray:
+    """For each index, the last index of the run of equal desired goals it belongs to."""
+    n = len(desired_goals)
+    changes = np.any(desired_goals[1:] != desired_goals[:-1], axis=1)
+    ends = np.empty(n, dtype=np.int64)
+    end = n - 1
+    for t in range(n - 1, -1, -1):
+        if t < n - 1 and changes[t]:
+            end = t
+        ends[t] = end
+    return ends
+
+
+class SequenceDataset:
+    """Random windows and transitions from a list of episodes, normalised to [-1, 1]."""
+
+    def __init__(self, episodes: list[Episode], condition: str, discount: float = 1.0,
+                 returns_scale: float = 1.0, normalizers: dict[str, Normalizer] | None = None):
+        if condition not in ('goal', 'returns'):
+            raise ValueError(f'condition {condition!r} must be goal or returns')
+        if condition == 'goal' and any(e.desired_goals is None for e in episodes):
+            raise ValueError('goal conditioning needs observations with achieved_goal and '
+                             'desired_goal (a goal-env dataset such as PointMaze)')
+        self.condition = condition
+        self.returns_scale = returns_scale
+        if normalizers is None:
+            normalizers = {
+                STATES: Normalizer.fit(np.concatenate([e.observations for e in episodes])),
+                ACTIONS: Normalizer.fit(np.concatenate([e.actions for e in episodes])),
+            }
+            if condition == 'goal':
+                normalizers['goals'] = Normalizer.fit(
+                    np.concatenate([e.achieved_goals for e in episodes]))
+        self.normalizers = normalizers
+        norm_s, norm_a = normalizers[STATES], normalizers[ACTIONS]
+        self.states = [norm_s.normalize(e.observations).astype(np.float32) for e in episodes]
+        self.actions = [norm_a.normalize(e.actions).astype(np.float32) for e in episodes]
+        if condition == 'goal':
+            self.goals = [normalizers['goals'].normalize(e.achieved_goals).astype(np.float32)
+                          for e in episodes]
+            self.segment_ends = [segment_ends(e.desired_goals) for e in episodes]
+        else:
+            self.returns = [(returns_to_go(e.rewards, discount) / returns_scale)
+                            .astype(np.float32)[:, None] for e in episodes]
+        self._starts: dict[int, np.ndarray] = {}
+
+    @property
+    def obs_dim(self) -> int:
+        """State size."""
+        return self.states[0].shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        """Action size."""
+        return self.actions[0].shape[1]
+
+    @property
+    def cond_dim(self) -> int:
+        """Condition size: the goal's size, or 1 for returns-to-go."""
+        return self.goals[0].shape[1] if self.condition == 'goal' else 1
+
+    @property
+    def num_transitions(self) -> int:
+        """Transitions in the dataset."""
+        return sum(len(a) for a in self.actions)
+
+    def window_starts(self, length: int) -> np.ndarray:
+        """(episode, start) pairs of every valid window of ``length`` states."""
+        if length not in self._starts:
+            pairs = []
+            for index, states in enumerate(self.states):
+                starts = np.arange(len(states) - length + 1)
+                if self.condition == 'goal' and len(starts):
+                    # The whole window must pursue one goal.
+                    starts = starts[starts + length - 1 <= self.segment_ends[index][starts]]
+                pairs.append(np.stack([np.full(len(starts), index), starts], axis=1))
+            pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+            if len(pairs) == 0:
+                raise ValueError(f'no window of {length} states fits in the dataset; use a '
+                                 'shorter horizon/history or longer episodes')
+            self._starts[length] = pairs
+        return self._starts[length]
+
+    def sample_windows(self, rng: np.random.Generator, batch_size: int,
+                       length: int) -> dict[str, torch.Tensor]:
+        """Windows of ``length`` states and the condition at each of them."""
+        pairs = self.window_starts(length)
+        chosen = pairs[rng.integers(0, len(pairs), size=batch_size)]
+        states, conditions = [], []
+        for index, start in chosen:
+            states.append(self.states[index][start:start + length])
+            if self.condition == 'goal':
+                end = start + length - 1
+                target = rng.integers(end, self.segment_ends[index][start] + 1)
+                goal = self.goals[index][target]
+                conditions.append(np.broadcast_to(goal, (length, goal.shape[0])))
+            else:
+                conditions.append(self.returns[index][start:start + length])
+        return {
+            STATES: torch.from_numpy(np.stack(states)),          # (B, length, obs_dim)
+            CONDITIONS: torch.from_numpy(np.stack(conditions)),  # (B, length, cond_dim)
+        }
+
+    def sample_transitions(self, rng: np.random.Generator,
+                           batch_size: int) -> dict[str, torch.Tensor]:
+        """(s_t, a_t, s_t+1) triples for the inverse dynamics."""
+        pairs = self._transition_pairs()
+        chosen = pairs[rng.integers(0, len(pairs), size=batch_size)]
+        return {
+            STATES: torch.from_numpy(np.stack([self.states[i][t] for i, t in chosen])),
+            ACTIONS: torch.from_numpy(np.stack([self.actions[i][t] for i, t in chosen])),
+            NEXT_STATES: torch.from_numpy(np.stack([self.states[i][t + 1] for i, t in chosen])),
+        }
+
+    def _transition_pairs(self) -> np.ndarray:
+        # Every transition counts for the dynamics, goal switches included.
+        if -1 not in self._starts:
+            self._starts[-1] = np.concatenate([
+                np.stack([np.full(len(a), i), np.arange(len(a))], axis=1)
+                for i, a in enumerate(self.actions)])
+        return self._starts[-1]

@@ -1,0 +1,87 @@
+"""Sampling loops that call a noise model: full DDPM sampling and Trajectory Diffuser refinement.
+
+The loops take the network as an argument; the schedule supplies the arithmetic. Constraints are
+a mapping from plan index to a normalised state, written into the sample before every network
+call and after the last step (Algorithm 1, line 17: the plan starts at the current state).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from diffusion_planner_ros.diffusion.schedule import DDPMSchedule
+
+NoiseModel = Callable[..., torch.Tensor]
+Constraints = Mapping[int, torch.Tensor]
+
+
+def apply_constraints(x: torch.Tensor, constraints: Constraints | None) -> torch.Tensor:
+    """Write constrained states into x (B, H, obs_dim).
+
+    Each value is (B, obs_dim) or (obs_dim,); NaN entries leave that dimension free (a goal fixes
+    the position of the last state, not its velocity).
+    """
+    if constraints:
+        x = x.clone()
+        for index, value in constraints.items():
+            value = value.expand_as(x[:, index])
+            x[:, index] = torch.where(torch.isnan(value), x[:, index], value)
+    return x
+
+
+def guided_epsilon(model: NoiseModel, x: torch.Tensor, t: int, condition: torch.Tensor,
+                   guidance_scale: float) -> torch.Tensor:
+    """eps_u + w (eps_c - eps_u) (paper Eq. 11) from one batched forward pass."""
+    batch = x.shape[0]
+    levels = torch.full((2 * batch,), t, device=x.device, dtype=torch.long)
+    mask = torch.cat([torch.ones(batch, device=x.device), torch.zeros(batch, device=x.device)])
+    eps = model(torch.cat([x, x]), levels, torch.cat([condition, condition]), mask)
+    eps_c, eps_u = eps.chunk(2)  # (B, H, obs_dim) each
+    return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start: int,
+            condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
+            generator: torch.Generator | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+    """Run reverse steps t_start .. 0 from x_{t_start}; return x_0 (Algorithm 1, lines 16-21)."""
+    for t in range(t_start, -1, -1):
+        # Line 17: constrain the plan to start at the current state.
+        x = apply_constraints(x, constraints)
+        # Line 18: classifier-free guidance.
+        eps = guided_epsilon(model, x, t, condition, guidance_scale)
+        # Lines 19-20: posterior mean and variance, then sample.
+        noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                 if t > 0 else None)
+        x = schedule.step(eps, t, x, noise, noise_scale).prev_sample
+    return apply_constraints(x, constraints)
+
+
+def sample(model: NoiseModel, schedule: DDPMSchedule, shape: tuple, condition: torch.Tensor,
+           guidance_scale: float, constraints: Constraints | None = None,
+           generator: torch.Generator | None = None, noise_scale: float = 1.0,
+           device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Full DDPM sampling from pure noise over all K levels (the Decision Diffuser baseline)."""
+    x = torch.randn(shape, generator=generator, device=device)
+    return denoise(model, schedule, x, schedule.num_steps - 1, condition, guidance_scale,
+                   constraints, generator, noise_scale)
+
+
+def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, steps: int,
+           condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
+           generator: torch.Generator | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+    """Trajectory Diffuser refinement (Algorithm 1, lines 14-22).
+
+    The prior's trajectory is noised to level k = ``steps`` (AddNoise, line 15) and denoised from
+    there. steps = 0 returns the trajectory unchanged (prior only).
+    """
+    if steps == 0:
+        return trajectory
+    if not 1 <= steps <= schedule.num_steps:
+        raise ValueError(f'refine steps {steps} must be in [0, {schedule.num_steps}]')
+    noise = torch.randn(trajectory.shape, generator=generator, device=trajectory.device,
+                        dtype=trajectory.dtype)
+    x = schedule.add_noise(trajectory, noise, steps - 1)
+    return denoise(model, schedule, x, steps - 1, condition, guidance_scale, constraints,
+                   generator, noise_scale)

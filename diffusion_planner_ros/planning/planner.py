@@ -1,0 +1,188 @@
+"""The planner facade: bundle path in, ``plan(observation, goal or returns-to-go)`` out.
+
+Per call (the paper's Algorithm 1 in appendix A.3): the prior rolls out H - 1 states after the
+history; the diffuser noises that trajectory to level k and denoises it with classifier-free
+guidance, the current state written in after every step; inverse dynamics turns consecutive
+planned states into actions. Normalisation happens here, at the edge, never inside a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion_planner_ros.config import PlannerConfig
+from diffusion_planner_ros.diffusion import DDPMSchedule, refine
+from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without CUDA is an error."""
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; "
+                           "use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class Plan:
+    """What one planning call produced, in env units."""
+
+    action: np.ndarray          # (action_dim,) the action to apply now
+    actions: np.ndarray         # (replan_every, action_dim) the chunk until the next replan
+    prior_states: np.ndarray    # (H, obs_dim) the prior's trajectory
+    refined_states: np.ndarray  # (H, obs_dim) after refinement (equal to prior when k = 0)
+    timings_ms: dict = field(default_factory=dict)  # prior, refine, inverse, total
+
+
+class TrajectoryDiffuserPlanner:
+    """Receding-horizon planner built from a bundle."""
+
+    def __init__(self, bundle: Bundle, config: PlannerConfig | None = None):
+        self.bundle = bundle
+        self.config = config or bundle.config.planner
+        self.device = next(bundle.models['prior'].parameters()).device
+        data = bundle.config.data
+        self.horizon, self.history = data.horizon, data.history
+        self.condition_kind = data.condition
+        if self.config.refine_steps > bundle.config.schedule.num_steps:
+            raise ValueError(f'refine_steps {self.config.refine_steps} exceeds the '
+                             f'{bundle.config.schedule.num_steps} levels the diffuser was '
+                             'trained with')
+        if self.config.replan_every > self.horizon - 1:
+            raise ValueError(f'replan_every {self.config.replan_every} must be below the '
+                             f'horizon {self.horizon}')
+        self.schedule = DDPMSchedule(bundle.config.schedule, self.device)
+        self.prior = bundle.models['prior']
+        self.diffuser = bundle.models['diffuser']
+        self.inverse_dynamics = bundle.models['inverse_dynamics']
+        self._states = bundle.normalizers['states']
+        self._actions = bundle.normalizers['actions']
+        self._goals = bundle.normalizers.get('goals')
+        self._generator = torch.Generator(device=self.device)
+        self.reset()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | None = None,
+                    expected_env_id: str | None = None,
+                    **overrides) -> 'TrajectoryDiffuserPlanner':
+        """Load a bundle and build the planner; keyword overrides replace PlannerConfig fields."""
+        probe = load_bundle(path, 'cpu', expected_env_id)
+        config = probe.config.planner
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(PlannerConfig)})
+        if unknown:
+            raise ValueError(f'unknown planner option(s) {unknown}')
+        if device is not None:
+            overrides['device'] = device
+        config = dataclasses.replace(config, **overrides)
+        target = resolve_device(config.device)
+        if target.type != 'cpu':
+            for model in probe.models.values():
+                model.to(target)
+        return cls(probe, config)
+
+    @property
+    def obs_dim(self) -> int:
+        """Observation size the bundle expects."""
+        return self.bundle.dims.obs
+
+    @property
+    def action_dim(self) -> int:
+        """Action size the planner returns."""
+        return self.bundle.dims.action
+
+    def reset(self) -> None:
+        """Forget the history (call at every episode start) and reseed the sampler."""
+        self._history: deque = deque(maxlen=self.history)
+        self._generator.manual_seed(self.config.seed)
+
+    def _check_vector(self, name: str, value, size: int) -> np.ndarray:
+        array = np.asarray(value, dtype=np.float64)
+        if array.shape != (size,):
+            raise ValueError(f'{name} must have shape ({size},), got {array.shape}')
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f'{name} contains NaN or inf: {array.tolist()}')
+        return array
+
+    def _condition(self, goal, returns_to_go) -> np.ndarray:
+        if self.condition_kind == 'goal':
+            if goal is None:
+                raise ValueError('this bundle is goal-conditioned: pass goal=')
+            goal = self._check_vector('goal', goal, self.bundle.dims.condition)
+            return self._goals.normalize(goal)
+        if returns_to_go is None:
+            returns_to_go = self.config.target_return
+        rtg = self._check_vector('returns_to_go', np.atleast_1d(returns_to_go), 1)
+        return rtg / self.bundle.config.data.returns_scale
+
+    def _tensor(self, values) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32, device=self.device)
+
+    def _sync(self) -> float:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @torch.no_grad()
+    def plan(self, observation, goal=None, returns_to_go=None) -> Plan:
+        """Plan from the current observation; returns the action and the plans."""
+        observation = self._check_vector('observation', observation, self.obs_dim)
+        condition = self._condition(goal, returns_to_go)
+        start = self._sync()
+        state = self._states.normalize(observation)
+        self._history.append((state, condition))
+        # Pad an episode's first steps with its first entry.
+        entries = [self._history[0]] * (self.history - len(self._history)) + list(self._history)
+        states = self._tensor([s for s, _ in entries])[None]      # (1, h, obs_dim)
+        conditions = self._tensor([c for _, c in entries])[None]  # (1, h, cond_dim)
+
+        # Planning stage (lines 8-12): autoregressive rollout of H - 1 states.
+        rolled, _ = self.prior.rollout(states, conditions, self.horizon - 1,
+                                       hold_condition=self.condition_kind == 'goal')
+        prior_plan = torch.cat([states[:, -1:], rolled], dim=1)  # (1, H, obs_dim)
+        after_prior = self._sync()
+
+        # Improve stage (lines 14-23).
+        constraints = {0: states[0, -1]}
+        if self.config.inpaint_goal and self.condition_kind == 'goal':
+            constraints[self.horizon - 1] = self._goal_state(goal)
+        refined = refine(self.diffuser, self.schedule, prior_plan, self.config.refine_steps,
+                         conditions[:, -1], self.config.guidance_scale, constraints,
+                         self._generator, self.config.noise_scale)
+        after_refine = self._sync()
+
+        # Lines 24-25: actions from consecutive planned states.
+        chunk = self.config.replan_every
+        actions = self.inverse_dynamics(refined[0, :chunk], refined[0, 1:chunk + 1])
+        actions = self._actions.unnormalize(actions.cpu().numpy().astype(np.float64))
+        actions = np.clip(actions, self.bundle.action_low, self.bundle.action_high)
+        end = self._sync()
+        unnormalize = self._states.unnormalize
+        return Plan(
+            action=actions[0],
+            actions=actions,
+            prior_states=unnormalize(prior_plan[0].cpu().numpy().astype(np.float64)),
+            refined_states=unnormalize(refined[0].cpu().numpy().astype(np.float64)),
+            timings_ms={
+                'prior': 1e3 * (after_prior - start),
+                'refine': 1e3 * (after_refine - after_prior),
+                'inverse': 1e3 * (end - after_refine),
+                'total': 1e3 * (end - start),
+            },
+        )
+
+    def _goal_state(self, goal) -> torch.Tensor:
+        """Build a normalised state: the goal in its goal dimensions, NaN (free) elsewhere."""
+        full = np.full(self.obs_dim, np.nan)
+        dims = list(self.bundle.config.data.goal_state_dims)
+        low, high = self._states.low[dims], self._states.high[dims]
+        full[dims] = 2.0 * (np.asarray(goal, dtype=np.float64) - low) / (high - low) - 1.0
+        return torch.as_tensor(full, dtype=torch.float32, device=self.device)

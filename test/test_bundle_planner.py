@@ -1,0 +1,170 @@
+"""Bundle round trip, planner outputs, and the errors bad input gets."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, PlannerConfig,
+                                          PriorConfig, UnetConfig)
+from diffusion_planner_ros.data.normalizer import Normalizer
+from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner, load_bundle, save_bundle
+from diffusion_planner_ros.planning.bundle import Dims, build_models
+
+ENV_ID = 'PointMaze_UMaze-v3'
+
+
+def tiny_config(**planner) -> ExperimentConfig:
+    return ExperimentConfig(
+        data=DataConfig(dataset_id='test/tiny-v0', env_id=ENV_ID, horizon=8, history=3),
+        prior=PriorConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+        unet=UnetConfig(dim=8, dim_mults=(1, 2), embed_dim=8, embed_hidden=16),
+        planner=PlannerConfig(refine_steps=3, device='cpu', **planner),
+    )
+
+
+def write_bundle(path, config=None):
+    config = config or tiny_config()
+    torch.manual_seed(0)
+    dims = Dims(4, 2, 2)
+    normalizers = {
+        'states': Normalizer(np.array([-2.0, -2.0, -5.0, -5.0]), np.array([2.0, 2.0, 5.0, 5.0])),
+        'actions': Normalizer(-np.ones(2), np.ones(2)),
+        'goals': Normalizer(np.array([-2.0, -2.0]), np.array([2.0, 2.0])),
+    }
+    save_bundle(path, config, ENV_ID, dims, -np.ones(2), np.ones(2), normalizers,
+                build_models(config, dims))
+    return path
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    return write_bundle(tmp_path / 'bundle')
+
+
+OBS = np.array([0.5, -0.3, 0.1, 0.0])
+GOAL = np.array([1.0, 1.0])
+
+
+def test_save_and_load_give_identical_plans(bundle_dir, tmp_path):
+    first = TrajectoryDiffuserPlanner.from_bundle(bundle_dir)
+    copy = shutil.copytree(bundle_dir, tmp_path / 'copy')
+    second = TrajectoryDiffuserPlanner.from_bundle(copy)
+    for planner in (first, second):
+        planner.reset()
+    for _ in range(3):
+        a, b = first.plan(OBS, goal=GOAL), second.plan(OBS, goal=GOAL)
+        assert np.array_equal(a.refined_states, b.refined_states)
+        assert np.array_equal(a.action, b.action)
+
+
+def test_plan_outputs(bundle_dir):
+    planner = TrajectoryDiffuserPlanner.from_bundle(bundle_dir, replan_every=4)
+    plan = planner.plan(OBS, goal=GOAL)
+    assert plan.prior_states.shape == (8, 4) and plan.refined_states.shape == (8, 4)
+    assert plan.actions.shape == (4, 2) and np.array_equal(plan.action, plan.actions[0])
+    assert np.all(np.abs(plan.actions) <= 1.0)
+    # The plan starts at the current state, before and after refinement.
+    assert np.allclose(plan.prior_states[0], OBS, atol=1e-5)
+    assert np.allclose(plan.refined_states[0], OBS, atol=1e-5)
+    assert not np.allclose(plan.prior_states, plan.refined_states)
+    assert set(plan.timings_ms) == {'prior', 'refine', 'inverse', 'total'}
+
+
+def test_prior_only_plan_is_the_prior_trajectory(bundle_dir):
+    planner = TrajectoryDiffuserPlanner.from_bundle(bundle_dir, refine_steps=0)
+    plan = planner.plan(OBS, goal=GOAL)
+    assert np.array_equal(plan.prior_states, plan.refined_states)
+
+
+def test_goal_inpainting_fixes_the_last_planned_position(tmp_path):
+    bundle = write_bundle(tmp_path / 'inpaint', tiny_config(inpaint_goal=True))
+    plan = TrajectoryDiffuserPlanner.from_bundle(bundle).plan(OBS, goal=GOAL)
+    assert np.allclose(plan.refined_states[-1, :2], GOAL, atol=1e-5)
+
+
+def test_reset_makes_planning_repeatable(bundle_dir):
+    planner = TrajectoryDiffuserPlanner.from_bundle(bundle_dir)
+    first = [planner.plan(OBS, goal=GOAL).action for _ in range(2)]
+    planner.reset()
+    second = [planner.plan(OBS, goal=GOAL).action for _ in range(2)]
+    assert np.array_equal(np.array(first), np.array(second))
+
+
+@pytest.mark.parametrize('observation,message', [
+    (np.zeros(3), r'observation must have shape \(4,\)'),
+    (np.zeros((1, 4)), r'observation must have shape \(4,\)'),
+    (np.array([0.0, np.nan, 0.0, 0.0]), 'NaN or inf'),
+    (np.array([0.0, np.inf, 0.0, 0.0]), 'NaN or inf'),
+])
+def test_bad_observations_are_refused(bundle_dir, observation, message):
+    planner = TrajectoryDiffuserPlanner.from_bundle(bundle_dir)
+    with pytest.raises(ValueError, match=message):
+        planner.plan(observation, goal=GOAL)
+
+
+def test_bad_goals_are_refused(bundle_dir):
+    planner = TrajectoryDiffuserPlanner.from_bundle(bundle_dir)
+    with pytest.raises(ValueError, match='goal-conditioned'):
+        planner.plan(OBS)
+    with pytest.raises(ValueError, match=r'goal must have shape \(2,\)'):
+        planner.plan(OBS, goal=np.zeros(3))
+    with pytest.raises(ValueError, match='NaN or inf'):
+        planner.plan(OBS, goal=np.array([np.nan, 0.0]))
+
+
+def test_missing_files_are_named(bundle_dir):
+    (bundle_dir / 'diffuser.safetensors').unlink()
+    with pytest.raises(ValueError, match='missing diffuser.safetensors'):
+        load_bundle(bundle_dir)
+    with pytest.raises(ValueError, match='does not exist'):
+        load_bundle(bundle_dir / 'nowhere')
+
+
+def test_bundle_for_another_env_is_refused(bundle_dir):
+    with pytest.raises(ValueError, match="trained for env 'PointMaze_UMaze-v3'"):
+        load_bundle(bundle_dir, expected_env_id='PointMaze_Medium-v3')
+
+
+def test_wrong_types_in_config_json_are_named(bundle_dir):
+    path = bundle_dir / 'config.json'
+    meta = json.loads(path.read_text())
+    meta['config']['data']['horizon'] = 'sixteen'
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match='config.json'):
+        load_bundle(bundle_dir)
+
+
+def test_unknown_config_key_in_bundle_is_named(bundle_dir):
+    path = bundle_dir / 'config.json'
+    meta = json.loads(path.read_text())
+    meta['config']['planner']['guidance'] = 1.0
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="guidance"):
+        load_bundle(bundle_dir)
+
+
+def test_truncated_weights_are_named(bundle_dir):
+    weights = bundle_dir / 'prior.safetensors'
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match='prior.safetensors is not a readable safetensors'):
+        load_bundle(bundle_dir)
+
+
+def test_weights_of_another_architecture_are_named(bundle_dir, tmp_path):
+    other = tiny_config()
+    other.prior.n_embd = 32
+    write_bundle(tmp_path / 'other', other)
+    shutil.copy(tmp_path / 'other' / 'prior.safetensors', bundle_dir / 'prior.safetensors')
+    with pytest.raises(ValueError, match='does not match the architecture'):
+        load_bundle(bundle_dir)
+
+
+def test_unknown_planner_option_and_cuda_without_gpu(bundle_dir):
+    with pytest.raises(ValueError, match='unknown planner option'):
+        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, guidance=2.0)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match='no CUDA'):
+            TrajectoryDiffuserPlanner.from_bundle(bundle_dir, device='cuda')

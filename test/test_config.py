@@ -1,0 +1,53 @@
+"""Config validation: clear messages for bad values and unknown keys."""
+
+import pytest
+
+from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, UnetConfig,
+                                          config_from_dict, config_to_dict, load_config)
+from conftest import REPO
+
+
+def test_shipped_configs_load():
+    config = load_config(REPO / 'config' / 'pointmaze_umaze.yaml')
+    assert config.data.horizon % config.unet.downsample_factor == 0
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / 'bad.yaml'
+    path.write_text('data:\n  horizn: 16\n')
+    with pytest.raises(ValueError, match="horizn"):
+        load_config(path)
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ValueError, match='planer'):
+        config_from_dict({'planer': {}})
+
+
+def test_horizon_must_match_the_unet():
+    with pytest.raises(ValueError, match=r'horizon 20 must be a multiple of .* = 8'):
+        ExperimentConfig(data=DataConfig(horizon=20), unet=UnetConfig(dim_mults=(1, 2, 4, 8)))
+
+
+@pytest.mark.parametrize('section,values,message', [
+    ('data', {'condition': 'reward'}, 'data.condition'),
+    ('data', {'discount': 1.5}, 'data.discount'),
+    ('prior', {'n_embd': 130, 'n_head': 4}, 'multiple of prior.n_head'),
+    ('training', {'condition_dropout': 1.0}, 'condition_dropout'),
+    ('training', {'device': 'cuda:0'}, 'training.device'),
+    ('planner', {'refine_steps': -1}, 'refine_steps'),
+])
+def test_bad_values_say_what_is_wrong(section, values, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict({section: values})
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    path = REPO / 'config' / 'pointmaze_umaze.yaml'
+    config = load_config(path, ['training.prior_steps=7', 'planner.guidance_scale=2.5'])
+    assert config.training.prior_steps == 7 and config.planner.guidance_scale == 2.5
+    with pytest.raises(ValueError, match='section.key=value'):
+        load_config(path, ['prior_steps=7'])
+    with pytest.raises(ValueError, match='bogus'):
+        load_config(path, ['training.bogus=1'])

@@ -1,0 +1,97 @@
+"""Smoke runs of the real scripts in subprocesses, with tiny sizes."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, REPO, script_env
+
+TINY_MODEL = [
+    '--set', 'prior.n_layer=1', '--set', 'prior.n_embd=32', '--set', 'prior.n_head=2',
+    '--set', 'unet.dim=8', '--set', 'unet.dim_mults=[1, 2]', '--set', 'unet.embed_dim=8',
+    '--set', 'unet.embed_hidden=16', '--set', 'inverse_dynamics.hidden_dim=32',
+    '--set', 'training.batch_size=8', '--set', 'training.log_every=5',
+    '--set', 'training.checkpoint_every=10', '--set', 'data.dataset_id=test/e2e-v0',
+]
+
+
+def run(args, tmp_path, timeout=300):
+    result = subprocess.run([PYTHON, *args], cwd=REPO, env=script_env(tmp_path),
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def steps(prior, diffuser, inverse):
+    return ['--set', f'training.prior_steps={prior}',
+            '--set', f'training.diffuser_steps={diffuser}',
+            '--set', f'training.inverse_dynamics_steps={inverse}']
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    out = run(['training/collect.py', '--env', 'umaze', '--steps', '3000', '--episode-steps',
+               '1000', '--dataset-id', 'test/e2e-v0', '--seed', '1', '--no-progress'], tmp_path)
+    assert 'wrote test/e2e-v0: 3 episodes, 3000 steps' in out
+
+
+def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
+    out = run(['training/train.py', '--config', 'config/pointmaze_umaze.yaml', '--out',
+               str(tmp_path / 'run'), '--no-progress', *TINY_MODEL, *steps(20, 20, 20)],
+              tmp_path)
+    assert 'bundle written to' in out
+    losses = json.loads((tmp_path / 'run' / 'weights' / 'prior.losses.json').read_text())
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    result = tmp_path / 'eval.json'
+    table = run(['training/evaluate.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
+                 '--episodes', '1', '--seed', '5', '--json', str(result), '--no-progress'],
+                tmp_path)
+    assert '| PointMaze_UMaze-v3 | trajectory_diffuser | 3 | 1 |' in table
+    row = json.loads(result.read_text())
+    for key in ('env', 'dataset', 'method', 'refine_steps', 'episodes', 'score_mean',
+                'score_stderr', 'success_rate', 'plan_ms_p50', 'plan_ms_p99', 'prior_ms_p50',
+                'refine_ms_p50'):
+        assert key in row
+    assert row['episodes'] == 1 and row['dataset'] == 'test/e2e-v0'
+    assert 0.0 <= row['success_rate'] <= 1.0 and row['plan_ms_p50'] > 0
+    prior_only = run(['training/evaluate.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
+                      '--episodes', '1', '--refine-steps', '0', '--no-progress'], tmp_path)
+    assert '| prior_only | 0 |' in prior_only
+
+
+def test_training_resumes_from_checkpoints(tiny_data, tmp_path):
+    args = ['training/train.py', '--config', 'config/pointmaze_umaze.yaml', '--out',
+            str(tmp_path / 'run'), '--only', 'prior', '--no-progress', *TINY_MODEL]
+    first = run(args + steps(10, 0, 0), tmp_path)
+    assert 'bundle not written yet: diffuser, inverse_dynamics' in first
+    second = run(args + steps(20, 0, 0), tmp_path)
+    assert 'prior: resumed at step 10' in second
+    meta = json.loads((tmp_path / 'run' / 'checkpoints' / 'prior.json').read_text())
+    assert meta['step'] == 20
+
+
+def test_distributed_training_with_two_gloo_processes(tiny_data, tmp_path):
+    out = run(['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+               'training/train.py', '--config', 'config/pointmaze_umaze.yaml', '--out',
+               str(tmp_path / 'ddp'), '--no-progress', '--set', 'training.device=cpu',
+               *TINY_MODEL, *steps(6, 6, 6)], tmp_path, timeout=600)
+    assert 'world size 2' in out
+    sums = re.findall(r'rank (\d) (\w+) checksum (\S+)', out)
+    by_model = {}
+    for rank, model, value in sums:
+        by_model.setdefault(model, {})[rank] = value
+    assert set(by_model) == {'prior', 'diffuser', 'inverse_dynamics'}
+    for model, ranks in by_model.items():
+        # DDP keeps both ranks' weights identical after every step.
+        assert ranks.keys() == {'0', '1'} and ranks['0'] == ranks['1'], model
+    assert (tmp_path / 'ddp' / 'bundle' / 'config.json').is_file()
+
+
+def test_bad_config_key_fails_with_its_name(tmp_path):
+    result = subprocess.run([PYTHON, 'training/train.py', '--config',
+                             'config/pointmaze_umaze.yaml', '--set', 'training.stepz=3'],
+                            cwd=REPO, env=script_env(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and 'stepz' in result.stderr

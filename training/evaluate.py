@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Evaluate a bundle (or a reference policy) in the gymnasium env, with no ROS; print a table.
+
+Usage:
+    python training/evaluate.py --bundle models/pointmaze_umaze --episodes 50 --seed 1000
+    python training/evaluate.py --bundle models/pointmaze_umaze --refine-steps 0   # prior only
+    python training/evaluate.py --policy scripted --env umaze --episodes 100 --seed 1000
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from diffusion_planner_ros.config import EvaluationConfig, load_config
+from diffusion_planner_ros.envs import resolve_env_id
+from diffusion_planner_ros.evaluation import evaluate, summarize
+from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner
+
+COLUMNS = ('env', 'method', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',
+           'success_rate', 'plan_ms_p50', 'plan_ms_p99', 'prior_ms_p50', 'refine_ms_p50')
+
+
+def print_table(row: dict) -> None:
+    """One-row markdown table of the main figures."""
+    def fmt(value):
+        return f'{value:.3f}' if isinstance(value, float) else str(value)
+
+    print('| ' + ' | '.join(COLUMNS) + ' |')
+    print('|' + '---|' * len(COLUMNS))
+    print('| ' + ' | '.join(fmt(row.get(c)) for c in COLUMNS) + ' |')
+
+
+def main() -> None:
+    """Parse arguments, run the episodes, print and save the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--bundle', help='bundle directory')
+    source.add_argument('--policy', choices=('random', 'scripted'), help='reference policy')
+    parser.add_argument('--env', default=None, help='env for --policy (umaze, medium, ...)')
+    parser.add_argument('--config', default=None,
+                        help='YAML whose evaluation section holds the reference returns '
+                             '(default: the bundle\'s own)')
+    parser.add_argument('--episodes', type=int, default=50)
+    parser.add_argument('--seed', type=int, default=1000)
+    parser.add_argument('--refine-steps', type=int, default=None, help='k; 0 = prior only')
+    parser.add_argument('--guidance-scale', type=float, default=None)
+    parser.add_argument('--replan-every', type=int, default=None)
+    parser.add_argument('--target-return', type=float, default=None)
+    parser.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'))
+    parser.add_argument('--json', default=None, help='write the figures to this file')
+    parser.add_argument('--no-progress', action='store_true')
+    args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error('--episodes must be at least 1')
+
+    # Planner or reference policy.
+    planner, evaluation = None, EvaluationConfig()
+    if args.bundle:
+        overrides = {key: value for key, value in (
+            ('refine_steps', args.refine_steps), ('guidance_scale', args.guidance_scale),
+            ('replan_every', args.replan_every), ('device', args.device))
+            if value is not None}
+        planner = TrajectoryDiffuserPlanner.from_bundle(args.bundle, **overrides)
+        env_id, evaluation = planner.bundle.env_id, planner.bundle.config.evaluation
+        dataset_id = planner.bundle.dataset_id
+        method = 'trajectory_diffuser' if planner.config.refine_steps else 'prior_only'
+    else:
+        if not args.env:
+            parser.error('--policy needs --env')
+        env_id, dataset_id, method = resolve_env_id(args.env), '', args.policy
+    if args.config:
+        evaluation = load_config(args.config).evaluation
+    target = args.target_return
+    if planner is not None and planner.condition_kind == 'returns' and target is None:
+        target = planner.config.target_return
+
+    # Episodes.
+    results = evaluate(env_id, args.episodes, args.seed, planner=planner,
+                       policy_name=args.policy, target_return=target,
+                       progress=not args.no_progress)
+    row = {
+        'env': env_id,
+        'dataset': dataset_id,
+        'method': method,
+        'refine_steps': planner.config.refine_steps if planner else None,
+        'guidance_scale': planner.config.guidance_scale if planner else None,
+        'seed': args.seed,
+        **summarize(results, evaluation.random_return, evaluation.reference_return),
+        'random_return': evaluation.random_return,
+        'reference_return': evaluation.reference_return,
+    }
+    print_table(row)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(row, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+    main()
