@@ -250,15 +250,38 @@ class ExperimentConfig:
                  f'{self.data.horizon}: the action chunk comes from one plan')
 
 
+def _check_type(section: str, name: str, default: Any, value: Any) -> Any:
+    """Check a value against the type of the field's default; ints are accepted as floats."""
+    expected = type(default)
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is tuple:
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ValueError(f'{section}.{name} must be {expected.__name__}, got {value!r}')
+    return value
+
+
 def build_section(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting keys it does not declare."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if values is not None and not isinstance(values, Mapping):
+        raise ValueError(f'section {section!r} must be a mapping, got {values!r}')
     values = dict(values or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    defaults = {f.name: f.default for f in fields(cls)}
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise ValueError(f'unknown key(s) {unknown} in section {section!r}; '
-                         f'known keys are {sorted(known)}')
-    return cls(**values)
+                         f'known keys are {sorted(defaults)}')
+    checked = {name: _check_type(section, name, defaults[name], value)
+               for name, value in values.items()}
+    return cls(**checked)
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:

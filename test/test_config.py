@@ -51,3 +51,21 @@ def test_overrides_apply_and_are_checked(tmp_path):
         load_config(path, ['prior_steps=7'])
     with pytest.raises(ValueError, match='bogus'):
         load_config(path, ['training.bogus=1'])
+
+
+@pytest.mark.parametrize('section,values,message', [
+    ('data', {'horizon': 'sixteen'}, r'data.horizon must be int'),
+    ('data', {'horizon': 16.5}, r'data.horizon must be int'),
+    ('schedule', {'clip_denoised': 'yes'}, r'schedule.clip_denoised must be bool'),
+    ('evaluation', {'random_return': 'RANDOM'}, r'evaluation.random_return must be float'),
+    ('unet', {'dim_mults': 8}, r'unet.dim_mults must be tuple'),
+])
+def test_wrong_types_are_named(section, values, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict({section: values})
+
+
+def test_ints_are_accepted_where_floats_belong():
+    config = config_from_dict({'planner': {'guidance_scale': 2}})
+    assert config.planner.guidance_scale == 2.0 and isinstance(config.planner.guidance_scale,
+                                                               float)
