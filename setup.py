@@ -70,6 +70,9 @@ setup(
     license='Apache-2.0',
     tests_require=['pytest'],
     entry_points={
-        'console_scripts': [],
+        'console_scripts': [
+            'planner_node = diffusion_planner_ros.nodes.planner_node:main',
+            'sim_bridge_node = diffusion_planner_ros.nodes.sim_bridge_node:main',
+        ],
     },
 )

@@ -1,0 +1,320 @@
+"""planner_node: receding-horizon Trajectory Diffuser planning over ROS 2.
+
+Subscribes ``joint_states`` and ``goal_pose``; publishes ``commands`` at control_rate_hz from the
+current plan's action chunk, ``plan`` and ``plan_markers`` when someone listens, and
+/diagnostics. Planning runs in a worker thread so the control timer is never blocked; only
+SingleThreadedExecutor is used (MultiThreadedExecutor misbehaves with the PyPI rclpy wheels).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PoseStamped
+from nav_msgs.msg import Path
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from visualization_msgs.msg import Marker, MarkerArray
+
+from diffusion_planner_ros.data.maze import MazeGrid
+from diffusion_planner_ros.envs import is_goal_env, make_env
+from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner
+from diffusion_planner_ros.planning.receding import ActionChunk, LatencyStats
+from diffusion_planner_ros.nodes.runner import spin_node
+from diffusion_planner_ros.robots import Kinematics, load_profile
+
+WARN_PERIOD_S = 2.0
+
+
+def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description, floating_point_range=[
+        FloatingPointRange(from_value=low, to_value=high, step=0.0)])
+
+
+def _int_param(description: str, low: int, high: int) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description,
+                               integer_range=[IntegerRange(from_value=low, to_value=high, step=1)])
+
+
+class PlannerNode(Node):
+    """ROS I/O around TrajectoryDiffuserPlanner."""
+
+    def __init__(self):
+        super().__init__('planner_node')
+        p = self.declare_parameter
+        p('bundle', '', ParameterDescriptor(description='bundle directory', read_only=True))
+        p('profile', '', ParameterDescriptor(description='robot profile YAML', read_only=True))
+        p('device', 'auto', ParameterDescriptor(description='auto, cpu or cuda', read_only=True))
+        p('plan_rate_hz', 20.0, _float_param('replans per second', 0.1, 1000.0))
+        p('control_rate_hz', 100.0, _float_param('commands per second', 1.0, 2000.0))
+        p('state_timeout_s', 0.5, _float_param('zero command when the state is older', 0.01, 60.))
+        p('target_return', 0.0, ParameterDescriptor(description='returns-to-go target'))
+        p('refine_steps', 3, _int_param('diffusion refinement steps k (0 = prior only)', 0, 1000))
+        p('guidance_scale', 1.2, _float_param('classifier-free guidance w', 0.0, 100.0))
+        p('lockstep', False, ParameterDescriptor(
+            description='one command per received state (deterministic runs with a lockstep '
+                        'bridge) instead of the control timer', read_only=True))
+        self._validate_start_parameters()
+
+        gp = self.get_parameter
+        self.profile = load_profile(gp('profile').value)
+        self.planner = TrajectoryDiffuserPlanner.from_bundle(
+            gp('bundle').value, device=gp('device').value,
+            refine_steps=gp('refine_steps').value, guidance_scale=gp('guidance_scale').value,
+            replan_every=self._replan_every())
+        if self.planner.action_dim != len(self.profile.actuators):
+            raise ValueError(f'bundle has {self.planner.action_dim} actions but profile '
+                             f'{self.profile.name!r} has {len(self.profile.actuators)} actuators')
+        env = make_env(self.profile.env_id)
+        self.grid = MazeGrid.from_env(env) if is_goal_env(self.profile.env_id) else None
+        self.kinematics = Kinematics(self.profile, env.unwrapped.model)
+        self.chunk = ActionChunk(self.planner.action_dim)
+        self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
+        self.deadline_misses = 0
+        self._lock = threading.Lock()
+        self._state = None          # (observation, receive time, sequence number)
+        self._state_sequence = 0
+        self._goal = None
+        self._last_warn: dict[str, float] = {}
+        self._wake = threading.Event()
+        self._running = True
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.command_pub = self.create_publisher(Float64MultiArray, 'commands', reliable)
+        self.path_pub = self.create_publisher(Path, 'plan', 10)
+        self.marker_pub = self.create_publisher(MarkerArray, 'plan_markers', 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10)
+        self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10)
+        self.lockstep = gp('lockstep').value
+        if not self.lockstep:
+            self.create_timer(1.0 / gp('control_rate_hz').value, self._on_control_tick)
+            self.create_timer(1.0 / gp('plan_rate_hz').value, self._wake.set)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._worker = threading.Thread(target=self._plan_loop, daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f'planning with {gp("bundle").value} on {self.planner.device}, profile '
+            f'{self.profile.name}, k={self.planner.config.refine_steps}, '
+            f'replan every {self.planner.config.replan_every} control steps')
+
+    # Parameters -----------------------------------------------------------------------------
+    def _validate_start_parameters(self) -> None:
+        for name in ('bundle', 'profile'):
+            if not self.get_parameter(name).value:
+                raise ValueError(f'parameter {name!r} must be set')
+        if self.get_parameter('device').value not in ('auto', 'cpu', 'cuda'):
+            raise ValueError("parameter 'device' must be auto, cpu or cuda")
+
+    def _replan_every(self) -> int:
+        ratio = self.get_parameter('control_rate_hz').value / self.get_parameter(
+            'plan_rate_hz').value
+        return max(1, int(round(ratio)))
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name in ('refine_steps', 'guidance_scale'):
+                value = param.value
+                if param.name == 'refine_steps' and value > self.planner.schedule.num_steps:
+                    return SetParametersResult(successful=False, reason=(
+                        f'refine_steps {value} exceeds the {self.planner.schedule.num_steps} '
+                        'trained levels'))
+        for param in params:
+            if param.name == 'refine_steps':
+                self.planner.config.refine_steps = int(param.value)
+            elif param.name == 'guidance_scale':
+                self.planner.config.guidance_scale = float(param.value)
+        return SetParametersResult(successful=True)
+
+    # Input ---------------------------------------------------------------------------------
+    def _warn(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn.get(key, -math.inf) >= WARN_PERIOD_S:
+            self._last_warn[key] = now
+            self.get_logger().warning(message)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            observation = self.profile.observation_from_joint_state(
+                msg.name, msg.position, msg.velocity)
+        except ValueError as error:
+            self._warn('joint_states', f'dropped joint_states: {error}')
+            return
+        with self._lock:
+            self._state_sequence += 1
+            self._state = (observation, time.monotonic(), self._state_sequence)
+        if self.lockstep:
+            self._wake.set()
+
+    def _on_goal(self, msg: PoseStamped) -> None:
+        goal = np.array([msg.pose.position.x, msg.pose.position.y])
+        if not np.all(np.isfinite(goal)):
+            self._warn('goal', f'dropped goal_pose with NaN or inf: {goal.tolist()}')
+            return
+        if self.grid is not None and not self.grid.is_free(goal):
+            self._warn('goal', f'dropped goal_pose {goal.tolist()}: outside the free maze cells')
+            return
+        with self._lock:
+            self._goal = goal
+        self.planner.reset()
+        self.chunk.clear()
+        self.get_logger().info(f'new goal {goal.round(3).tolist()}')
+
+    # Planning (worker thread) ------------------------------------------------------------------
+    def _plan_loop(self) -> None:
+        consumed_sequence, steps_since_plan = 0, None
+        while self._running:
+            if not self._wake.wait(timeout=0.1):
+                continue
+            self._wake.clear()
+            with self._lock:
+                state, goal = self._state, self._goal
+            if state is None or (goal is None and self.planner.condition_kind == 'goal'):
+                continue
+            observation, received, sequence = state
+            if self.lockstep:
+                if sequence == consumed_sequence:
+                    continue
+                consumed_sequence = sequence
+                due = steps_since_plan is None or steps_since_plan >= \
+                    self.planner.config.replan_every
+                if not due:
+                    steps_since_plan += 1
+                    self._publish_command(self.chunk.next())
+                    continue
+            try:
+                plan = self.planner.plan(observation, goal=goal, returns_to_go=self.get_parameter(
+                    'target_return').value)
+            except (ValueError, RuntimeError) as error:
+                self._warn('plan', f'planning failed: {error}')
+                continue
+            self.plan_latency.add(plan.timings_ms['total'])
+            budget_ms = 1e3 / self.get_parameter('plan_rate_hz').value
+            if plan.timings_ms['total'] > budget_ms and not self.lockstep:
+                self.deadline_misses += 1
+            self.chunk.replace(plan.actions, consumed=1)
+            steps_since_plan = 1
+            self._publish_command(plan.action)
+            self.command_latency.add(1e3 * (time.monotonic() - received))
+            self._publish_plan(plan, goal)
+
+    # Output --------------------------------------------------------------------------------
+    def _on_control_tick(self) -> None:
+        with self._lock:
+            state = self._state
+        if state is None or time.monotonic() - state[1] > self.get_parameter(
+                'state_timeout_s').value:
+            self.chunk.clear()
+            self._warn('timeout', 'no fresh joint_states: commanding zero')
+            self._publish_command(np.zeros(self.planner.action_dim))
+            return
+        action = self.chunk.next()
+        if action is not None:
+            self._publish_command(action)
+
+    def _publish_command(self, action) -> None:
+        if action is None:
+            return
+        action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
+                         self.planner.bundle.action_low, self.planner.bundle.action_high)
+        self.command_pub.publish(Float64MultiArray(data=[float(a) for a in action]))
+
+    def _publish_plan(self, plan, goal) -> None:
+        want_path = self.path_pub.get_subscription_count() > 0
+        want_markers = self.marker_pub.get_subscription_count() > 0
+        if not (want_path or want_markers):
+            return
+        stamp = self.get_clock().now().to_msg()
+        frame = self.profile.fixed_frame
+        refined = self.kinematics.body_positions(plan.refined_states)
+        if want_path:
+            path = Path()
+            path.header.stamp, path.header.frame_id = stamp, frame
+            for x, y, z in refined:
+                pose = PoseStamped()
+                pose.header = path.header
+                pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = x, y, z
+                pose.pose.orientation.w = 1.0
+                path.poses.append(pose)
+            self.path_pub.publish(path)
+        if want_markers:
+            prior = self.kinematics.body_positions(plan.prior_states)
+            markers = MarkerArray()
+            markers.markers.append(_line('prior', 0, prior, (0.2, 0.4, 1.0), stamp, frame))
+            markers.markers.append(_line('refined', 1, refined, (0.1, 0.9, 0.2), stamp, frame))
+            if goal is not None:
+                markers.markers.append(_sphere('goal', 2, (goal[0], goal[1], refined[0, 2]),
+                                               (1.0, 0.2, 0.2), stamp, frame))
+            self.marker_pub.publish(markers)
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            state = self._state
+        age = time.monotonic() - state[1] if state else float('inf')
+        values = {
+            'plans': str(self.plan_latency.count),
+            'plan_latency_p50_ms': _fmt(self.plan_latency.percentile(50)),
+            'plan_latency_p99_ms': _fmt(self.plan_latency.percentile(99)),
+            'state_to_command_p50_ms': _fmt(self.command_latency.percentile(50)),
+            'state_to_command_p99_ms': _fmt(self.command_latency.percentile(99)),
+            'deadline_misses': str(self.deadline_misses),
+            'state_age_s': _fmt(age),
+        }
+        level = DiagnosticStatus.OK if age <= self.get_parameter('state_timeout_s').value \
+            else DiagnosticStatus.WARN
+        status = DiagnosticStatus(level=level, name='planner_node: planning',
+                                  hardware_id=self.profile.name,
+                                  message='ok' if level == DiagnosticStatus.OK else 'state stale',
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(array)
+
+    def stop(self) -> None:
+        """Stop the worker and command zero."""
+        self._running = False
+        self._wake.set()
+        self._worker.join(timeout=2.0)
+        self._publish_command(np.zeros(self.planner.action_dim))
+
+
+def _fmt(value) -> str:
+    return 'n/a' if value is None else f'{value:.3f}'
+
+
+def _line(ns, marker_id, points, rgb, stamp, frame) -> Marker:
+    marker = Marker(ns=ns, id=marker_id, type=Marker.LINE_STRIP, action=Marker.ADD)
+    marker.header.stamp, marker.header.frame_id = stamp, frame
+    marker.scale.x = 0.04
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = (*rgb, 1.0)
+    marker.pose.orientation.w = 1.0
+    marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in points]
+    return marker
+
+
+def _sphere(ns, marker_id, xyz, rgb, stamp, frame) -> Marker:
+    marker = Marker(ns=ns, id=marker_id, type=Marker.SPHERE, action=Marker.ADD)
+    marker.header.stamp, marker.header.frame_id = stamp, frame
+    marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = map(float, xyz)
+    marker.pose.orientation.w = 1.0
+    marker.scale.x = marker.scale.y = marker.scale.z = 0.25
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = (*rgb, 0.8)
+    return marker
+
+
+def main(args=None) -> None:
+    """Entry point of the planner_node console script."""
+    spin_node(PlannerNode, args)
+
+
+if __name__ == '__main__':
+    main()

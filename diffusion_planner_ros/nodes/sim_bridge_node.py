@@ -1,0 +1,204 @@
+"""sim_bridge_node: a gymnasium MuJoCo env behind ros2_control-style topics.
+
+Publishes ``joint_states`` (the profile's joints, by name), /clock and ``robot_markers`` (the
+robot, and the maze walls where there are some); applies the latest ``commands``
+(Float64MultiArray, one value per actuator in the profile's order) with zero-order hold, and
+zero after command_timeout_s. ``~/reset`` (std_srvs/Trigger) starts a new episode and publishes
+its goal on ``episode_goal``. Two modes: real time (one env step per env dt of wall time) and
+lockstep (one env step per received command). Swap this node for a real driver by remapping.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, PoseStamped
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from diffusion_planner_ros.data.maze import MazeGrid
+from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
+from diffusion_planner_ros.nodes.runner import spin_node
+from diffusion_planner_ros.robots import load_profile
+
+WARN_PERIOD_S = 2.0
+
+
+class SimBridgeNode(Node):
+    """Steps the env and speaks the ros2_control-style topics."""
+
+    def __init__(self):
+        super().__init__('sim_bridge_node')
+        self.declare_parameter('profile', '', ParameterDescriptor(
+            description='robot profile YAML', read_only=True))
+        self.declare_parameter('lockstep', False, ParameterDescriptor(
+            description='one env step per received command', read_only=True))
+        self.declare_parameter('command_timeout_s', 0.5, ParameterDescriptor(
+            description='apply zero when the last command is older', floating_point_range=[
+                FloatingPointRange(from_value=0.01, to_value=60.0, step=0.0)]))
+        self.declare_parameter('seed', 0, ParameterDescriptor(
+            description='seed of the first episode; episode i uses seed + i', read_only=True))
+        if not self.get_parameter('profile').value:
+            raise ValueError("parameter 'profile' must be set")
+        self.profile = load_profile(self.get_parameter('profile').value)
+        self.env = make_env(self.profile.env_id)
+        self.dt = float(self.env.unwrapped.dt) if hasattr(self.env.unwrapped, 'dt') else 0.01
+        self.model = self.env.unwrapped.model
+        self.data = self.env.unwrapped.data
+        space = self.env.action_space
+        self.action_low, self.action_high = space.low.astype(float), space.high.astype(float)
+        self._lock = threading.Lock()
+        self._command = np.zeros(len(self.profile.actuators))
+        self._command_time = -math.inf
+        self._last_warn: dict[str, float] = {}
+        self.episode, self.sim_time = 0, 0.0
+        self.goal = None
+
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.state_pub = self.create_publisher(JointState, 'joint_states', 10)
+        self.clock_pub = self.create_publisher(Clock, '/clock', 10)
+        self.marker_pub = self.create_publisher(MarkerArray, 'robot_markers', 10)
+        self.goal_pub = self.create_publisher(PoseStamped, 'episode_goal', latched)
+        self.create_subscription(Float64MultiArray, 'commands', self._on_command,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.create_service(Trigger, '~/reset', self._on_reset)
+        self.lockstep = self.get_parameter('lockstep').value
+        self._reset_episode()
+        if not self.lockstep:
+            self.create_timer(self.dt, self._on_tick)
+        self.create_timer(0.1, self._publish_markers)
+        mode = 'lockstep' if self.lockstep else 'real time'
+        self.get_logger().info(f'simulating {self.profile.env_id} ({mode}, dt {self.dt} s)')
+
+    def _warn(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn.get(key, -math.inf) >= WARN_PERIOD_S:
+            self._last_warn[key] = now
+            self.get_logger().warning(message)
+
+    # Episodes ------------------------------------------------------------------------------
+    def _reset_episode(self) -> None:
+        observation, _ = self.env.reset(seed=self.get_parameter('seed').value + self.episode)
+        _, self.goal = split_observation(observation)
+        with self._lock:
+            self._command[:] = 0.0
+            self._command_time = -math.inf
+        if self.goal is not None:
+            msg = PoseStamped()
+            msg.header.stamp = self._stamp()
+            msg.header.frame_id = self.profile.fixed_frame
+            msg.pose.position.x, msg.pose.position.y = float(self.goal[0]), float(self.goal[1])
+            msg.pose.orientation.w = 1.0
+            self.goal_pub.publish(msg)
+        self._publish_state()
+
+    def _on_reset(self, request, response):
+        self.episode += 1
+        self._reset_episode()
+        response.success = True
+        response.message = f'episode {self.episode}'
+        return response
+
+    # Commands ------------------------------------------------------------------------------
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        values = np.asarray(msg.data, dtype=np.float64)
+        if values.shape != (len(self.profile.actuators),):
+            self._warn('command', f'dropped command of length {values.size}: expected '
+                       f'{len(self.profile.actuators)} ({", ".join(self.profile.actuators)})')
+            return
+        if not np.all(np.isfinite(values)):
+            self._warn('command', f'dropped command with NaN or inf: {values.tolist()}')
+            return
+        with self._lock:
+            self._command = np.clip(values, self.action_low, self.action_high)
+            self._command_time = time.monotonic()
+        if self.lockstep:
+            self._step(self._command.copy())
+
+    def _on_tick(self) -> None:
+        with self._lock:
+            fresh = time.monotonic() - self._command_time <= self.get_parameter(
+                'command_timeout_s').value
+            action = self._command.copy() if fresh else np.zeros_like(self._command)
+        self._step(action)
+
+    def _step(self, action: np.ndarray) -> None:
+        self.env.step(action.astype(np.float32))
+        self.sim_time += self.dt
+        self._publish_state()
+
+    # Output --------------------------------------------------------------------------------
+    def _stamp(self) -> Time:
+        seconds = int(self.sim_time)
+        return Time(sec=seconds, nanosec=int(round((self.sim_time - seconds) * 1e9)))
+
+    def _publish_state(self) -> None:
+        stamp = self._stamp()
+        self.clock_pub.publish(Clock(clock=stamp))
+        names, positions, velocities = self.profile.joint_state_from_mujoco(self.model, self.data)
+        msg = JointState(name=names, position=positions, velocity=velocities)
+        msg.header.stamp = stamp
+        self.state_pub.publish(msg)
+
+    def _publish_markers(self) -> None:
+        if self.marker_pub.get_subscription_count() == 0:
+            return
+        import mujoco
+
+        stamp, frame = self._stamp(), self.profile.fixed_frame
+        markers = MarkerArray()
+        body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, self.profile.plan_body)
+        robot = Marker(ns='robot', id=0, type=Marker.SPHERE, action=Marker.ADD)
+        robot.header.stamp, robot.header.frame_id = stamp, frame
+        x, y, z = self.data.xpos[body]
+        robot.pose.position.x, robot.pose.position.y, robot.pose.position.z = x, y, z
+        robot.pose.orientation.w = 1.0
+        robot.scale.x = robot.scale.y = robot.scale.z = 0.2
+        robot.color.r, robot.color.g, robot.color.b, robot.color.a = 1.0, 0.8, 0.1, 1.0
+        markers.markers.append(robot)
+        if is_goal_env(self.profile.env_id):
+            markers.markers.append(self._walls(stamp, frame))
+        self.marker_pub.publish(markers)
+
+    def _walls(self, stamp, frame) -> Marker:
+        grid = MazeGrid.from_env(self.env)
+        walls = Marker(ns='walls', id=1, type=Marker.CUBE_LIST, action=Marker.ADD)
+        walls.header.stamp, walls.header.frame_id = stamp, frame
+        walls.pose.orientation.w = 1.0
+        walls.scale.x = walls.scale.y = grid.scaling
+        walls.scale.z = 0.4 * grid.scaling
+        walls.color.r = walls.color.g = walls.color.b = 0.5
+        walls.color.a = 1.0
+        for row in range(grid.rows):
+            for col in range(grid.cols):
+                if not grid.free[row, col]:
+                    x, y = grid.cell_to_xy((row, col))
+                    walls.points.append(Point(x=float(x), y=float(y), z=0.2 * grid.scaling))
+        return walls
+
+    def stop(self) -> None:
+        """Apply zero to the actuators before exiting."""
+        with self._lock:
+            self._command[:] = 0.0
+        self.env.step(np.zeros(len(self.profile.actuators), dtype=np.float32))
+        self.env.close()
+
+
+def main(args=None) -> None:
+    """Entry point of the sim_bridge_node console script."""
+    spin_node(SimBridgeNode, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,72 @@
+"""Receding-horizon bookkeeping shared by the planner node and offline runs (no ROS).
+
+The planner produces an action chunk per plan; commands go out one per control tick from that
+chunk, so the command rate does not depend on the plan latency.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+
+class ActionChunk:
+    """The current plan's actions, handed out one per control tick (thread-safe)."""
+
+    def __init__(self, action_dim: int):
+        self._lock = threading.Lock()
+        self._actions = np.zeros((0, action_dim))
+        self._next = 0
+        self.action_dim = action_dim
+
+    def replace(self, actions: np.ndarray, consumed: int = 0) -> None:
+        """Install a new chunk, of which ``consumed`` actions were already sent."""
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[1] != self.action_dim or not len(actions):
+            raise ValueError(f'an action chunk must be (n >= 1, {self.action_dim}), '
+                             f'got {actions.shape}')
+        with self._lock:
+            self._actions, self._next = actions, consumed
+
+    def next(self) -> np.ndarray | None:
+        """Return the next action; past the end, hold the chunk's last one; None before any."""
+        with self._lock:
+            if not len(self._actions):
+                return None
+            action = self._actions[min(self._next, len(self._actions) - 1)]
+            self._next += 1
+            return action.copy()
+
+    def clear(self) -> None:
+        """Forget the chunk (after a state timeout or a reset)."""
+        with self._lock:
+            self._actions, self._next = np.zeros((0, self.action_dim)), 0
+
+
+class LatencyStats:
+    """Rolling latency percentiles in milliseconds (thread-safe)."""
+
+    def __init__(self, window: int = 1000):
+        self._lock = threading.Lock()
+        self._values: deque = deque(maxlen=window)
+        self.count = 0
+
+    def add(self, value_ms: float) -> None:
+        """Record one latency."""
+        with self._lock:
+            self._values.append(float(value_ms))
+            self.count += 1
+
+    def percentile(self, q: float) -> float | None:
+        """Return the q-th percentile of the window, or None when empty."""
+        with self._lock:
+            if not self._values:
+                return None
+            return float(np.percentile(np.array(self._values), q))
+
+    def values(self) -> list[float]:
+        """Copy of the window."""
+        with self._lock:
+            return list(self._values)
