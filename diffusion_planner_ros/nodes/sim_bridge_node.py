@@ -17,7 +17,7 @@ import time
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -48,6 +48,9 @@ class SimBridgeNode(Node):
                 FloatingPointRange(from_value=0.01, to_value=60.0, step=0.0)]))
         self.declare_parameter('seed', 0, ParameterDescriptor(
             description='seed of the first episode; episode i uses seed + i', read_only=True))
+        self.declare_parameter('episode_steps', 0, ParameterDescriptor(
+            description='hold the sim after this many steps until ~/reset (0: never)',
+            integer_range=[IntegerRange(from_value=0, to_value=10**9, step=1)], read_only=True))
         if not self.get_parameter('profile').value:
             raise ValueError("parameter 'profile' must be set")
         self.profile = load_profile(self.get_parameter('profile').value)
@@ -61,7 +64,8 @@ class SimBridgeNode(Node):
         self._command = np.zeros(len(self.profile.actuators))
         self._command_time = -math.inf
         self._last_warn: dict[str, float] = {}
-        self.episode, self.sim_time = 0, 0.0
+        self.episode, self.sim_time, self.steps = 0, 0.0, 0
+        self.episode_steps = self.get_parameter('episode_steps').value
         self.goal = None
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -91,6 +95,7 @@ class SimBridgeNode(Node):
     def _reset_episode(self) -> None:
         observation, _ = self.env.reset(seed=self.get_parameter('seed').value + self.episode)
         _, self.goal = split_observation(observation)
+        self.steps = 0
         with self._lock:
             self._command[:] = 0.0
             self._command_time = -math.inf
@@ -134,7 +139,11 @@ class SimBridgeNode(Node):
         self._step(action)
 
     def _step(self, action: np.ndarray) -> None:
-        self.env.step(action.astype(np.float32))
+        if self.episode_steps and self.steps >= self.episode_steps:
+            return
+        # Step the bare env: episodes end by ~/reset or episode_steps, not gymnasium's limit.
+        self.env.unwrapped.step(action.astype(np.float32))
+        self.steps += 1
         self.sim_time += self.dt
         self._publish_state()
 
@@ -191,7 +200,7 @@ class SimBridgeNode(Node):
         """Apply zero to the actuators before exiting."""
         with self._lock:
             self._command[:] = 0.0
-        self.env.step(np.zeros(len(self.profile.actuators), dtype=np.float32))
+        self.env.unwrapped.step(np.zeros(len(self.profile.actuators), dtype=np.float32))
         self.env.close()
 
 

@@ -1,0 +1,132 @@
+"""demo_client: drives episodes of the sim graph over ROS and measures them.
+
+For each episode it sends the episode's random goal on goal_pose, asks the bridge for a new
+episode (~/reset), counts the joint_states that follow, and scores them the way the env does
+(sparse reward 1 within 0.45 m of the goal). The goal comes from the env's own seeded reset, the
+same one the bridge makes, so a lockstep run sees the same episodes as training/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+
+from diffusion_planner_ros.envs import make_env, split_observation
+from diffusion_planner_ros.robots import RobotProfile
+
+GOAL_RADIUS = 0.45
+
+
+@dataclass
+class EpisodeRecord:
+    """What one episode over ROS produced."""
+
+    seed: int
+    goal: list
+    states: int = 0
+    episode_return: float = 0.0
+    success: bool = False
+    timed_out: bool = False
+
+
+@dataclass
+class DemoReport:
+    """All episodes plus the planner's last diagnostics."""
+
+    episodes: list = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)
+
+
+class DemoClient(Node):
+    """Sends goals, resets episodes, watches states."""
+
+    def __init__(self, profile: RobotProfile, seed: int,
+                 reset_service: str = '/sim_bridge_node/reset',
+                 state_topic: str = '/joint_states', goal_topic: str = '/goal_pose'):
+        super().__init__('demo_client')
+        self.profile, self.seed, self.state_topic = profile, seed, state_topic
+        self.env = make_env(profile.env_id)
+        self.goal_pub = self.create_publisher(PoseStamped, goal_topic, 10)
+        self.reset_client = self.create_client(Trigger, reset_service)
+        self.create_subscription(JointState, state_topic, self._on_state, 100)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self._record: EpisodeRecord | None = None
+        self._goal = None
+        self.diagnostics: dict = {}
+
+    def _on_state(self, msg: JointState) -> None:
+        record = self._record
+        if record is None:
+            return
+        try:
+            observation = self.profile.observation_from_joint_state(
+                msg.name, msg.position, msg.velocity)
+        except ValueError:
+            return
+        near = bool(np.linalg.norm(observation[:2] - self._goal) <= GOAL_RADIUS)
+        if record.states > 0:  # the first state is the reset state, before any step
+            record.episode_return += float(near)
+        record.success |= near
+        record.states += 1
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith('planner_node'):
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def _spin_until(self, executor, done, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            executor.spin_once(timeout_sec=0.01)
+        return done()
+
+    def wait_for_graph(self, executor, command_topic: str, timeout_s: float = 60.0) -> None:
+        """Wait until bridge and planner are up and matched on the state and command topics.
+
+        In lockstep one lost command stalls the loop, so the first command must not go out
+        before discovery has matched the planner's publisher with the bridge's subscription.
+        """
+        def ready() -> bool:
+            return (self.reset_client.service_is_ready()
+                    and self.goal_pub.get_subscription_count() > 0
+                    and self.count_publishers(command_topic) > 0
+                    and self.count_subscribers(command_topic) > 0
+                    and self.count_publishers(self.state_topic) > 0
+                    and self.count_subscribers(self.state_topic) > 1)
+
+        if not self._spin_until(executor, ready, timeout_s):
+            raise RuntimeError('the sim bridge or the planner did not come up within '
+                               f'{timeout_s:.0f} s')
+        # Matching is seen from this node; give the two nodes a moment to see each other too.
+        self._spin_until(executor, lambda: False, 1.0)
+
+    def run_episode(self, executor, episode: int, steps: int, timeout_s: float) -> EpisodeRecord:
+        """Episode ``episode`` of the bridge (seed = seed + episode), ``steps`` env steps."""
+        observation, _ = self.env.reset(seed=self.seed + episode)
+        _, goal = split_observation(observation)
+        self._goal = goal
+        msg = PoseStamped()
+        msg.header.frame_id = self.profile.fixed_frame
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.pose.position.x, msg.pose.position.y = float(goal[0]), float(goal[1])
+        msg.pose.orientation.w = 1.0
+        self.goal_pub.publish(msg)
+        # Let the planner take the goal (and forget the last episode) before the reset state.
+        self._spin_until(executor, lambda: False, 0.3)
+        record = EpisodeRecord(self.seed + episode, goal.tolist())
+        self._record = record
+        future = self.reset_client.call_async(Trigger.Request())
+        self._spin_until(executor, future.done, 10.0)
+        record.timed_out = not self._spin_until(executor, lambda: record.states > steps,
+                                                timeout_s)
+        self._record = None
+        return record

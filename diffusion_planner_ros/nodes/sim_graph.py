@@ -1,0 +1,176 @@
+"""sim_graph: the launch-equivalent runner (what `make demo` uses where launch_ros is missing).
+
+Reads launch/sim.launch.py, starts the same console scripts with the same --ros-args as
+separate processes, then drives episodes with the demo client and prints success and latency.
+
+Usage:
+    sim_graph --episodes 20                      # lockstep: deterministic, comparable offline
+    sim_graph --realtime --episodes 5            # wall-clock bridge, planner on its timers
+    sim_graph bundle:=/path/to/bundle state_topic:=/robot/joint_states
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+from diffusion_planner_ros.launch_file import read_launch_file
+from diffusion_planner_ros.nodes.demo_client import DemoClient
+from diffusion_planner_ros.robots import load_profile
+
+
+def share_directory() -> Path:
+    """The source checkout when running from one, else the installed share folder."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / 'launch' / 'sim.launch.py').is_file():
+        return checkout
+    installed = Path(sys.prefix) / 'share' / 'diffusion_planner_ros'
+    if (installed / 'launch' / 'sim.launch.py').is_file():
+        return installed
+    raise RuntimeError('cannot find launch/sim.launch.py in a checkout or under '
+                       f'{installed}')
+
+
+def start_nodes(specs, extra_params: dict) -> list[subprocess.Popen]:
+    """Start every enabled node as its console script; skip tools that are not installed."""
+    processes = []
+    for spec in specs:
+        if not spec.enabled:
+            continue
+        executable = (shutil.which(spec.executable)
+                      or str(Path(sys.prefix) / 'bin' / spec.executable))
+        if not Path(executable).is_file():
+            print(f'sim_graph: {spec.executable} is not installed; not started')
+            continue
+        args = spec.ros_args()
+        for key, value in extra_params.get(spec.name, {}).items():
+            args += ['-p', f'{key}:={value}']
+        processes.append(subprocess.Popen([executable, *args]))
+    return processes
+
+
+def stop_nodes(processes: list[subprocess.Popen]) -> list[int]:
+    """SIGINT (the nodes command zero on the way out), then wait; kill what hangs."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    codes = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=15))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            codes.append(process.wait())
+    return codes
+
+
+def main(argv=None) -> None:
+    """Run the graph and the demo episodes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('launch_args', nargs='*', metavar='name:=value',
+                        help='launch arguments, as with ros2 launch')
+    parser.add_argument('--episodes', type=int, default=10)
+    parser.add_argument('--realtime', action='store_true',
+                        help='wall-clock bridge instead of lockstep')
+    parser.add_argument('--steps', type=int, default=None,
+                        help='env steps per episode (default: the env\'s own limit)')
+    parser.add_argument('--json', default=None, help='write the figures here')
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.launch_args:
+        name, sep, value = item.partition(':=')
+        if not sep:
+            parser.error(f'launch argument {item!r} must look like name:=value')
+        overrides[name] = value
+
+    share = share_directory()
+    launch_args, specs = read_launch_file(share / 'launch' / 'sim.launch.py', share, overrides)
+    profile = load_profile(launch_args['profile'])
+    demo_env_steps = args.steps
+    if demo_env_steps is None:
+        from diffusion_planner_ros.envs import make_env
+        env = make_env(profile.env_id)
+        demo_env_steps = env.spec.max_episode_steps
+        env.close()
+    lockstep = not args.realtime
+    # Lockstep replans at every state, as training/evaluate.py does by default.
+    planner_extra = {'lockstep': 'true', 'plan_rate_hz': 100.0, 'control_rate_hz': 100.0} \
+        if lockstep else {'lockstep': 'false'}
+    extra = {
+        'planner_node': planner_extra,
+        'sim_bridge_node': {'lockstep': str(lockstep).lower(),
+                            'episode_steps': demo_env_steps if lockstep else 0},
+    }
+    # The runner's own node must see the same seed as the bridge.
+    bridge = next((s for s in specs if s.name == 'sim_bridge_node' and s.enabled), None)
+    seed = _bridge_seed(bridge)
+
+    processes = start_nodes(specs, extra)
+    rclpy.init()
+    client = DemoClient(profile, seed, state_topic=launch_args['state_topic'])
+    executor = SingleThreadedExecutor()
+    executor.add_node(client)
+    records = []
+    try:
+        client.wait_for_graph(executor, launch_args['command_topic'])
+        for episode in range(1, args.episodes + 1):
+            timeout = 120.0 if lockstep else demo_env_steps * 0.01 * 3 + 10
+            record = client.run_episode(executor, episode, demo_env_steps, timeout)
+            records.append(record)
+            print(f'episode {episode}: seed {record.seed} success {record.success} return '
+                  f'{record.episode_return:.0f} states {record.states}'
+                  f'{" (timed out)" if record.timed_out else ""}', flush=True)
+        # One more diagnostics period so the figures cover the last episode.
+        client._spin_until(executor, lambda: False, 1.2)
+    finally:
+        diagnostics = dict(client.diagnostics)
+        client.destroy_node()
+        rclpy.try_shutdown()
+        codes = stop_nodes(processes)
+    summary = {
+        'mode': 'lockstep' if lockstep else 'realtime',
+        'episodes': len(records),
+        'success_rate': float(np.mean([r.success for r in records])) if records else 0.0,
+        'return_mean': float(np.mean([r.episode_return for r in records])) if records else 0.0,
+        'timed_out': int(sum(r.timed_out for r in records)),
+        'planner_diagnostics': diagnostics,
+        'exit_codes': codes,
+        'seeds': [r.seed for r in records],
+    }
+    print(f'success rate {summary["success_rate"]:.3f} over {summary["episodes"]} episodes '
+          f'({summary["mode"]}), mean return {summary["return_mean"]:.1f}')
+    for key in ('plan_latency_p50_ms', 'plan_latency_p99_ms', 'state_to_command_p50_ms',
+                'state_to_command_p99_ms', 'deadline_misses'):
+        print(f'  {key}: {diagnostics.get(key, "n/a")}')
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + '\n')
+    if any(code not in (0, -signal.SIGINT) for code in codes):
+        raise SystemExit(f'a node exited with {codes}')
+
+
+def _bridge_seed(spec) -> int:
+    import yaml
+
+    seed = 0
+    if spec is None:
+        return seed
+    for path in spec.params_files:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        seed = data.get(spec.name, {}).get('ros__parameters', {}).get('seed', seed)
+    return int(spec.parameters.get('seed', seed))
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    main()

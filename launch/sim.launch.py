@@ -1,0 +1,74 @@
+"""Start the MuJoCo sim bridge and the planner (and RViz) for one robot profile.
+
+    ros2 launch diffusion_planner_ros sim.launch.py
+    ros2 launch diffusion_planner_ros sim.launch.py use_sim:=false \
+        state_topic:=/my_robot/joint_states command_topic:=/my_controller/commands
+
+The launch-equivalent runner (`sim_graph`, used by `make demo` where launch_ros is missing)
+reads this file, so keep to DeclareLaunchArgument, LaunchConfiguration, PathJoinSubstitution,
+FindPackageShare, IfCondition and Node.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    """Bridge + planner + RViz, remapped to the ros2_control topic names."""
+    return LaunchDescription([
+        DeclareLaunchArgument('profile', default_value=PathJoinSubstitution(
+            [FindPackageShare('diffusion_planner_ros'), 'config', 'robots',
+             'pointmaze_umaze.yaml']), description='robot profile YAML'),
+        DeclareLaunchArgument('bundle', default_value=PathJoinSubstitution(
+            [FindPackageShare('diffusion_planner_ros'), 'models', 'pointmaze_umaze']),
+            description='planner bundle directory'),
+        DeclareLaunchArgument('params', default_value=PathJoinSubstitution(
+            [FindPackageShare('diffusion_planner_ros'), 'config', 'sim_params.yaml']),
+            description='ROS parameters YAML'),
+        DeclareLaunchArgument('use_sim', default_value='true',
+                              description='start the MuJoCo bridge (false: a real driver)'),
+        DeclareLaunchArgument('use_rviz', default_value='false', description='start RViz'),
+        DeclareLaunchArgument('state_topic', default_value='/joint_states',
+                              description='sensor_msgs/JointState from the robot'),
+        DeclareLaunchArgument('command_topic', default_value='/effort_controller/commands',
+                              description='std_msgs/Float64MultiArray to the robot'),
+        Node(
+            package='diffusion_planner_ros',
+            executable='sim_bridge_node',
+            name='sim_bridge_node',
+            condition=IfCondition(LaunchConfiguration('use_sim')),
+            parameters=[LaunchConfiguration('params'),
+                        {'profile': LaunchConfiguration('profile')}],
+            remappings=[('joint_states', LaunchConfiguration('state_topic')),
+                        ('commands', LaunchConfiguration('command_topic')),
+                        ('robot_markers', '/robot_markers'),
+                        ('episode_goal', '/episode_goal')],
+            output='screen',
+        ),
+        Node(
+            package='diffusion_planner_ros',
+            executable='planner_node',
+            name='planner_node',
+            parameters=[LaunchConfiguration('params'),
+                        {'profile': LaunchConfiguration('profile'),
+                         'bundle': LaunchConfiguration('bundle')}],
+            remappings=[('joint_states', LaunchConfiguration('state_topic')),
+                        ('commands', LaunchConfiguration('command_topic')),
+                        ('goal_pose', '/goal_pose'),
+                        ('plan', '/plan'),
+                        ('plan_markers', '/plan_markers')],
+            output='screen',
+        ),
+        Node(
+            package='rviz2',
+            executable='rviz2',
+            name='rviz2',
+            condition=IfCondition(LaunchConfiguration('use_rviz')),
+            arguments=['-d', PathJoinSubstitution(
+                [FindPackageShare('diffusion_planner_ros'), 'config', 'sim.rviz'])],
+        ),
+    ])
