@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 export MINARI_DATASETS_PATH ?= $(CURDIR)/datasets
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo evaluate test lint clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,15 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install -e '.[ros,dev]'
 	touch $(STAMP)
 
+# The sim graph (bridge + planner over rclpy / Fast DDS, from launch/sim.launch.py) in lockstep,
+# with random goals sent on goal_pose; prints success rate and latency.
 demo: setup
-	$(PY) training/evaluate.py --bundle models/pointmaze_umaze --episodes 10 --seed 0
+	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+		$(VENV)/bin/sim_graph --episodes 10
+
+# The same bundle with no ROS: gymnasium episodes and the figures table.
+evaluate: setup
+	$(PY) training/evaluate.py --bundle models/pointmaze_umaze --episodes 10 --seed 1000
 
 test: setup
 	$(PY) -m pytest -q test

@@ -147,7 +147,9 @@ class PlannerNode(Node):
             observation = self.profile.observation_from_joint_state(
                 msg.name, msg.position, msg.velocity)
         except ValueError as error:
-            self._warn('joint_states', f'dropped joint_states: {error}')
+            # Throttle per kind of problem (the text before any listed values).
+            kind = str(error).split(':')[0]
+            self._warn(f'joint_states:{kind}', f'dropped joint_states: {error}')
             return
         with self._lock:
             self._state_sequence += 1
@@ -158,10 +160,11 @@ class PlannerNode(Node):
     def _on_goal(self, msg: PoseStamped) -> None:
         goal = np.array([msg.pose.position.x, msg.pose.position.y])
         if not np.all(np.isfinite(goal)):
-            self._warn('goal', f'dropped goal_pose with NaN or inf: {goal.tolist()}')
+            self._warn('goal:nan', f'dropped goal_pose with NaN or inf: {goal.tolist()}')
             return
         if self.grid is not None and not self.grid.is_free(goal):
-            self._warn('goal', f'dropped goal_pose {goal.tolist()}: outside the free maze cells')
+            self._warn('goal:outside',
+                       f'dropped goal_pose {goal.tolist()}: outside the free maze cells')
             return
         with self._lock:
             self._goal = goal

@@ -119,11 +119,11 @@ class SimBridgeNode(Node):
     def _on_command(self, msg: Float64MultiArray) -> None:
         values = np.asarray(msg.data, dtype=np.float64)
         if values.shape != (len(self.profile.actuators),):
-            self._warn('command', f'dropped command of length {values.size}: expected '
+            self._warn('command:length', f'dropped command of length {values.size}: expected '
                        f'{len(self.profile.actuators)} ({", ".join(self.profile.actuators)})')
             return
         if not np.all(np.isfinite(values)):
-            self._warn('command', f'dropped command with NaN or inf: {values.tolist()}')
+            self._warn('command:nan', f'dropped command with NaN or inf: {values.tolist()}')
             return
         with self._lock:
             self._command = np.clip(values, self.action_low, self.action_high)

@@ -1,0 +1,211 @@
+"""Real rclpy over Fast DDS: the sim graph, a driver swap, bad input, state timeout.
+
+Each test runs in its own ROS domain limited to localhost, with bounded time.
+"""
+
+import json
+import os
+import random
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+from conftest import PYTHON, REPO, script_env  # noqa: E402
+from diffusion_planner_ros.envs import make_env, split_observation  # noqa: E402
+from diffusion_planner_ros.launch_file import read_launch_file  # noqa: E402
+
+PROFILE = str(REPO / 'config' / 'robots' / 'pointmaze_umaze.yaml')
+BUNDLE = str(REPO / 'models' / 'pointmaze_umaze')
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture
+def ros_env(tmp_path, monkeypatch):
+    """A private ROS domain on localhost for this test and the processes it starts."""
+    domain = str(random.randint(1, 100))
+    monkeypatch.setenv('ROS_DOMAIN_ID', domain)
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env = script_env(tmp_path)
+    env['ROS_DOMAIN_ID'] = domain
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['PATH'] = os.path.dirname(PYTHON) + os.pathsep + env.get('PATH', '')
+    return env
+
+
+def start(executable, args, env, tmp_path, name):
+    log = open(tmp_path / f'{name}.log', 'w')
+    process = subprocess.Popen([os.path.join(os.path.dirname(PYTHON), executable), *args],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, tmp_path / f'{name}.log'
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(2)
+    return process.wait(timeout=20)
+
+
+def planner_args(**launch):
+    """The planner's --ros-args exactly as the launch file builds them (plus overrides)."""
+    launch.setdefault('use_sim', 'false')
+    _, nodes = read_launch_file(REPO / 'launch' / 'sim.launch.py', REPO, launch)
+    return next(n for n in nodes if n.name == 'planner_node').ros_args()
+
+
+def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
+    out = tmp_path / 'graph.json'
+    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), '--episodes',
+                             '2', '--json', str(out)], env=ros_env, capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert summary['episodes'] == 2 and summary['timed_out'] == 0
+    assert summary['success_rate'] >= 0.5
+    assert summary['seeds'] == [1000, 1001]
+    assert float(summary['planner_diagnostics']['plan_latency_p50_ms']) > 0
+    assert all(code == 0 for code in summary['exit_codes'])
+
+
+class FakeDriver(Node):
+    """A 'real robot' driver: other topic names, other joint order, extra joints, lockstep."""
+
+    def __init__(self, seed):
+        super().__init__('fake_driver')
+        self.env = make_env('PointMaze_UMaze-v3')
+        observation, _ = self.env.reset(seed=seed)
+        _, self.goal = split_observation(observation)
+        self.state_pub = self.create_publisher(JointState, '/drv/joint_states', 10)
+        self.goal_pub = self.create_publisher(PoseStamped, '/goal_pose', 10)
+        self.create_subscription(Float64MultiArray, '/drv/cmd', self.on_command, RELIABLE)
+        self.commands, self.steps, self.reached = [], 0, False
+
+    def publish_state(self):
+        data = self.env.unwrapped.data
+        msg = JointState(name=['gripper', 'ball_y', 'wheel', 'ball_x'],
+                         position=[0.3, float(data.qpos[1]), 1.0, float(data.qpos[0])],
+                         velocity=[0.0, float(data.qvel[1]), 2.0, float(data.qvel[0])])
+        self.state_pub.publish(msg)
+
+    def publish_goal(self, xy):
+        msg = PoseStamped()
+        msg.header.frame_id = 'map'
+        msg.pose.position.x, msg.pose.position.y = float(xy[0]), float(xy[1])
+        self.goal_pub.publish(msg)
+
+    def on_command(self, msg):
+        self.commands.append(list(msg.data))
+        self.env.unwrapped.step(np.asarray(msg.data, dtype=np.float32))
+        self.steps += 1
+        position = self.env.unwrapped.data.qpos[:2]
+        self.reached |= bool(np.linalg.norm(position - self.goal) <= 0.45)
+        self.publish_state()
+
+
+def spin_until(executor, done, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not done():
+        executor.spin_once(timeout_sec=0.01)
+    return done()
+
+
+@pytest.fixture
+def driver(ros_env):
+    rclpy.init()
+    node = FakeDriver(seed=1001)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    yield node, executor
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path):
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true', '-p',
+                                          'plan_rate_hz:=100.0'], ros_env, tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 0
+                          and node.count_publishers('/drv/cmd') > 0
+                          and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
+        spin_until(executor, lambda: False, 1.0)
+        # Bad input first: every message must be dropped with a warning, the node must live.
+        node.state_pub.publish(JointState(name=['ball_x', 'ball_y'], position=[float('nan'), 0.0],
+                                          velocity=[0.0, 0.0]))
+        node.state_pub.publish(JointState(name=['ball_x', 'ball_y'], position=[0.0],
+                                          velocity=[0.0, 0.0]))
+        node.state_pub.publish(JointState(name=['ball_x'], position=[0.0], velocity=[0.0]))
+        node.publish_goal([0.0, 0.0])   # a wall cell of the U maze
+        node.publish_goal([50.0, 3.0])  # outside the map
+        spin_until(executor, lambda: False, 1.0)
+        assert planner.poll() is None
+        assert node.commands == []
+        node.publish_goal(node.goal)
+        spin_until(executor, lambda: False, 0.5)
+        node.publish_state()
+        assert spin_until(executor, lambda: node.reached or node.steps >= 300, 180)
+        assert node.reached, f'ball did not reach the goal in {node.steps} steps'
+        assert all(len(c) == 2 and np.all(np.abs(c) <= 1.0) for c in node.commands)
+    finally:
+        code = stop(planner)
+    text = log.read_text()
+    assert 'dropped joint_states' in text and 'NaN or inf' in text
+    assert "lacks joint(s) ['ball_y']" in text
+    assert 'outside the free maze cells' in text
+    assert code == 0, text[-2000:]
+
+
+def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'state_timeout_s:=0.3'], ros_env,
+                         tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.count_publishers('/drv/cmd') > 0, 60)
+        node.commands.clear()
+        assert spin_until(executor, lambda: len(node.commands) >= 20, 30)
+        assert all(c == [0.0, 0.0] for c in node.commands)
+    finally:
+        code = stop(planner)
+    assert 'no fresh joint_states: commanding zero' in log.read_text()
+    assert code == 0
+
+
+def test_bridge_drops_bad_commands_and_keeps_running(ros_env, tmp_path):
+    bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
+                        ros_env, tmp_path, 'bridge')
+    rclpy.init()
+    node = Node('commander')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    states = []
+    node.create_subscription(JointState, 'joint_states', states.append, 10)
+    publisher = node.create_publisher(Float64MultiArray, 'commands', RELIABLE)
+    try:
+        assert spin_until(executor, lambda: len(states) > 10, 60), log.read_text()
+        for data in ([1.0, 0.0, 0.0], [], [float('nan'), 0.0], [float('inf'), 1.0]):
+            publisher.publish(Float64MultiArray(data=data))
+        spin_until(executor, lambda: False, 0.5)
+        assert bridge.poll() is None
+        # The bad commands were never applied: the ball, at rest at reset, has not moved.
+        assert np.allclose(states[-1].velocity, 0.0, atol=1e-9)
+        count = len(states)
+        assert spin_until(executor, lambda: len(states) > count + 20, 10)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = stop(bridge)
+    text = log.read_text()
+    assert 'dropped command of length 3' in text and 'dropped command with NaN or inf' in text
+    assert code == 0
