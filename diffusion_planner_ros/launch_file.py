@@ -29,7 +29,7 @@ class NodeSpec:
     arguments: list = field(default_factory=list)
 
     def ros_args(self) -> list[str]:
-        """The command-line arguments `ros2 launch` would give this node."""
+        """Build the command-line arguments `ros2 launch` would give this node."""
         args = [*self.arguments, '--ros-args', '-r', f'__node:={self.name}']
         for path in self.params_files:
             args += ['--params-file', path]

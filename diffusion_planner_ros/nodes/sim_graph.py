@@ -30,7 +30,7 @@ from diffusion_planner_ros.robots import load_profile
 
 
 def share_directory() -> Path:
-    """The source checkout when running from one, else the installed share folder."""
+    """Find the source checkout when running from one, else the installed share folder."""
     checkout = Path(__file__).resolve().parents[2]
     if (checkout / 'launch' / 'sim.launch.py').is_file():
         return checkout
