@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from diffusion_planner_ros.envs import make_env, split_observation
@@ -49,7 +50,8 @@ class DemoClient(Node):
 
     def __init__(self, profile: RobotProfile, seed: int,
                  reset_service: str = '/sim_bridge_node/reset',
-                 state_topic: str = '/joint_states', goal_topic: str = '/goal_pose'):
+                 state_topic: str = '/joint_states', goal_topic: str = '/goal_pose',
+                 command_topic: str = '/effort_controller/commands'):
         super().__init__('demo_client')
         self.profile, self.seed, self.state_topic = profile, seed, state_topic
         self.env = make_env(profile.env_id)
@@ -57,6 +59,8 @@ class DemoClient(Node):
         self.reset_client = self.create_client(Trigger, reset_service)
         self.create_subscription(JointState, state_topic, self._on_state, 100)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.create_subscription(Float64MultiArray, command_topic, self._on_command, 100)
+        self.command_times: list[float] = []
         self._record: EpisodeRecord | None = None
         self._goal = None
         self.diagnostics: dict = {}
@@ -75,6 +79,20 @@ class DemoClient(Node):
             record.episode_return += float(near)
         record.success |= near
         record.states += 1
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        if self._record is not None:
+            self.command_times.append(time.monotonic())
+
+    def command_rate(self) -> dict:
+        """Rate of the commands seen during episodes and the 99th percentile gap between them."""
+        gaps = np.diff(np.asarray(self.command_times))
+        gaps = gaps[gaps < 1.0]  # leave out the pauses between episodes
+        if not len(gaps):
+            return {}
+        return {'command_rate_hz': float(1.0 / np.mean(gaps)),
+                'command_gap_p99_ms': float(1e3 * np.percentile(gaps, 99)),
+                'command_gap_max_ms': float(1e3 * gaps.max())}
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:

@@ -85,6 +85,9 @@ class PlannerNode(Node):
         self._goal = None
         self._last_warn: dict[str, float] = {}
         self._wake = threading.Event()
+        # Set by the plan timer; the next state to arrive then starts the plan, so a plan never
+        # starts from a state that waited for the timer.
+        self._plan_due = threading.Event()
         self._running = True
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -97,7 +100,7 @@ class PlannerNode(Node):
         self.lockstep = gp('lockstep').value
         if not self.lockstep:
             self.create_timer(1.0 / gp('control_rate_hz').value, self._on_control_tick)
-            self.create_timer(1.0 / gp('plan_rate_hz').value, self._wake.set)
+            self.create_timer(1.0 / gp('plan_rate_hz').value, self._plan_due.set)
         self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._plan_loop, daemon=True)
@@ -154,7 +157,8 @@ class PlannerNode(Node):
         with self._lock:
             self._state_sequence += 1
             self._state = (observation, time.monotonic(), self._state_sequence)
-        if self.lockstep:
+        if self.lockstep or self._plan_due.is_set():
+            self._plan_due.clear()
             self._wake.set()
 
     def _on_goal(self, msg: PoseStamped) -> None:
@@ -281,6 +285,12 @@ class PlannerNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
+        if self.plan_latency.count and time.monotonic() - self._last_warn.get('log', 0) >= 10:
+            self._last_warn['log'] = time.monotonic()
+            self.get_logger().info(
+                f'plan latency p50/p99 {values["plan_latency_p50_ms"]}/'
+                f'{values["plan_latency_p99_ms"]} ms, state-to-command p50/p99 '
+                f'{values["state_to_command_p50_ms"]}/{values["state_to_command_p99_ms"]} ms')
 
     def stop(self) -> None:
         """Stop the worker and command zero."""

@@ -31,6 +31,12 @@ from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.nodes.runner import spin_node
 from diffusion_planner_ros.robots import load_profile
 
+try:  # No tf2_msgs wheel exists for machines without ROS; TF is published where it imports.
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+except ImportError:
+    TFMessage = None
+
 WARN_PERIOD_S = 2.0
 
 
@@ -74,6 +80,7 @@ class SimBridgeNode(Node):
         self.clock_pub = self.create_publisher(Clock, '/clock', 10)
         self.marker_pub = self.create_publisher(MarkerArray, 'robot_markers', 10)
         self.goal_pub = self.create_publisher(PoseStamped, 'episode_goal', latched)
+        self.tf_pub = self.create_publisher(TFMessage, '/tf', 10) if TFMessage else None
         self.create_subscription(Float64MultiArray, 'commands', self._on_command,
                                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.create_service(Trigger, '~/reset', self._on_reset)
@@ -161,16 +168,24 @@ class SimBridgeNode(Node):
         self.state_pub.publish(msg)
 
     def _publish_markers(self) -> None:
-        if self.marker_pub.get_subscription_count() == 0:
-            return
         import mujoco
 
         stamp, frame = self._stamp(), self.profile.fixed_frame
-        markers = MarkerArray()
         body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, self.profile.plan_body)
+        x, y, z = (float(v) for v in self.data.xpos[body])
+        if self.tf_pub is not None:
+            transform = TransformStamped()
+            transform.header.stamp, transform.header.frame_id = stamp, frame
+            transform.child_frame_id = self.profile.plan_body
+            translation = transform.transform.translation
+            translation.x, translation.y, translation.z = x, y, z
+            transform.transform.rotation.w = 1.0
+            self.tf_pub.publish(TFMessage(transforms=[transform]))
+        if self.marker_pub.get_subscription_count() == 0:
+            return
+        markers = MarkerArray()
         robot = Marker(ns='robot', id=0, type=Marker.SPHERE, action=Marker.ADD)
         robot.header.stamp, robot.header.frame_id = stamp, frame
-        x, y, z = self.data.xpos[body]
         robot.pose.position.x, robot.pose.position.y, robot.pose.position.z = x, y, z
         robot.pose.orientation.w = 1.0
         robot.scale.x = robot.scale.y = robot.scale.z = 0.2

@@ -117,7 +117,8 @@ def main(argv=None) -> None:
 
     processes = start_nodes(specs, extra)
     rclpy.init()
-    client = DemoClient(profile, seed, state_topic=launch_args['state_topic'])
+    client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
+                        command_topic=launch_args['command_topic'])
     executor = SingleThreadedExecutor()
     executor.add_node(client)
     records = []
@@ -134,6 +135,7 @@ def main(argv=None) -> None:
         client._spin_until(executor, lambda: False, 1.2)
     finally:
         diagnostics = dict(client.diagnostics)
+        rate = client.command_rate()
         client.destroy_node()
         rclpy.try_shutdown()
         codes = stop_nodes(processes)
@@ -144,6 +146,7 @@ def main(argv=None) -> None:
         'return_mean': float(np.mean([r.episode_return for r in records])) if records else 0.0,
         'timed_out': int(sum(r.timed_out for r in records)),
         'planner_diagnostics': diagnostics,
+        'commands': rate,
         'exit_codes': codes,
         'seeds': [r.seed for r in records],
     }
@@ -152,6 +155,8 @@ def main(argv=None) -> None:
     for key in ('plan_latency_p50_ms', 'plan_latency_p99_ms', 'state_to_command_p50_ms',
                 'state_to_command_p99_ms', 'deadline_misses'):
         print(f'  {key}: {diagnostics.get(key, "n/a")}')
+    for key, value in rate.items():
+        print(f'  {key}: {value:.3f}')
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + '\n')
