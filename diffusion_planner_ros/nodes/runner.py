@@ -2,12 +2,14 @@
 
 rclpy's own signal handler shuts the context down before our code runs, and then nothing can be
 published. We take the signals ourselves, so a node can command zero while its context is still
-valid, then destroy the node and shut down.
+valid, then destroy the node and shut down. The handler only sets a flag: raising from it could
+land inside a pybind11 call of the executor and surface as an unrelated RuntimeError.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Callable
 
 import rclpy
@@ -15,21 +17,19 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def spin_node(factory: Callable, args=None) -> None:
     """Create the node, spin it on a SingleThreadedExecutor, stop it safely."""
+    stop = threading.Event()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     node = None
     try:
         node = factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.05)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -86,7 +86,11 @@ class SimBridgeNode(Node):
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.lockstep = self.get_parameter('lockstep').value
         self._reset_episode()
-        if not self.lockstep:
+        self._last_publish = time.monotonic()
+        if self.lockstep:
+            # Watchdog: one lost message must not stall a lockstep loop for good.
+            self.create_timer(0.5, self._on_lockstep_watchdog)
+        else:
             self.create_timer(self.dt, self._on_tick)
         self.create_timer(0.1, self._publish_markers)
         mode = 'lockstep' if self.lockstep else 'real time'
@@ -145,6 +149,12 @@ class SimBridgeNode(Node):
             action = self._command.copy() if fresh else np.zeros_like(self._command)
         self._step(action)
 
+    def _on_lockstep_watchdog(self) -> None:
+        holding = self.episode_steps and self.steps >= self.episode_steps
+        if not holding and time.monotonic() - self._last_publish > 1.0:
+            self._warn('lockstep', 'no command for 1 s in lockstep: sending the state again')
+            self._publish_state()
+
     def _step(self, action: np.ndarray) -> None:
         if self.episode_steps and self.steps >= self.episode_steps:
             return
@@ -160,6 +170,7 @@ class SimBridgeNode(Node):
         return Time(sec=seconds, nanosec=int(round((self.sim_time - seconds) * 1e9)))
 
     def _publish_state(self) -> None:
+        self._last_publish = time.monotonic()
         stamp = self._stamp()
         self.clock_pub.publish(Clock(clock=stamp))
         names, positions, velocities = self.profile.joint_state_from_mujoco(self.model, self.data)
