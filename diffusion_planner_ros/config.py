@@ -7,7 +7,6 @@ default.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -329,9 +328,3 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     data['unet']['dim_mults'] = list(config.unet.dim_mults)
     data['data']['goal_state_dims'] = list(config.data.goal_state_dims)
     return data
-
-
-def replace_section(config: ExperimentConfig, section: str, **changes: Any) -> ExperimentConfig:
-    """Return a copy of config with fields of one section changed (validated again)."""
-    current = getattr(config, section)
-    return dataclasses.replace(config, **{section: dataclasses.replace(current, **changes)})

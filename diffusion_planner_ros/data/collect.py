@@ -19,8 +19,6 @@ from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.data.minari_io import validate_dataset_id
 from diffusion_planner_ros.envs import make_env, resolve_env_id
 
-GOAL_RADIUS = 0.45
-
 
 @dataclass
 class CollectionConfig:

@@ -66,10 +66,6 @@ class DDPMSchedule:
         for name, values in table.items():
             setattr(self, name, values.to(device=self.device, dtype=torch.float32))
 
-    def to(self, device: torch.device | str) -> 'DDPMSchedule':
-        """Return the same schedule with its tables on another device."""
-        return DDPMSchedule(self.config, device)
-
     @staticmethod
     def _at(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """values[t] shaped to broadcast over a batch like ``like``."""

@@ -83,6 +83,8 @@ class PlannerNode(Node):
         self._state = None          # (observation, receive time, sequence number)
         self._state_sequence = 0
         self._goal = None
+        self._goal_version = 0
+        self._last_latency_log = 0.0
         self._last_warn: dict[str, float] = {}
         self._wake = threading.Event()
         # Set by the plan timer; the next state to arrive then starts the plan, so a plan never
@@ -172,19 +174,25 @@ class PlannerNode(Node):
             return
         with self._lock:
             self._goal = goal
-        self.planner.reset()
+            self._goal_version += 1
+        # Stop sending the old goal's actions now; the worker resets the planner before its next
+        # plan, so a reset never lands in the middle of one.
         self.chunk.clear()
         self.get_logger().info(f'new goal {goal.round(3).tolist()}')
 
     # Planning (worker thread) ------------------------------------------------------------------
     def _plan_loop(self) -> None:
-        consumed_sequence, steps_since_plan = 0, None
+        consumed_sequence, steps_since_plan, goal_version = 0, None, 0
         while self._running:
             if not self._wake.wait(timeout=0.1):
                 continue
             self._wake.clear()
             with self._lock:
-                state, goal = self._state, self._goal
+                state, goal, version = self._state, self._goal, self._goal_version
+            if version != goal_version:
+                goal_version = version
+                self.planner.reset()
+                steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
             observation, received, sequence = state
@@ -285,8 +293,8 @@ class PlannerNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
-        if self.plan_latency.count and time.monotonic() - self._last_warn.get('log', 0) >= 10:
-            self._last_warn['log'] = time.monotonic()
+        if self.plan_latency.count and time.monotonic() - self._last_latency_log >= 10:
+            self._last_latency_log = time.monotonic()
             self.get_logger().info(
                 f'plan latency p50/p99 {values["plan_latency_p50_ms"]}/'
                 f'{values["plan_latency_p99_ms"]} ms, state-to-command p50/p99 '

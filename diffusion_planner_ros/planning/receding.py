@@ -65,8 +65,3 @@ class LatencyStats:
             if not self._values:
                 return None
             return float(np.percentile(np.array(self._values), q))
-
-    def values(self) -> list[float]:
-        """Copy of the window."""
-        with self._lock:
-            return list(self._values)
