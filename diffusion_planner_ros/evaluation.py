@@ -131,4 +131,7 @@ def summarize(results: list[EpisodeResult], random_return: float,
         'plan_ms_p99': pct('plan_ms', 99),
         'prior_ms_p50': pct('prior_ms', 50),
         'refine_ms_p50': pct('refine_ms', 50),
+        # Per episode, in seed order, for paired comparisons between methods on the same seeds.
+        'episode_returns': returns.tolist(),
+        'episode_successes': [bool(r.success) for r in results],
     }

@@ -15,8 +15,10 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -166,6 +168,29 @@ def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path
     assert code == 0, text[-2000:]
 
 
+def call_service(node, executor, service_type, name, request):
+    client = node.create_client(service_type, name)
+    try:
+        assert spin_until(executor, client.service_is_ready, 30), f'{name} not available'
+        future = client.call_async(request)
+        assert spin_until(executor, future.done, 10), f'{name} did not answer'
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def set_planner_parameter(node, executor, name, value):
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return call_service(node, executor, SetParameters, '/planner_node/set_parameters',
+                        request).results[0]
+
+
+def get_planner_parameter(node, executor, name):
+    value = call_service(node, executor, GetParameters, '/planner_node/get_parameters',
+                         GetParameters.Request(names=[name])).values[0]
+    return parameter_value_to_python(value)
+
+
 def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
     node, executor = driver
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
@@ -181,6 +206,37 @@ def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
     text = log.read_text()
     assert 'no fresh joint_states: commanding zero' in text
     assert code == 0, text[-3000:]
+
+
+def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', args, ros_env, tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.count_publishers('/drv/cmd') > 0, 60)
+        bad = [
+            ('refine_steps', 500, 'trained levels'),      # the bundle has 100 levels
+            ('refine_steps', -1, ''),                     # below the declared range
+            ('guidance_scale', 'high', ''),               # wrong type
+            ('plan_rate_hz', 1.0, 'plans 15 steps ahead'),  # 100 control steps per plan
+            ('bundle', '/elsewhere', ''),                 # read-only
+        ]
+        for name, value, reason in bad:
+            before = get_planner_parameter(node, executor, name)
+            result = set_planner_parameter(node, executor, name, value)
+            assert not result.successful, (name, value)
+            assert reason in result.reason, result.reason
+            assert get_planner_parameter(node, executor, name) == before
+        assert set_planner_parameter(node, executor, 'refine_steps', 2).successful
+        assert get_planner_parameter(node, executor, 'refine_steps') == 2
+        assert set_planner_parameter(node, executor, 'plan_rate_hz', 50.0).successful
+        assert planner.poll() is None
+        # The node still commands after the changes (zero here: no state has come).
+        node.commands.clear()
+        assert spin_until(executor, lambda: len(node.commands) >= 10, 30)
+    finally:
+        code = stop(planner)
+    assert code == 0, log.read_text()[-3000:]
 
 
 def test_bridge_drops_bad_commands_and_keeps_running(ros_env, tmp_path):

@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=1000)
     parser.add_argument('--refine-steps', type=int, default=None, help='k; 0 = prior only')
     parser.add_argument('--guidance-scale', type=float, default=None)
+    parser.add_argument('--noise-scale', type=float, default=None,
+                        help='alpha of Algorithm 1, line 20 (0 = posterior mean only)')
     parser.add_argument('--replan-every', type=int, default=None)
     parser.add_argument('--target-return', type=float, default=None)
     parser.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'))
@@ -58,6 +60,7 @@ def main() -> None:
     if args.bundle:
         overrides = {key: value for key, value in (
             ('refine_steps', args.refine_steps), ('guidance_scale', args.guidance_scale),
+            ('noise_scale', args.noise_scale),
             ('replan_every', args.replan_every), ('device', args.device))
             if value is not None}
         planner = TrajectoryDiffuserPlanner.from_bundle(args.bundle, **overrides)
@@ -84,6 +87,8 @@ def main() -> None:
         'method': method,
         'refine_steps': planner.config.refine_steps if planner else None,
         'guidance_scale': planner.config.guidance_scale if planner else None,
+        'noise_scale': planner.config.noise_scale if planner else None,
+        'replan_every': planner.config.replan_every if planner else None,
         'seed': args.seed,
         **summarize(results, evaluation.random_return, evaluation.reference_return),
         'random_return': evaluation.random_return,

@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner
-from diffusion_planner_ros.planning.receding import ActionChunk, LatencyStats
+from diffusion_planner_ros.planning.receding import ActionChunk, configure_threads, LatencyStats
 from diffusion_planner_ros.nodes.runner import spin_node
 from diffusion_planner_ros.robots import Kinematics, load_profile
 
@@ -59,17 +59,26 @@ class PlannerNode(Node):
         p('target_return', 0.0, ParameterDescriptor(description='returns-to-go target'))
         p('refine_steps', 3, _int_param('diffusion refinement steps k (0 = prior only)', 0, 1000))
         p('guidance_scale', 1.2, _float_param('classifier-free guidance w', 0.0, 100.0))
+        p('noise_scale', 0.5, _float_param('alpha of Algorithm 1 line 20 (0 = posterior mean)',
+                                           0.0, 10.0))
+        p('torch_threads', 1, ParameterDescriptor(
+            description='torch intra-op threads for planning (0 = torch default); one leaves '
+                        'a core to the executor and the other processes', read_only=True,
+            integer_range=[IntegerRange(from_value=0, to_value=256, step=1)]))
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
                         'bridge) instead of the control timer', read_only=True))
         self._validate_start_parameters()
 
         gp = self.get_parameter
+        configure_threads(gp('torch_threads').value)
         self.profile = load_profile(gp('profile').value)
         self.planner = TrajectoryDiffuserPlanner.from_bundle(
             gp('bundle').value, device=gp('device').value,
             refine_steps=gp('refine_steps').value, guidance_scale=gp('guidance_scale').value,
-            replan_every=self._replan_every())
+            noise_scale=gp('noise_scale').value,
+            replan_every=self._replan_every(gp('control_rate_hz').value,
+                                            gp('plan_rate_hz').value))
         if self.planner.action_dim != len(self.profile.actuators):
             raise ValueError(f'bundle has {self.planner.action_dim} actions but profile '
                              f'{self.profile.name!r} has {len(self.profile.actuators)} actuators')
@@ -100,9 +109,9 @@ class PlannerNode(Node):
         self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10)
         self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10)
         self.lockstep = gp('lockstep').value
+        self._control_timer = self._plan_timer = None
         if not self.lockstep:
-            self.create_timer(1.0 / gp('control_rate_hz').value, self._on_control_tick)
-            self.create_timer(1.0 / gp('plan_rate_hz').value, self._plan_due.set)
+            self._start_timers(gp('control_rate_hz').value, gp('plan_rate_hz').value)
         self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._plan_loop, daemon=True)
@@ -120,24 +129,46 @@ class PlannerNode(Node):
         if self.get_parameter('device').value not in ('auto', 'cpu', 'cuda'):
             raise ValueError("parameter 'device' must be auto, cpu or cuda")
 
-    def _replan_every(self) -> int:
-        ratio = self.get_parameter('control_rate_hz').value / self.get_parameter(
-            'plan_rate_hz').value
-        return max(1, int(round(ratio)))
+    def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
+        return max(1, int(round(control_rate_hz / plan_rate_hz)))
+
+    def _start_timers(self, control_rate_hz: float, plan_rate_hz: float) -> None:
+        for timer in (self._control_timer, self._plan_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._control_timer = self.create_timer(1.0 / control_rate_hz, self._on_control_tick)
+        self._plan_timer = self.create_timer(1.0 / plan_rate_hz, self._plan_due.set)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name in ('refine_steps', 'guidance_scale'):
-                value = param.value
-                if param.name == 'refine_steps' and value > self.planner.schedule.num_steps:
-                    return SetParametersResult(successful=False, reason=(
-                        f'refine_steps {value} exceeds the {self.planner.schedule.num_steps} '
-                        'trained levels'))
-        for param in params:
-            if param.name == 'refine_steps':
-                self.planner.config.refine_steps = int(param.value)
-            elif param.name == 'guidance_scale':
-                self.planner.config.guidance_scale = float(param.value)
+        """Check a runtime change as a whole and apply it only if all of it is valid.
+
+        rclpy has already checked types, ranges and read-only flags from the descriptors; this
+        checks what depends on the bundle. A rejected change keeps every old value.
+        """
+        new = {param.name: param.value for param in params}
+        gp = self.get_parameter
+        levels = self.planner.schedule.num_steps
+        if new.get('refine_steps', 0) > levels:
+            return SetParametersResult(successful=False, reason=(
+                f"refine_steps {new['refine_steps']} exceeds the {levels} trained levels"))
+        control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
+        plan_rate = new.get('plan_rate_hz', gp('plan_rate_hz').value)
+        replan_every = self._replan_every(control_rate, plan_rate)
+        if replan_every > self.planner.horizon - 1:
+            return SetParametersResult(successful=False, reason=(
+                f'control_rate_hz / plan_rate_hz = {replan_every} control steps per plan; the '
+                f'bundle plans {self.planner.horizon - 1} steps ahead'))
+        config = self.planner.config
+        if 'refine_steps' in new:
+            config.refine_steps = int(new['refine_steps'])
+        if 'guidance_scale' in new:
+            config.guidance_scale = float(new['guidance_scale'])
+        if 'noise_scale' in new:
+            config.noise_scale = float(new['noise_scale'])
+        if {'control_rate_hz', 'plan_rate_hz'} & set(new):
+            config.replan_every = replan_every
+            if not self.lockstep:
+                self._start_timers(control_rate, plan_rate)
         return SetParametersResult(successful=True)
 
     # Input ---------------------------------------------------------------------------------
