@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import PYTHON, REPO, script_env
+from diffusion_planner_ros.config import load_config
 
 TINY_MODEL = [
     '--set', 'prior.n_layer=1', '--set', 'prior.n_embd=32', '--set', 'prior.n_head=2',
@@ -48,8 +49,13 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
     table = run(['training/evaluate.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
                  '--episodes', '1', '--seed', '5', '--json', str(result), '--no-progress'],
                 tmp_path)
-    assert '| PointMaze_UMaze-v3 | trajectory_diffuser | 3 | 1 |' in table
+    # The bundle carries the config's planner defaults.
+    defaults = load_config(REPO / 'config' / 'pointmaze_umaze.yaml').planner
+    assert f'| PointMaze_UMaze-v3 | trajectory_diffuser | {defaults.refine_steps} | 1 |' in table
     row = json.loads(result.read_text())
+    assert row['replan_every'] == defaults.replan_every
+    assert row['noise_scale'] == defaults.noise_scale
+    assert len(row['episode_returns']) == 1
     for key in ('env', 'dataset', 'method', 'refine_steps', 'episodes', 'score_mean',
                 'score_stderr', 'success_rate', 'plan_ms_p50', 'plan_ms_p99', 'prior_ms_p50',
                 'refine_ms_p50'):

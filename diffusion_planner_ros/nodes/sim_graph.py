@@ -103,9 +103,9 @@ def main(argv=None) -> None:
         demo_env_steps = env.spec.max_episode_steps
         env.close()
     lockstep = not args.realtime
-    # Lockstep replans at every state, as training/evaluate.py does by default.
-    planner_extra = {'lockstep': 'true', 'plan_rate_hz': 100.0, 'control_rate_hz': 100.0} \
-        if lockstep else {'lockstep': 'false'}
+    # Lockstep keeps the params file's rates, so a plan covers control_rate_hz / plan_rate_hz
+    # env steps, as in real time and as training/evaluate.py runs the bundle's replan_every.
+    planner_extra = {'lockstep': str(lockstep).lower()}
     extra = {
         'planner_node': planner_extra,
         'sim_bridge_node': {'lockstep': str(lockstep).lower(),
