@@ -65,6 +65,10 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
     prior_only = run(['training/evaluate.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
                       '--episodes', '1', '--refine-steps', '0', '--no-progress'], tmp_path)
     assert '| prior_only | 0 |' in prior_only
+    check = run(['training/check_refinement.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
+                 '--windows', '8', '--refine-steps', '0', '2'], tmp_path)
+    rows = [line for line in check.splitlines() if re.match(r'\| \d+ \|', line)]
+    assert [row.split('|')[1].strip() for row in rows] == ['0', '2']
 
 
 def test_training_resumes_from_checkpoints(tiny_data, tmp_path):
