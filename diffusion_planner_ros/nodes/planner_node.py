@@ -89,6 +89,10 @@ class PlannerNode(Node):
         self.chunk = ActionChunk(self.planner.action_dim)
         self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
+        # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
+        self._state_timeout_s = gp('state_timeout_s').value
+        self._target_return = gp('target_return').value
+        self._plan_budget_ms = 1e3 / gp('plan_rate_hz').value
         self.deadline_misses = 0
         self._lock = threading.Lock()
         self._state = None          # (observation, receive time, sequence number)
@@ -170,7 +174,10 @@ class PlannerNode(Node):
             config.guidance_scale = float(new['guidance_scale'])
         if 'noise_scale' in new:
             config.noise_scale = float(new['noise_scale'])
+        self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
+        self._target_return = new.get('target_return', self._target_return)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
+            self._plan_budget_ms = 1e3 / plan_rate
             config.replan_every = replan_every
             if not self.lockstep:
                 self._start_timers(control_rate, plan_rate)
@@ -243,8 +250,8 @@ class PlannerNode(Node):
                     self._publish_command(self.chunk.next())
                     continue
             try:
-                plan = self.planner.plan(observation, goal=goal, returns_to_go=self.get_parameter(
-                    'target_return').value)
+                plan = self.planner.plan(observation, goal=goal,
+                                         returns_to_go=self._target_return)
             except (ValueError, RuntimeError) as error:
                 self._warn('plan', f'planning failed: {error}')
                 continue
@@ -256,8 +263,7 @@ class PlannerNode(Node):
             self.command_latency.add(state_to_command_ms)
             self.plan_latency.add(plan.timings_ms['total'])
             self.overhead.add(state_to_command_ms - plan.timings_ms['total'])
-            budget_ms = 1e3 / self.get_parameter('plan_rate_hz').value
-            if plan.timings_ms['total'] > budget_ms and not self.lockstep:
+            if plan.timings_ms['total'] > self._plan_budget_ms and not self.lockstep:
                 self.deadline_misses += 1
             self._publish_plan(plan, goal)
 
@@ -265,8 +271,7 @@ class PlannerNode(Node):
     def _on_control_tick(self) -> None:
         with self._lock:
             state = self._state
-        if state is None or time.monotonic() - state[1] > self.get_parameter(
-                'state_timeout_s').value:
+        if state is None or time.monotonic() - state[1] > self._state_timeout_s:
             self.chunk.clear()
             self._warn('timeout', 'no fresh joint_states: commanding zero')
             self._publish_command(np.zeros(self.planner.action_dim))
@@ -325,8 +330,7 @@ class PlannerNode(Node):
             'deadline_misses': str(self.deadline_misses),
             'state_age_s': _fmt(age),
         }
-        level = DiagnosticStatus.OK if age <= self.get_parameter('state_timeout_s').value \
-            else DiagnosticStatus.WARN
+        level = DiagnosticStatus.OK if age <= self._state_timeout_s else DiagnosticStatus.WARN
         status = DiagnosticStatus(level=level, name='planner_node: planning',
                                   hardware_id=self.profile.name,
                                   message='ok' if level == DiagnosticStatus.OK else 'state stale',
