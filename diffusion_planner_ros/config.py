@@ -16,6 +16,12 @@ import yaml
 CONDITION_KINDS = ('goal', 'returns')
 BETA_SCHEDULES = ('cosine', 'linear')
 DEVICES = ('auto', 'cpu', 'cuda')
+# trajectory_diffuser: prior + k-step refinement (the product); decision_diffuser: states-only
+# diffusion from pure noise with classifier-free guidance; diffuser: joint state-action diffusion
+# with a learned return model's gradient; dmemm: Diffuser trained with DMEMM's modulation losses
+# and sampled with reward + transition guidance; bc: an MLP policy.
+METHODS = ('trajectory_diffuser', 'decision_diffuser', 'diffuser', 'dmemm', 'bc')
+JOINT_METHODS = ('diffuser', 'dmemm')
 
 
 def _require(ok: bool, message: str) -> None:
@@ -144,6 +150,57 @@ class InverseDynamicsConfig:
 
 
 @dataclass
+class MethodConfig:
+    """Which planner a run trains, and DMEMM's training objective (its paper, Eq. 11-12)."""
+
+    # One of METHODS.
+    name: str = 'trajectory_diffuser'
+    # Eq. 11: weight each window's diffusion loss by its cumulative reward / (H r_max).
+    reward_weighting: bool = True
+    # Eq. 12 trade-offs lambda_tr and lambda_rd (paper: 0.1 and 0.05); 0 removes the term.
+    transition_weight: float = 0.1
+    reward_weight: float = 0.05
+    # Levels i evaluated per window in Eq. 8's sum; 0 = all k (exact, k U-Net passes per window),
+    # m > 0 = m levels drawn uniformly, sum scaled by k / m (unbiased, m passes).
+    modulation_terms: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.name in METHODS, f'method.name {self.name!r} must be one of {METHODS}')
+        _require(self.transition_weight >= 0.0 and self.reward_weight >= 0.0,
+                 'method.transition_weight and method.reward_weight must be >= 0')
+        _require(self.modulation_terms >= 0,
+                 f'method.modulation_terms {self.modulation_terms} must be >= 0')
+
+
+@dataclass
+class DynamicsConfig:
+    """DMEMM's transition ensemble and reward model (MLPs)."""
+
+    # Members of the Gaussian transition ensemble.
+    ensemble_size: int = 5
+    hidden_dim: int = 200
+    n_hidden: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.ensemble_size >= 1,
+                 f'dynamics.ensemble_size {self.ensemble_size} must be >= 1')
+        _require(self.hidden_dim >= 1 and self.n_hidden >= 1,
+                 'dynamics.hidden_dim and n_hidden must be positive')
+
+
+@dataclass
+class PolicyConfig:
+    """Behaviour-cloning MLP a = pi(s, condition)."""
+
+    hidden_dim: int = 256
+    n_hidden: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_dim >= 1 and self.n_hidden >= 1,
+                 'policy.hidden_dim and n_hidden must be positive')
+
+
+@dataclass
 class TrainConfig:
     """Optimisation of the three models."""
 
@@ -151,6 +208,10 @@ class TrainConfig:
     prior_steps: int = 20000
     diffuser_steps: int = 40000
     inverse_dynamics_steps: int = 10000
+    # Diffuser's return model J, DMEMM's transition ensemble and reward model (each), BC policy.
+    value_steps: int = 10000
+    dynamics_steps: int = 10000
+    policy_steps: int = 10000
     batch_size: int = 32
     learning_rate: float = 2e-4
     # Probability p of dropping the condition (classifier-free guidance, paper Eq. 6-7).
@@ -165,7 +226,8 @@ class TrainConfig:
     device: str = 'auto'
 
     def __post_init__(self) -> None:
-        for name in ('prior_steps', 'diffuser_steps', 'inverse_dynamics_steps'):
+        for name in ('prior_steps', 'diffuser_steps', 'inverse_dynamics_steps', 'value_steps',
+                     'dynamics_steps', 'policy_steps'):
             _require(getattr(self, name) >= 0, f'training.{name} must be >= 0')
         _require(self.batch_size >= 1, f'training.batch_size {self.batch_size} must be >= 1')
         _require(self.learning_rate > 0, 'training.learning_rate must be positive')
@@ -195,11 +257,26 @@ class PlannerConfig:
     inpaint_goal: bool = False
     # Target return for returns-conditioned tasks, in env units.
     target_return: float = 0.0
+    # Diffuser / DMEMM: alpha, the scale of the objective's gradient on each reverse-step mean
+    # (Diffuser Algorithm 1; DMEMM Eq. 13); 0 samples without guidance.
+    value_guidance_scale: float = 0.1
+    # DMEMM: lambda of Eq. 13, the weight of the transition log-likelihood in the guide.
+    transition_guidance: float = 1.0
+    # Diffuser / DMEMM: replan from the previous plan noised to this many levels (Diffuser
+    # section 5.4); 0 samples every plan from pure noise over all levels.
+    warm_start_steps: int = 0
+    # Plans drawn per call; with more than one the objective (J, or the reward model) picks one.
+    candidates: int = 1
     device: str = 'auto'
     seed: int = 0
 
     def __post_init__(self) -> None:
         _require(self.refine_steps >= 0, f'planner.refine_steps {self.refine_steps} must be >= 0')
+        _require(self.value_guidance_scale >= 0.0, 'planner.value_guidance_scale must be >= 0')
+        _require(self.transition_guidance >= 0.0, 'planner.transition_guidance must be >= 0')
+        _require(self.warm_start_steps >= 0,
+                 f'planner.warm_start_steps {self.warm_start_steps} must be >= 0')
+        _require(self.candidates >= 1, f'planner.candidates {self.candidates} must be >= 1')
         _require(self.guidance_scale >= 0.0, 'planner.guidance_scale must be >= 0')
         _require(self.noise_scale >= 0.0, 'planner.noise_scale must be >= 0')
         _require(self.replan_every >= 1, f'planner.replan_every {self.replan_every} must be >= 1')
@@ -227,11 +304,14 @@ class EvaluationConfig:
 class ExperimentConfig:
     """Everything train.py needs, one section per component."""
 
+    method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     inverse_dynamics: InverseDynamicsConfig = field(default_factory=InverseDynamicsConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -243,6 +323,9 @@ class ExperimentConfig:
                  f'2**(len(unet.dim_mults) - 1) = {factor}')
         _require(self.planner.refine_steps <= self.schedule.num_steps,
                  f'planner.refine_steps {self.planner.refine_steps} must be at most '
+                 f'schedule.num_steps {self.schedule.num_steps}')
+        _require(self.planner.warm_start_steps <= self.schedule.num_steps,
+                 f'planner.warm_start_steps {self.planner.warm_start_steps} must be at most '
                  f'schedule.num_steps {self.schedule.num_steps}')
         _require(self.planner.replan_every <= self.data.horizon - 1,
                  f'planner.replan_every {self.planner.replan_every} must be below data.horizon '

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
-from diffusion_planner_ros.planning.planner import TrajectoryDiffuserPlanner
+from diffusion_planner_ros.planning.planner import BasePlanner
 
 Policy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
@@ -28,11 +28,11 @@ class EpisodeResult:
     success: bool
     steps: int
     plan_ms: list = field(default_factory=list)
-    prior_ms: list = field(default_factory=list)
-    refine_ms: list = field(default_factory=list)
+    # Per stage of a plan (None where the method has no such stage).
+    stage_ms: dict = field(default_factory=lambda: {'prior': [], 'refine': [], 'sample': []})
 
 
-def run_planner_episode(planner: TrajectoryDiffuserPlanner, env, seed: int,
+def run_planner_episode(planner: BasePlanner, env, seed: int,
                         target_return: float | None = None) -> EpisodeResult:
     """One episode with replanning every ``replan_every`` steps; the env picks the goal."""
     observation, info = env.reset(seed=seed)
@@ -47,8 +47,8 @@ def run_planner_episode(planner: TrajectoryDiffuserPlanner, env, seed: int,
             plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go)
             chunk = plan.actions
             result.plan_ms.append(plan.timings_ms['total'])
-            result.prior_ms.append(plan.timings_ms['prior'])
-            result.refine_ms.append(plan.timings_ms['refine'])
+            for stage, values in result.stage_ms.items():
+                values.append(plan.timings_ms.get(stage))
         observation, reward, terminated, truncated, info = env.step(
             chunk[index].astype(np.float32))
         result.episode_return += float(reward)
@@ -92,7 +92,7 @@ def reference_policy(name: str, env, seed: int = 0) -> Policy:
 
 
 def evaluate(env_id: str, episodes: int, seed: int,
-             planner: TrajectoryDiffuserPlanner | None = None,
+             planner: BasePlanner | None = None,
              policy_name: str | None = None, target_return: float | None = None,
              progress: bool = True) -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds seed, seed + 1, ... (one random goal each)."""
@@ -117,8 +117,10 @@ def summarize(results: list[EpisodeResult], random_return: float,
     scale = 100.0 / (reference_return - random_return)
     stderr = returns.std(ddof=1) / np.sqrt(len(returns)) if len(returns) > 1 else 0.0
 
-    def pct(key: str, q: float) -> float | None:
-        values = [v for r in results for v in getattr(r, key)]
+    def pct(stage: str, q: float) -> float | None:
+        values = [v for r in results
+                  for v in (r.plan_ms if stage == 'plan' else r.stage_ms[stage])
+                  if v is not None]
         return float(np.percentile(values, q)) if values else None
 
     return {
@@ -127,11 +129,28 @@ def summarize(results: list[EpisodeResult], random_return: float,
         'score_mean': float((returns.mean() - random_return) * scale),
         'score_stderr': float(stderr * scale),
         'success_rate': float(np.mean([r.success for r in results])),
-        'plan_ms_p50': pct('plan_ms', 50),
-        'plan_ms_p99': pct('plan_ms', 99),
-        'prior_ms_p50': pct('prior_ms', 50),
-        'refine_ms_p50': pct('refine_ms', 50),
+        'plan_ms_p50': pct('plan', 50),
+        'plan_ms_p99': pct('plan', 99),
+        'prior_ms_p50': pct('prior', 50),
+        'refine_ms_p50': pct('refine', 50),
+        'sample_ms_p50': pct('sample', 50),
         # Per episode, in seed order, for paired comparisons between methods on the same seeds.
         'episode_returns': returns.tolist(),
         'episode_successes': [bool(r.success) for r in results],
     }
+
+
+SETTINGS = ('refine_steps', 'guidance_scale', 'noise_scale', 'replan_every',
+            'value_guidance_scale', 'warm_start_steps', 'candidates')
+
+
+def method_label(planner: BasePlanner) -> str:
+    """The bundle's method; Trajectory Diffuser with k = 0 is reported as prior_only."""
+    if planner.method == 'trajectory_diffuser' and planner.config.refine_steps == 0:
+        return 'prior_only'
+    return planner.method
+
+
+def planner_settings(planner: BasePlanner | None) -> dict:
+    """The sampler settings an evaluation ran with (None for a reference policy)."""
+    return {name: getattr(planner.config, name) if planner else None for name in SETTINGS}

@@ -1,7 +1,9 @@
-"""Training of the three models: losses, EMA, checkpoints with resume, DistributedDataParallel.
+"""Training of every method's networks: losses, EMA, checkpoints with resume, DDP.
 
-Checkpoints are safetensors (model, EMA, optimiser tensors) plus JSON (step, optimiser groups),
-so resuming never unpickles anything.
+Trajectory Diffuser's prior, U-Net and inverse dynamics; Diffuser's joint state-action U-Net and
+return model J; DMEMM's transition ensemble, reward model and modulated U-Net (its Eq. 8-12);
+the BC policy. Checkpoints are safetensors (model, EMA, optimiser tensors) plus JSON (step,
+optimiser groups), so resuming never unpickles anything.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -21,10 +24,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from diffusion_planner_ros.data.sequence import ACTIONS, CONDITIONS, NEXT_STATES, STATES
+from diffusion_planner_ros.config import ExperimentConfig, MethodConfig
+from diffusion_planner_ros.data.sequence import (ACTIONS, CONDITIONS, NEXT_STATES, REWARDS,
+                                                 STATES, SequenceDataset)
 from diffusion_planner_ros.diffusion import DDPMSchedule
+from diffusion_planner_ros.diffusion.modulation import one_shot_denoise
+from diffusion_planner_ros.models import METHOD_COMPONENTS
 
-COMPONENTS = ('prior', 'diffuser', 'inverse_dynamics')
+COMPONENTS = ('prior', 'diffuser', 'inverse_dynamics', 'value', 'transition', 'reward', 'policy')
 
 
 @dataclass
@@ -88,6 +95,162 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: D
 def inverse_dynamics_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """MSE between predicted and recorded (normalised) actions."""
     return F.mse_loss(model(batch[STATES], batch[NEXT_STATES]), batch[ACTIONS])
+
+
+def joint_trajectories(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[state, action] rows of Diffuser's trajectories: (B, H, obs_dim + action_dim)."""
+    return torch.cat([batch[STATES], batch[ACTIONS]], dim=-1)
+
+
+def _noised_joint(x0: torch.Tensor, schedule: DDPMSchedule, obs_dim: int):
+    """Levels, noise and x_t for a batch of joint trajectories, the first state kept clean."""
+    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
+    noise = torch.randn_like(x0)
+    x_t = schedule.add_noise(x0, noise, t)
+    x_t[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
+    return t, noise, x_t
+
+
+def unconditional(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
+                  condition: torch.Tensor) -> torch.Tensor:
+    """Diffuser's noise model sees no condition (mask 0): goals enter by inpainting/guidance."""
+    return model(x, t, condition, torch.zeros(x.shape[0], device=x.device))
+
+
+def joint_diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                         schedule: DDPMSchedule, obs_dim: int,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Diffuser's epsilon loss on [state, action] trajectories; weighted per window (DMEMM Eq. 11).
+
+    The first state is given at sampling time, so it is written into x_t and left out.
+    """
+    x0 = joint_trajectories(batch)
+    t, noise, x_t = _noised_joint(x0, schedule, obs_dim)
+    eps = unconditional(model, x_t, t, batch[CONDITIONS][:, 0])
+    error = (eps - noise).pow(2)
+    error[:, 0, :obs_dim] = 0.0
+    per_window = error.flatten(1).sum(1) / (error[0].numel() - obs_dim)  # (B,)
+    if weights is not None:
+        per_window = per_window * weights
+    return per_window.mean()
+
+
+def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMSchedule,
+               obs_dim: int, method: MethodConfig, transition: nn.Module, reward: nn.Module,
+               data: SequenceDataset) -> torch.Tensor:
+    """L_total = L_wdiff + lambda_tr L_tr + lambda_rd L_rd (DMEMM Eq. 12).
+
+    L_tr (Eq. 9) and L_rd (Eq. 10) are taken on the one-shot denoised trajectory of Eq. 8, so
+    their gradients reach the noise model; the environment models (trained first) stay frozen.
+    """
+    weights = data.reward_weights(batch[REWARDS]) if method.reward_weighting else None
+    loss = joint_diffusion_loss(model, batch, schedule, obs_dim, weights)
+    if method.transition_weight == 0.0 and method.reward_weight == 0.0:
+        return loss
+    x0 = joint_trajectories(batch)
+    condition = batch[CONDITIONS][:, 0]
+    levels = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
+    noise = torch.randn_like(x0)
+
+    def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return unconditional(model, x, t, condition[rows])
+
+    tau = one_shot_denoise(epsilon, schedule, x0, levels, noise, method.modulation_terms)
+    states, actions = tau[..., :obs_dim], tau[..., obs_dim:]  # (B, H, obs), (B, H, act)
+    if method.transition_weight > 0.0:
+        means, _ = frozen_call(transition, states[:, :-1], actions[:, :-1])  # (E, B, H-1, obs)
+        loss = loss + method.transition_weight * (
+            (states[:, 1:] - means.mean(0)).pow(2).sum(-1).sum(-1).mean())
+    if method.reward_weight > 0.0:
+        conditions = condition[:, None].expand(-1, states.shape[1], -1)  # (B, H, cond)
+        rewards = frozen_call(reward, states, actions, conditions)  # (B, H)
+        loss = loss - method.reward_weight * rewards.sum(-1).mean()
+    return loss
+
+
+def value_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMSchedule,
+               obs_dim: int, data: SequenceDataset) -> torch.Tensor:
+    """Diffuser's J: regress the clean window's normalised return from its noisy version."""
+    x0 = joint_trajectories(batch)
+    t, _, x_t = _noised_joint(x0, schedule, obs_dim)
+    target = data.reward_weights(batch[REWARDS])  # (B,) in [0, 1]
+    return F.mse_loss(model(x_t, t, batch[CONDITIONS][:, 0]), target)
+
+
+def transition_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Gaussian NLL of the ensemble on (s, a, s') triples."""
+    return model.nll(batch[STATES], batch[ACTIONS], batch[NEXT_STATES])
+
+
+def reward_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                data: SequenceDataset) -> torch.Tensor:
+    """MSE of R(s, a, condition) against the per-step reward scaled into [0, 1]."""
+    low, high = data.reward_range
+    target = (batch[REWARDS] - low) / max(high - low, 1e-8)  # (B, H)
+    return F.mse_loss(model(batch[STATES], batch[ACTIONS], batch[CONDITIONS]), target)
+
+
+def policy_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Behaviour cloning: MSE on normalised actions."""
+    return F.mse_loss(model(batch[STATES][:, 0], batch[CONDITIONS][:, 0]), batch[ACTIONS][:, 0])
+
+
+@dataclass
+class ComponentSetup:
+    """How to train one network: its loss, its batches, its steps and EMA decay."""
+
+    loss_fn: Callable
+    sample_batch: Callable
+    steps: int
+    ema_decay: float | None = None
+
+
+def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: DDPMSchedule,
+                     models: dict[str, nn.Module]) -> dict[str, ComponentSetup]:
+    """The training recipe of every network of the config's method, in training order."""
+    train, method = config.training, config.method
+    batch, horizon, obs_dim = train.batch_size, config.data.horizon, data.obs_dim
+    windows = partial(data.sample_windows, batch_size=batch, length=horizon)
+    joint_windows = partial(windows, with_actions=True)
+    recipes = {
+        'prior': lambda: ComponentSetup(
+            prior_loss, partial(data.sample_windows, batch_size=batch,
+                                length=config.data.history + horizon), train.prior_steps),
+        'inverse_dynamics': lambda: ComponentSetup(
+            inverse_dynamics_loss, partial(data.sample_transitions, batch_size=batch),
+            train.inverse_dynamics_steps),
+        'value': lambda: ComponentSetup(
+            partial(value_loss, schedule=schedule, obs_dim=obs_dim, data=data), joint_windows,
+            train.value_steps),
+        'transition': lambda: ComponentSetup(
+            transition_loss, partial(data.sample_transitions, batch_size=batch),
+            train.dynamics_steps),
+        'reward': lambda: ComponentSetup(
+            partial(reward_loss, data=data), joint_windows, train.dynamics_steps),
+        'policy': lambda: ComponentSetup(
+            policy_loss, partial(data.sample_windows, batch_size=batch, length=1,
+                                 with_actions=True), train.policy_steps),
+    }
+    if method.name == 'diffuser':
+        recipes['diffuser'] = lambda: ComponentSetup(
+            partial(joint_diffusion_loss, schedule=schedule, obs_dim=obs_dim), joint_windows,
+            train.diffuser_steps, train.ema_decay)
+    elif method.name == 'dmemm':
+        recipes['diffuser'] = lambda: ComponentSetup(
+            partial(dmemm_loss, schedule=schedule, obs_dim=obs_dim, method=method,
+                    transition=models['transition'], reward=models['reward'], data=data),
+            joint_windows, train.diffuser_steps, train.ema_decay)
+    else:
+        recipes['diffuser'] = lambda: ComponentSetup(
+            partial(diffusion_loss, schedule=schedule, condition_dropout=train.condition_dropout),
+            windows, train.diffuser_steps, train.ema_decay)
+    return {name: recipes[name]() for name in METHOD_COMPONENTS[method.name]}
+
+
+def frozen_call(model: nn.Module, *args) -> torch.Tensor:
+    """model(*args) with its parameters detached: gradients reach the inputs only."""
+    tensors = {name: value.detach() for name, value in model.named_parameters()}
+    return torch.func.functional_call(model, tensors, args)
 
 
 class EMA:

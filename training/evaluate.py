@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Evaluate a bundle (or a reference policy) in the gymnasium env, with no ROS; print a table.
+"""Evaluate a bundle of any method (or a reference policy) in the gymnasium env, with no ROS.
 
 Usage:
     python training/evaluate.py --bundle models/pointmaze_umaze --episodes 50 --seed 1000
     python training/evaluate.py --bundle models/pointmaze_umaze --refine-steps 0   # prior only
+    python training/evaluate.py --bundle runs/diffuser/bundle --warm-start-steps 2
     python training/evaluate.py --policy scripted --env umaze --episodes 100 --seed 1000
 """
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from diffusion_planner_ros.config import EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
-from diffusion_planner_ros.evaluation import evaluate, summarize
-from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner
+from diffusion_planner_ros.evaluation import (evaluate, method_label, planner_settings,
+                                               summarize)
+from diffusion_planner_ros.planning import load_planner
 
 COLUMNS = ('env', 'method', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',
            'success_rate', 'plan_ms_p50', 'plan_ms_p99', 'prior_ms_p50', 'refine_ms_p50')
@@ -48,6 +50,12 @@ def main() -> None:
                         help='alpha of Algorithm 1, line 20 (0 = posterior mean only)')
     parser.add_argument('--replan-every', type=int, default=None)
     parser.add_argument('--target-return', type=float, default=None)
+    parser.add_argument('--value-guidance-scale', type=float, default=None,
+                        help='Diffuser/DMEMM: alpha on the objective\'s gradient')
+    parser.add_argument('--warm-start-steps', type=int, default=None,
+                        help='Diffuser/DMEMM: replan from the previous plan noised this far')
+    parser.add_argument('--candidates', type=int, default=None,
+                        help='plans per call, ranked by the method\'s objective')
     parser.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'))
     parser.add_argument('--json', default=None, help='write the figures to this file')
     parser.add_argument('--no-progress', action='store_true')
@@ -60,13 +68,14 @@ def main() -> None:
     if args.bundle:
         overrides = {key: value for key, value in (
             ('refine_steps', args.refine_steps), ('guidance_scale', args.guidance_scale),
-            ('noise_scale', args.noise_scale),
-            ('replan_every', args.replan_every), ('device', args.device))
+            ('noise_scale', args.noise_scale), ('replan_every', args.replan_every),
+            ('value_guidance_scale', args.value_guidance_scale),
+            ('warm_start_steps', args.warm_start_steps), ('candidates', args.candidates),
+            ('device', args.device))
             if value is not None}
-        planner = TrajectoryDiffuserPlanner.from_bundle(args.bundle, **overrides)
+        planner = load_planner(args.bundle, **overrides)
         env_id, evaluation = planner.bundle.env_id, planner.bundle.config.evaluation
-        dataset_id = planner.bundle.dataset_id
-        method = 'trajectory_diffuser' if planner.config.refine_steps else 'prior_only'
+        dataset_id, method = planner.bundle.dataset_id, method_label(planner)
     else:
         if not args.env:
             parser.error('--policy needs --env')
@@ -85,10 +94,7 @@ def main() -> None:
         'env': env_id,
         'dataset': dataset_id,
         'method': method,
-        'refine_steps': planner.config.refine_steps if planner else None,
-        'guidance_scale': planner.config.guidance_scale if planner else None,
-        'noise_scale': planner.config.noise_scale if planner else None,
-        'replan_every': planner.config.replan_every if planner else None,
+        **planner_settings(planner),
         'seed': args.seed,
         **summarize(results, evaluation.random_return, evaluation.reference_return),
         'random_return': evaluation.random_return,

@@ -4,6 +4,11 @@ Conditions are returns-to-go (reward tasks) or goals relabelled in hindsight (na
 hindsight goal for a window is a position the ball really reached at or after the window's last
 state, inside the same goal segment of the data (the stretch during which the data's controller
 pursued one goal), so every window is a piece of a path that really leads to its goal.
+
+Windows can also carry the actions and per-step rewards the baselines learn from (Diffuser's
+joint trajectories, its return model, DMEMM's reward model). For goal tasks the reward is
+relabelled with the window's goal the way PointMaze's dense reward is defined,
+r_t = exp(-||achieved_t - goal||), so it lies in (0, 1].
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ STATES = 'states'
 CONDITIONS = 'conditions'
 ACTIONS = 'actions'
 NEXT_STATES = 'next_states'
+REWARDS = 'rewards'
+
+
+def dense_goal_reward(achieved: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """exp(-distance to the goal): PointMaze's dense reward, (..., goal_dim) -> (...)."""
+    return np.exp(-np.linalg.norm(achieved - goal, axis=-1))
 
 
 def returns_to_go(rewards: np.ndarray, discount: float) -> np.ndarray:
@@ -67,6 +78,13 @@ class SequenceDataset:
         self.states = [norm_s.normalize(e.observations).astype(np.float32) for e in episodes]
         self.actions = [norm_a.normalize(e.actions).astype(np.float32) for e in episodes]
         if condition == 'goal':
+            self.achieved = [e.achieved_goals for e in episodes]
+            self.reward_range = (0.0, 1.0)
+        else:
+            self.rewards = [np.asarray(e.rewards, dtype=np.float64) for e in episodes]
+            every = np.concatenate(self.rewards)
+            self.reward_range = (float(every.min()), float(every.max()))
+        if condition == 'goal':
             self.goals = [normalizers['goals'].normalize(e.achieved_goals).astype(np.float32)
                           for e in episodes]
             self.segment_ends = [segment_ends(e.desired_goals) for e in episodes]
@@ -95,12 +113,17 @@ class SequenceDataset:
         """Transitions in the dataset."""
         return sum(len(a) for a in self.actions)
 
-    def window_starts(self, length: int) -> np.ndarray:
-        """(episode, start) pairs of every valid window of ``length`` states."""
-        if length not in self._starts:
+    def window_starts(self, length: int, with_actions: bool = False) -> np.ndarray:
+        """(episode, start) pairs of every valid window of ``length`` states.
+
+        with_actions keeps only windows whose every state has a recorded action after it.
+        """
+        key = (length, with_actions)
+        if key not in self._starts:
             pairs = []
             for index, states in enumerate(self.states):
-                starts = np.arange(len(states) - length + 1)
+                last = len(self.actions[index]) if with_actions else len(states)
+                starts = np.arange(last - length + 1)
                 if self.condition == 'goal' and len(starts):
                     # The whole window must pursue one goal.
                     starts = starts[starts + length - 1 <= self.segment_ends[index][starts]]
@@ -109,28 +132,43 @@ class SequenceDataset:
             if len(pairs) == 0:
                 raise ValueError(f'no window of {length} states fits in the dataset; use a '
                                  'shorter horizon/history or longer episodes')
-            self._starts[length] = pairs
-        return self._starts[length]
+            self._starts[key] = pairs
+        return self._starts[key]
 
-    def sample_windows(self, rng: np.random.Generator, batch_size: int,
-                       length: int) -> dict[str, torch.Tensor]:
-        """Windows of ``length`` states and the condition at each of them."""
-        pairs = self.window_starts(length)
+    def sample_windows(self, rng: np.random.Generator, batch_size: int, length: int,
+                       with_actions: bool = False) -> dict[str, torch.Tensor]:
+        """Windows of ``length`` states and the condition at each of them.
+
+        with_actions adds the action after each state and the reward of each step.
+        """
+        pairs = self.window_starts(length, with_actions)
         chosen = pairs[rng.integers(0, len(pairs), size=batch_size)]
-        states, conditions = [], []
+        states, conditions, actions, rewards = [], [], [], []
         for index, start in chosen:
-            states.append(self.states[index][start:start + length])
+            window = slice(start, start + length)
+            states.append(self.states[index][window])
             if self.condition == 'goal':
                 end = start + length - 1
                 target = rng.integers(end, self.segment_ends[index][start] + 1)
                 goal = self.goals[index][target]
                 conditions.append(np.broadcast_to(goal, (length, goal.shape[0])))
+                if with_actions:
+                    rewards.append(dense_goal_reward(self.achieved[index][window],
+                                                     self.achieved[index][target]))
             else:
-                conditions.append(self.returns[index][start:start + length])
-        return {
+                conditions.append(self.returns[index][window])
+                if with_actions:
+                    rewards.append(self.rewards[index][window])
+            if with_actions:
+                actions.append(self.actions[index][window])
+        batch = {
             STATES: torch.from_numpy(np.stack(states)),          # (B, length, obs_dim)
             CONDITIONS: torch.from_numpy(np.stack(conditions)),  # (B, length, cond_dim)
         }
+        if with_actions:
+            batch[ACTIONS] = torch.from_numpy(np.stack(actions))  # (B, length, action_dim)
+            batch[REWARDS] = torch.from_numpy(np.stack(rewards).astype(np.float32))  # (B, length)
+        return batch
 
     def sample_transitions(self, rng: np.random.Generator,
                            batch_size: int) -> dict[str, torch.Tensor]:
@@ -150,3 +188,12 @@ class SequenceDataset:
                 np.stack([np.full(len(a), i), np.arange(len(a))], axis=1)
                 for i, a in enumerate(self.actions)])
         return self._starts[-1]
+
+    def reward_weights(self, rewards: torch.Tensor) -> torch.Tensor:
+        """DMEMM Eq. 11 weights: a window's cumulative reward scaled into [0, 1].
+
+        (sum_t r_t - H r_min) / (H (r_max - r_min)) over the dataset's reward range; with
+        r_min = 0 (goal tasks) this is the paper's sum_t r_t / (T_max r_max). (B, H) -> (B,).
+        """
+        low, high = self.reward_range
+        return ((rewards.mean(dim=1) - low) / max(high - low, 1e-8)).clamp(0.0, 1.0)

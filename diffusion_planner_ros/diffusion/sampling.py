@@ -1,8 +1,11 @@
-"""Sampling loops that call a noise model: full DDPM sampling and Trajectory Diffuser refinement.
+"""Sampling loops that call a noise model: full DDPM sampling, Trajectory Diffuser refinement,
+Diffuser's warm start, and gradient guidance on the reverse-step mean.
 
 The loops take the network as an argument; the schedule supplies the arithmetic. Constraints are
 a mapping from plan index to a normalised state, written into the sample before every network
 call and after the last step (Algorithm 1, line 17: the plan starts at the current state).
+A guide is a function (mean, t) -> gradient of an objective at the mean; the step then draws
+x_{t-1} ~ N(mu + scale * Sigma * grad, Sigma) (Diffuser Algorithm 1; DMEMM Eq. 13).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from diffusion_planner_ros.diffusion.schedule import DDPMSchedule
 
 NoiseModel = Callable[..., torch.Tensor]
 Constraints = Mapping[int, torch.Tensor]
+Guide = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def apply_constraints(x: torch.Tensor, constraints: Constraints | None) -> torch.Tensor:
@@ -33,8 +37,15 @@ def apply_constraints(x: torch.Tensor, constraints: Constraints | None) -> torch
 
 def guided_epsilon(model: NoiseModel, x: torch.Tensor, t: int, condition: torch.Tensor,
                    guidance_scale: float) -> torch.Tensor:
-    """eps_u + w (eps_c - eps_u) (paper Eq. 11) from one batched forward pass."""
+    """eps_u + w (eps_c - eps_u) (paper Eq. 11) from one batched forward pass.
+
+    w = 0 is the unconditional model and w = 1 the conditional one: one pass of batch B each.
+    """
     batch = x.shape[0]
+    if guidance_scale in (0.0, 1.0):
+        levels = torch.full((batch,), t, device=x.device, dtype=torch.long)
+        mask = torch.full((batch,), guidance_scale, device=x.device)
+        return model(x, levels, condition, mask)
     levels = torch.full((2 * batch,), t, device=x.device, dtype=torch.long)
     mask = torch.cat([torch.ones(batch, device=x.device), torch.zeros(batch, device=x.device)])
     eps = model(torch.cat([x, x]), levels, torch.cat([condition, condition]), mask)
@@ -42,35 +53,49 @@ def guided_epsilon(model: NoiseModel, x: torch.Tensor, t: int, condition: torch.
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
+def guided_mean(mean: torch.Tensor, t: int, schedule: DDPMSchedule, guide: Guide | None,
+                guide_scale: float) -> torch.Tensor:
+    """mu + scale * Sigma_t * grad J(mu) (Diffuser Algorithm 1, line 4; DMEMM Eq. 13)."""
+    if guide is None or guide_scale == 0.0:
+        return mean
+    return mean + guide_scale * schedule.posterior_variance[t] * guide(mean, t)
+
+
 def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start: int,
             condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
-            generator: torch.Generator | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+            generator: torch.Generator | None = None, noise_scale: float = 1.0,
+            guide: Guide | None = None, guide_scale: float = 0.0) -> torch.Tensor:
     """Run reverse steps t_start .. 0 from x_{t_start}; return x_0 (Algorithm 1, lines 16-21)."""
     for t in range(t_start, -1, -1):
         # Line 17: constrain the plan to start at the current state.
         x = apply_constraints(x, constraints)
         # Line 18: classifier-free guidance.
         eps = guided_epsilon(model, x, t, condition, guidance_scale)
-        # Lines 19-20: posterior mean and variance, then sample.
-        noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                 if t > 0 else None)
-        x = schedule.step(eps, t, x, noise, noise_scale).prev_sample
+        # Line 19: posterior mean (moved along the guide's gradient when there is one).
+        mean = guided_mean(schedule.step(eps, t, x).prev_sample, t, schedule, guide, guide_scale)
+        # Line 20: sample around it; no noise at t = 0.
+        if t > 0 and noise_scale > 0.0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            mean = mean + noise_scale * schedule.posterior_variance[t].sqrt() * noise
+        x = mean
     return apply_constraints(x, constraints)
 
 
 def sample(model: NoiseModel, schedule: DDPMSchedule, shape: tuple, condition: torch.Tensor,
            guidance_scale: float, constraints: Constraints | None = None,
            generator: torch.Generator | None = None, noise_scale: float = 1.0,
-           device: torch.device | str = 'cpu') -> torch.Tensor:
-    """Full DDPM sampling from pure noise over all K levels (the Decision Diffuser baseline)."""
+           device: torch.device | str = 'cpu', guide: Guide | None = None,
+           guide_scale: float = 0.0) -> torch.Tensor:
+    """Full DDPM sampling from pure noise over all K levels (Decision Diffuser, Diffuser)."""
     x = torch.randn(shape, generator=generator, device=device)
     return denoise(model, schedule, x, schedule.num_steps - 1, condition, guidance_scale,
-                   constraints, generator, noise_scale)
+                   constraints, generator, noise_scale, guide, guide_scale)
 
 
 def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, steps: int,
            condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
-           generator: torch.Generator | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+           generator: torch.Generator | None = None, noise_scale: float = 1.0,
+           guide: Guide | None = None, guide_scale: float = 0.0) -> torch.Tensor:
     """Trajectory Diffuser refinement (Algorithm 1, lines 14-22).
 
     The prior's trajectory is noised to level k = ``steps`` (AddNoise, line 15) and denoised from
@@ -84,4 +109,26 @@ def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, 
                         dtype=trajectory.dtype)
     x = schedule.add_noise(trajectory, noise, steps - 1)
     return denoise(model, schedule, x, steps - 1, condition, guidance_scale, constraints,
-                   generator, noise_scale)
+                   generator, noise_scale, guide, guide_scale)
+
+
+def shift_plan(plan: torch.Tensor, executed: int) -> torch.Tensor:
+    """Drop the ``executed`` first entries of (B, H, D) and repeat the last one to keep H."""
+    if not 0 <= executed < plan.shape[1]:
+        raise ValueError(f'executed {executed} must be in [0, {plan.shape[1]})')
+    tail = plan[:, -1:].expand(-1, executed, -1)
+    return torch.cat([plan[:, executed:], tail], dim=1)
+
+
+def warm_start(model: NoiseModel, schedule: DDPMSchedule, previous: torch.Tensor, executed: int,
+               steps: int, condition: torch.Tensor, guidance_scale: float,
+               constraints: Constraints | None = None, generator: torch.Generator | None = None,
+               noise_scale: float = 1.0, guide: Guide | None = None,
+               guide_scale: float = 0.0) -> torch.Tensor:
+    """Diffuser's warm-start replanning (section 5.4).
+
+    The previous plan, shifted by the steps executed since it was made, is noised to level
+    ``steps`` and denoised from there instead of from pure noise.
+    """
+    return refine(model, schedule, shift_plan(previous, executed), steps, condition,
+                  guidance_scale, constraints, generator, noise_scale, guide, guide_scale)

@@ -1,6 +1,29 @@
-"""The planner facade and the bundle that rebuilds it from a path."""
+"""Planners for every method and the bundle that rebuilds one from a path."""
 
-from diffusion_planner_ros.planning.bundle import Bundle, load_bundle, save_bundle
-from diffusion_planner_ros.planning.planner import Plan, TrajectoryDiffuserPlanner
+from __future__ import annotations
 
-__all__ = ['Bundle', 'Plan', 'TrajectoryDiffuserPlanner', 'load_bundle', 'save_bundle']
+from pathlib import Path
+
+from diffusion_planner_ros.planning.baselines import (BCPlanner, DecisionDiffuserPlanner,
+                                                      JointDiffusionPlanner)
+from diffusion_planner_ros.planning.bundle import Bundle, load_bundle, read_method, save_bundle
+from diffusion_planner_ros.planning.planner import BasePlanner, Plan, TrajectoryDiffuserPlanner
+
+PLANNERS = {method: cls for cls in (TrajectoryDiffuserPlanner, DecisionDiffuserPlanner,
+                                    JointDiffusionPlanner, BCPlanner) for method in cls.methods}
+
+
+def planner_class(path: str | Path) -> type:
+    """The planner class of the method a bundle records."""
+    return PLANNERS[read_method(path)]
+
+
+def load_planner(path: str | Path, device: str | None = None,
+                 expected_env_id: str | None = None, **overrides) -> BasePlanner:
+    """Build the planner of whatever method the bundle at ``path`` holds."""
+    return planner_class(path).from_bundle(path, device, expected_env_id, **overrides)
+
+
+__all__ = ['BCPlanner', 'BasePlanner', 'Bundle', 'DecisionDiffuserPlanner',
+           'JointDiffusionPlanner', 'PLANNERS', 'Plan', 'TrajectoryDiffuserPlanner',
+           'load_bundle', 'load_planner', 'planner_class', 'save_bundle']

@@ -1,13 +1,14 @@
 """A bundle directory rebuilds the whole planner from its path.
 
 Files: config.json (experiment config, dims, env and dataset ids, action bounds, method),
-normalizer.json, and one safetensors file per model. Nothing is unpickled.
+normalizer.json, and one safetensors file per network of the method (models.METHOD_COMPONENTS).
+Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,39 +17,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffusion_planner_ros.config import ExperimentConfig, config_from_dict, config_to_dict
+from diffusion_planner_ros.config import (METHODS, ExperimentConfig, config_from_dict,
+                                          config_to_dict)
 from diffusion_planner_ros.data.normalizer import Normalizer
-from diffusion_planner_ros.models import InverseDynamics, TemporalUnet, TrajectoryPrior
+from diffusion_planner_ros.models import METHOD_COMPONENTS, Dims, build_models
 
 BUNDLE_FORMAT = 'diffusion_planner_ros.bundle'
 BUNDLE_VERSION = 1
-METHOD = 'trajectory_diffuser'
 CONFIG_FILE = 'config.json'
 NORMALIZER_FILE = 'normalizer.json'
-WEIGHT_FILES = {
-    'prior': 'prior.safetensors',
-    'diffuser': 'diffuser.safetensors',
-    'inverse_dynamics': 'inverse_dynamics.safetensors',
-}
+
+__all__ = ['Bundle', 'Dims', 'build_models', 'derive_bundle', 'load_bundle', 'read_method',
+           'save_bundle', 'weight_files']
 
 
-@dataclass
-class Dims:
-    """Sizes of the vectors the models exchange."""
-
-    obs: int
-    action: int
-    condition: int
-
-
-def build_models(config: ExperimentConfig, dims: Dims) -> dict[str, nn.Module]:
-    """Fresh prior, U-Net and inverse dynamics for a config and data sizes."""
-    block_size = config.data.history + config.data.horizon
-    return {
-        'prior': TrajectoryPrior(config.prior, dims.obs, dims.condition, block_size),
-        'diffuser': TemporalUnet(config.unet, dims.obs, dims.condition, config.data.horizon),
-        'inverse_dynamics': InverseDynamics(config.inverse_dynamics, dims.obs, dims.action),
-    }
+def weight_files(method: str) -> dict[str, str]:
+    """Network name -> safetensors file name for a method's bundle."""
+    return {name: f'{name}.safetensors' for name in METHOD_COMPONENTS[method]}
 
 
 @dataclass
@@ -56,6 +41,7 @@ class Bundle:
     """Everything the planner needs, loaded from a bundle directory."""
 
     path: Path
+    method: str
     config: ExperimentConfig
     env_id: str
     dataset_id: str
@@ -69,13 +55,14 @@ class Bundle:
 def save_bundle(path: str | Path, config: ExperimentConfig, env_id: str, dims: Dims,
                 action_low: np.ndarray, action_high: np.ndarray,
                 normalizers: dict[str, Normalizer], models: dict[str, nn.Module]) -> Path:
-    """Write a bundle directory (created if needed)."""
+    """Write a bundle of the config's method (directory created if needed)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    method = config.method.name
     meta = {
         'format': BUNDLE_FORMAT,
         'version': BUNDLE_VERSION,
-        'method': METHOD,
+        'method': method,
         'env_id': env_id,
         'dataset_id': config.data.dataset_id,
         'dims': {'obs': dims.obs, 'action': dims.action, 'condition': dims.condition},
@@ -86,10 +73,27 @@ def save_bundle(path: str | Path, config: ExperimentConfig, env_id: str, dims: D
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + '\n')
     stats = {name: norm.to_dict() for name, norm in normalizers.items()}
     (path / NORMALIZER_FILE).write_text(json.dumps(stats, indent=2) + '\n')
-    for name, filename in WEIGHT_FILES.items():
+    for name, filename in weight_files(method).items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in models[name].state_dict().items()}
         save_file(tensors, str(path / filename), metadata={'model': name})
     return path
+
+
+def derive_bundle(source: str | Path, method: str, path: str | Path) -> Path:
+    """Write a bundle of ``method`` that reuses networks of an existing bundle.
+
+    Decision Diffuser is Trajectory Diffuser without the prior: same U-Net training (paper Eq. 6)
+    and the same inverse dynamics, so its bundle can share those weights exactly. The derived
+    config records the new method; nothing is retrained.
+    """
+    bundle = load_bundle(source)
+    missing = [n for n in METHOD_COMPONENTS[method] if n not in bundle.models]
+    if missing or (bundle.method in ('diffuser', 'dmemm')) != (method in ('diffuser', 'dmemm')):
+        raise ValueError(f'a {method} bundle cannot be derived from the {bundle.method} bundle '
+                         f'{source} (missing {missing or "compatible diffuser"})')
+    config = replace(bundle.config, method=replace(bundle.config.method, name=method))
+    return save_bundle(path, config, bundle.env_id, bundle.dims, bundle.action_low,
+                       bundle.action_high, bundle.normalizers, bundle.models)
 
 
 def _read_json(path: Path) -> dict:
@@ -114,14 +118,24 @@ def _field(meta: dict, name: str, kind: type, source: Path):
     return value
 
 
+def read_method(path: str | Path) -> str:
+    """The method a bundle records, from its config.json alone (no weights read)."""
+    source = Path(path) / CONFIG_FILE
+    if not source.is_file():
+        raise ValueError(f'bundle {path} is missing {CONFIG_FILE}')
+    method = _read_json(source).get('method')
+    if method not in METHODS:
+        raise ValueError(f'{source} field \'method\' is {method!r}; known methods are {METHODS}')
+    return method
+
+
 def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
                 expected_env_id: str | None = None) -> Bundle:
     """Load and check a bundle directory; every error names the file and what is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f'bundle directory {path} does not exist')
-    missing = [f for f in (CONFIG_FILE, NORMALIZER_FILE, *WEIGHT_FILES.values())
-               if not (path / f).is_file()]
+    missing = [f for f in (CONFIG_FILE, NORMALIZER_FILE) if not (path / f).is_file()]
     if missing:
         raise ValueError(f'bundle {path} is missing {", ".join(missing)}')
     source = path / CONFIG_FILE
@@ -129,9 +143,13 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     if meta.get('format') != BUNDLE_FORMAT:
         raise ValueError(f'{source} is not a diffusion_planner_ros bundle config '
                          f'(format {meta.get("format")!r})')
-    if meta.get('method') != METHOD:
-        raise ValueError(f'{source} holds method {meta.get("method")!r}; this planner runs '
-                         f'{METHOD!r}')
+    method = meta.get('method')
+    if method not in METHODS:
+        raise ValueError(f'{source} field \'method\' is {method!r}; known methods are {METHODS}')
+    files = weight_files(method)
+    missing = [f for f in files.values() if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f'bundle {path} is missing {", ".join(missing)}')
     env_id = _field(meta, 'env_id', str, source)
     if expected_env_id is not None and env_id != expected_env_id:
         raise ValueError(f'bundle {path} was trained for env {env_id!r}, not {expected_env_id!r}')
@@ -141,10 +159,17 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f'{source} field dims must hold integers obs, action, condition') \
             from error
+    raw_config = _field(meta, 'config', dict, source)
+    recorded = (raw_config.get('method') or {}).get('name', method)
+    if recorded != method:
+        raise ValueError(f'{source}: field method {method!r} disagrees with config.method.name '
+                         f'{recorded!r}')
     try:
-        config = config_from_dict(_field(meta, 'config', dict, source))
+        config = config_from_dict(raw_config)
     except (TypeError, ValueError) as error:
         raise ValueError(f'{source}: {error}') from error
+    # Bundles written before the method section existed record the method only at the top.
+    config = replace(config, method=replace(config.method, name=method))
     action_low = np.asarray(_field(meta, 'action_low', list, source), dtype=float)
     action_high = np.asarray(_field(meta, 'action_high', list, source), dtype=float)
     if action_low.shape != (dims.action,) or action_high.shape != (dims.action,):
@@ -163,8 +188,8 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
         if name not in normalizers or normalizers[name].dim != size:
             raise ValueError(f'{stats_source} needs {name!r} statistics of size {size}')
 
-    models = build_models(config, dims)
-    for name, filename in WEIGHT_FILES.items():
+    models = build_models(config, dims, method)
+    for name, filename in files.items():
         weights = path / filename
         try:
             state = load_file(str(weights))
@@ -176,5 +201,5 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
             raise ValueError(f'{weights} does not match the architecture in {source}: '
                              f'{str(error).splitlines()[0]}') from error
         models[name].to(device).eval()
-    return Bundle(path, config, env_id, meta.get('dataset_id', ''), dims, action_low,
+    return Bundle(path, method, config, env_id, meta.get('dataset_id', ''), dims, action_low,
                   action_high, normalizers, models)

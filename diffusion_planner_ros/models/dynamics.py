@@ -1,0 +1,80 @@
+"""DMEMM's environment models: a Gaussian ensemble for transitions and a reward regressor.
+
+Both work in normalised units. The ensemble predicts the change of state; members differ by
+their initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from diffusion_planner_ros.config import DynamicsConfig
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    """ReLU MLP with ``layers`` hidden layers."""
+    modules, width = [], in_dim
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    modules.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*modules)
+
+
+class GaussianEnsemble(nn.Module):
+    """T(s' | s, a) = N(s + mu_e(s, a), diag sigma_e(s, a)^2) for members e = 1 .. E."""
+
+    def __init__(self, config: DynamicsConfig, obs_dim: int, action_dim: int):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.members = nn.ModuleList(
+            mlp(obs_dim + action_dim, 2 * obs_dim, config.hidden_dim, config.n_hidden)
+            for _ in range(config.ensemble_size))
+        # Soft bounds on the log standard deviation (PETS-style), learned.
+        self.max_logstd = nn.Parameter(torch.full((obs_dim,), 0.5))
+        self.min_logstd = nn.Parameter(torch.full((obs_dim,), -10.0))
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor):
+        """(..., obs), (..., act) -> next-state means and log-stds, each (E, ..., obs)."""
+        inputs = torch.cat([state, action], dim=-1)
+        outputs = torch.stack([member(inputs) for member in self.members])
+        delta, logstd = outputs.split(self.obs_dim, dim=-1)
+        logstd = self.max_logstd - nn.functional.softplus(self.max_logstd - logstd)
+        logstd = self.min_logstd + nn.functional.softplus(logstd - self.min_logstd)
+        return state + delta, logstd
+
+    def log_prob(self, state: torch.Tensor, action: torch.Tensor,
+                 next_state: torch.Tensor) -> torch.Tensor:
+        """log T(s' | s, a) averaged over members, summed over state dims: (...)."""
+        mean, logstd = self(state, action)
+        z = (next_state - mean) / logstd.exp()
+        per_dim = -0.5 * z.pow(2) - logstd - 0.5 * math.log(2 * math.pi)
+        return per_dim.sum(-1).mean(0)
+
+    def predict(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Mean next state over members: (..., obs)."""
+        return self(state, action)[0].mean(0)
+
+    def nll(self, state: torch.Tensor, action: torch.Tensor,
+            next_state: torch.Tensor) -> torch.Tensor:
+        """Training loss: Gaussian NLL of every member, plus a small pull on the log-std bounds."""
+        mean, logstd = self(state, action)
+        z = (next_state - mean) / logstd.exp()
+        loss = (0.5 * z.pow(2) + logstd).mean()
+        return loss + 0.01 * (self.max_logstd.sum() - self.min_logstd.sum())
+
+
+class RewardModel(nn.Module):
+    """R(s, a, condition) -> (...,) the per-step reward in units of the task's reward scale."""
+
+    def __init__(self, config: DynamicsConfig, obs_dim: int, action_dim: int, cond_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim + cond_dim, 1, config.hidden_dim, config.n_hidden)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor,
+                condition: torch.Tensor) -> torch.Tensor:
+        """(..., obs), (..., act), (..., cond) -> (...)."""
+        return self.net(torch.cat([state, action, condition], dim=-1)).squeeze(-1)

@@ -1,0 +1,113 @@
+"""Train every network of a method on its Minari dataset and assemble the bundle.
+
+training/train.py and training/benchmark.py call this; it owns the order of work: config ->
+data -> networks -> one sanity batch each -> training loops with checkpoints -> bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from diffusion_planner_ros.config import ExperimentConfig
+from diffusion_planner_ros.data.minari_io import dataset_env_id, load_minari, read_episodes
+from diffusion_planner_ros.data.sequence import SequenceDataset
+from diffusion_planner_ros.diffusion import DDPMSchedule
+from diffusion_planner_ros.models import METHOD_COMPONENTS, Dims, build_models
+from diffusion_planner_ros.planning.bundle import save_bundle
+from diffusion_planner_ros.trainer import (ComponentTrainer, component_setups, init_distributed,
+                                           parameter_checksum)
+
+
+def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Path | None = None,
+                 only: list[str] | None = None, progress: bool = True) -> Path | None:
+    """Train the networks of ``config.method.name`` (or ``only`` those); return the bundle path.
+
+    Checkpoints go to <out>/checkpoints and a run resumes from them; final weights go to
+    <out>/weights. The bundle is written once every network of the method has weights.
+    """
+    out = Path(out)
+    bundle_dir = Path(bundle_dir) if bundle_dir else out / 'bundle'
+    method = config.method.name
+    components = METHOD_COMPONENTS[method]
+    unknown = sorted(set(only or ()) - set(components))
+    if unknown:
+        raise ValueError(f'{method} has no network(s) {unknown}; it has {list(components)}')
+    context, device = init_distributed(config.training.device)
+    torch.manual_seed(config.training.seed)
+    log = print if context.is_main else (lambda *args: None)
+    log(f'{method}: device {device}, world size {context.world_size}, run folder {out}')
+
+    # Data.
+    minari_dataset = load_minari(config.data.dataset_id)
+    env_id = config.data.env_id or dataset_env_id(minari_dataset)
+    data = SequenceDataset(read_episodes(minari_dataset), config.data.condition,
+                           config.data.discount, config.data.returns_scale)
+    dims = Dims(data.obs_dim, data.action_dim, data.cond_dim)
+    space = minari_dataset.spec.action_space
+    log(f'{config.data.dataset_id}: {data.num_transitions} transitions, dims {dims}')
+
+    # Networks; those trained by an earlier run start from their final weights.
+    models = {name: model.to(device) for name, model in build_models(config, dims).items()}
+    weights_dir = out / 'weights'
+    wanted = [name for name in components if not only or name in only]
+    for name in components:
+        path = weights_dir / f'{name}.safetensors'
+        if name not in wanted and path.is_file():
+            models[name].load_state_dict(load_file(str(path)))
+    schedule = DDPMSchedule(config.schedule, device)
+    setups = component_setups(config, data, schedule, models)
+
+    # One forward/backward sanity batch per network before the long loops.
+    rng = np.random.default_rng(config.training.seed)
+    for name in wanted:
+        batch = {k: v.to(device) for k, v in setups[name].sample_batch(rng).items()}
+        loss = setups[name].loss_fn(models[name], batch)
+        loss.backward()
+        models[name].zero_grad(set_to_none=True)
+        log(f'sanity batch {name}: loss {loss.item():.4f}')
+
+    # Loops, in the method's order.
+    train_cfg = config.training
+    for name in wanted:
+        setup = setups[name]
+        if setup.steps == 0:
+            continue
+        trainer = ComponentTrainer(name, models[name], setup.loss_fn, setup.sample_batch,
+                                   train_cfg.learning_rate, device, out / 'checkpoints',
+                                   context, setup.ema_decay)
+        if trainer.try_resume():
+            log(f'{name}: resumed at step {trainer.step}')
+        losses = trainer.train(setup.steps, train_cfg.seed, train_cfg.log_every,
+                               train_cfg.checkpoint_every, progress=progress)
+        print(f'rank {context.rank} {name} checksum {parameter_checksum(trainer.model):.6f}')
+        if context.is_main:
+            weights_dir.mkdir(parents=True, exist_ok=True)
+            final = trainer.final_model()
+            save_file({k: v.detach().cpu().contiguous() for k, v in final.state_dict().items()},
+                      str(weights_dir / f'{name}.safetensors'))
+            (weights_dir / f'{name}.losses.json').write_text(json.dumps(losses) + '\n')
+            log(f'{name}: final loss {losses[-1] if losses else float("nan"):.4f}')
+
+    # The bundle, once every network has weights.
+    written = None
+    if context.is_main:
+        files = {name: weights_dir / f'{name}.safetensors' for name in components}
+        missing = [name for name, path in files.items() if not path.is_file()]
+        if missing:
+            log(f'bundle not written yet: {", ".join(missing)} still untrained')
+        else:
+            for name, path in files.items():
+                models[name].load_state_dict(load_file(str(path)))
+            written = save_bundle(bundle_dir, config, env_id, dims, space.low, space.high,
+                                  data.normalizers, models)
+            log(f'bundle written to {bundle_dir}')
+    if context.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return written
