@@ -149,7 +149,8 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
         return loss
     x0 = joint_trajectories(batch)
     condition = batch[CONDITIONS][:, 0]
-    levels = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
+    top = min(method.modulation_levels or schedule.num_steps, schedule.num_steps)
+    levels = torch.randint(0, top, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
 
     def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,9 @@ class JointDiffusionPlanner(BasePlanner):
         def guide(mean: torch.Tensor, t: int) -> torch.Tensor:
             with torch.enable_grad():
                 x = mean.detach().requires_grad_(True)
-                return torch.autograd.grad(self.objective(x, t, condition).sum(), x)[0]
+                grad = torch.autograd.grad(self.objective(x, t, condition).sum(), x)[0]
+            # An objective evaluated far outside the data can overflow: never pass that on.
+            return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         return guide
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
@@ -110,6 +112,10 @@ class JointDiffusionPlanner(BasePlanner):
             plans = sample(self.diffuser, self.schedule, (count, self.horizon, self.width),
                            device=self.device, **common)
         after_sample = self._sync()
+        if not torch.isfinite(plans).all():
+            raise RuntimeError(f'{self.method} sampling diverged: the guide\'s gradient grew '
+                               f'without bound (value_guidance_scale '
+                               f'{self.config.value_guidance_scale} is too large)')
         best = 0
         if count > 1:
             best = int(torch.argmax(self.objective(plans, 0, condition)))

@@ -146,10 +146,6 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     method = meta.get('method')
     if method not in METHODS:
         raise ValueError(f'{source} field \'method\' is {method!r}; known methods are {METHODS}')
-    files = weight_files(method)
-    missing = [f for f in files.values() if not (path / f).is_file()]
-    if missing:
-        raise ValueError(f'bundle {path} is missing {", ".join(missing)}')
     env_id = _field(meta, 'env_id', str, source)
     if expected_env_id is not None and env_id != expected_env_id:
         raise ValueError(f'bundle {path} was trained for env {env_id!r}, not {expected_env_id!r}')
@@ -170,6 +166,10 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
         raise ValueError(f'{source}: {error}') from error
     # Bundles written before the method section existed record the method only at the top.
     config = replace(config, method=replace(config.method, name=method))
+    files = weight_files(method)
+    missing = [f for f in files.values() if not (path / f).is_file()]
+    if missing:
+        raise ValueError(f'bundle {path} is missing {", ".join(missing)}')
     action_low = np.asarray(_field(meta, 'action_low', list, source), dtype=float)
     action_high = np.asarray(_field(meta, 'action_high', list, source), dtype=float)
     if action_low.shape != (dims.action,) or action_high.shape != (dims.action,):

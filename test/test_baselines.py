@@ -1,0 +1,315 @@
+"""The seed baselines: guided and warm-start sampling, DMEMM's Eq. 8, losses, bundles, planners."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_bundle_planner import ENV_ID, GOAL, OBS, tiny_config, write_bundle
+from test_schedule import LinearEps, schedule
+
+from diffusion_planner_ros.config import (DynamicsConfig, ExperimentConfig, MethodConfig,
+                                          PolicyConfig, TrainConfig)
+from diffusion_planner_ros.data.minari_io import Episode
+from diffusion_planner_ros.data.sequence import SequenceDataset
+from diffusion_planner_ros.diffusion import DDPMSchedule, sample
+from diffusion_planner_ros.diffusion.modulation import one_shot_denoise, reverse_mean_chain
+from diffusion_planner_ros.diffusion.sampling import denoise, shift_plan, warm_start
+from diffusion_planner_ros.models import METHOD_COMPONENTS
+from diffusion_planner_ros.planning import (BCPlanner, DecisionDiffuserPlanner,
+                                            JointDiffusionPlanner, TrajectoryDiffuserPlanner,
+                                            load_planner)
+from diffusion_planner_ros.planning.bundle import derive_bundle
+from diffusion_planner_ros.trainer import ComponentTrainer, DistributedContext, component_setups
+
+
+# Sampling ---------------------------------------------------------------------------------
+def test_value_guidance_moves_the_sample_toward_higher_value():
+    s, model = schedule(num_steps=20), LinearEps()
+    x = torch.randn(3, 8, 4)
+
+    def value(y):  # J = sum of the first channel
+        return y[..., 0].sum()
+
+    def guide(mean, t):
+        return torch.autograd.functional.jacobian(value, mean)
+
+    plain = denoise(model, s, x, 19, torch.zeros(3, 2), 0.0, None,
+                    torch.Generator().manual_seed(1))
+    guided = denoise(model, s, x, 19, torch.zeros(3, 2), 0.0, None,
+                     torch.Generator().manual_seed(1), guide=guide, guide_scale=5.0)
+    assert value(guided) > value(plain) + 0.1
+    # Only the guided channel moved beyond what the coupling of the model carries.
+    assert torch.isfinite(guided).all()
+
+
+def test_inpainted_entries_stay_fixed_with_guidance_and_free_actions():
+    s, model = schedule(num_steps=10), LinearEps()
+    start = torch.tensor([0.1, -0.2, float('nan'), float('nan')])  # state dims, free actions
+    goal = torch.tensor([0.5, 0.6, float('nan'), float('nan')])
+    out = sample(model, s, (2, 8, 4), torch.zeros(2, 2), 0.0, {0: start, 7: goal},
+                 torch.Generator().manual_seed(0), guide=lambda m, t: torch.ones_like(m),
+                 guide_scale=1.0)
+    assert torch.equal(out[:, 0, :2], start[:2].expand(2, 2))
+    assert torch.equal(out[:, 7, :2], goal[:2].expand(2, 2))
+    assert torch.isfinite(out).all()
+
+
+class OracleEps(torch.nn.Module):
+    """The noise that separates x from a known clean plan: eps = (x - sqrt(abar) x0) / ..."""
+
+    def __init__(self, s, x0):
+        super().__init__()
+        self.s, self.x0 = s, x0
+
+    def forward(self, x, k, condition, mask):
+        a = self.s.sqrt_alphas_cumprod[k].view(-1, 1, 1)
+        b = self.s.sqrt_one_minus_alphas_cumprod[k].view(-1, 1, 1)
+        return (x - a * self.x0) / b
+
+
+def test_shift_plan_drops_executed_steps_and_repeats_the_last():
+    plan = torch.arange(12.0).view(1, 4, 3)
+    shifted = shift_plan(plan, 1)
+    assert torch.equal(shifted[0, :3], plan[0, 1:])
+    assert torch.equal(shifted[0, 3], plan[0, 3])
+    assert torch.equal(shift_plan(plan, 0), plan)
+    with pytest.raises(ValueError):
+        shift_plan(plan, 4)
+
+
+@pytest.mark.parametrize('steps', [1, 3, 20])
+def test_warm_start_without_added_noise_returns_the_plan(steps):
+    s = schedule(num_steps=20)
+    previous = torch.rand(1, 8, 4) * 1.6 - 0.8
+    # Zero levels: nothing is noised, the shifted plan comes back exactly.
+    out = warm_start(LinearEps(), s, previous, 2, 0, torch.zeros(1, 2), 0.0)
+    assert torch.equal(out, shift_plan(previous, 2))
+    # A model that knows the plan and no sampling noise: the plan comes back at any level.
+    target = shift_plan(previous, 2)
+    out = warm_start(OracleEps(s, target), s, previous, 2, steps, torch.zeros(1, 2), 0.0,
+                     generator=torch.Generator().manual_seed(0), noise_scale=0.0)
+    assert torch.allclose(out, target, atol=1e-4)
+
+
+# DMEMM Proposition 1 ----------------------------------------------------------------------
+def toy_schedule():
+    from diffusion_planner_ros.config import ScheduleConfig
+    return DDPMSchedule(ScheduleConfig(num_steps=6, beta_schedule='linear', clip_denoised=False))
+
+
+def test_one_shot_denoise_matches_the_step_by_step_reverse_means():
+    s = toy_schedule()
+    torch.manual_seed(0)
+    table = torch.randn(6, 1, 5, 3)  # a noise model that depends on the level only
+
+    def epsilon(x, levels, rows):
+        return table[levels, 0]
+
+    x0, noise = torch.randn(4, 5, 3), torch.randn(4, 5, 3)
+    levels = torch.tensor([0, 2, 5, 3])
+    one_shot = one_shot_denoise(epsilon, s, x0, levels, noise)
+    for row, level in enumerate(levels.tolist()):
+        x_t = s.add_noise(x0[row:row + 1], noise[row:row + 1], level)
+        chain = reverse_mean_chain(epsilon, s, x_t, level)
+        assert torch.allclose(one_shot[row:row + 1], chain, atol=1e-4)
+    # The chain itself is the schedule's reverse step without noise or clipping (Eq. 4).
+    x_t = torch.randn(1, 5, 3)
+    stepped = x_t
+    for level in range(3, -1, -1):
+        stepped = s.step(table[level, 0][None], level, stepped).prev_sample
+    assert torch.allclose(reverse_mean_chain(epsilon, s, x_t, 3), stepped, atol=1e-4)
+
+
+def test_sampled_levels_estimate_the_full_sum_without_bias():
+    s = toy_schedule()
+    torch.manual_seed(0)
+    table = torch.randn(6, 1, 5, 3)
+
+    def epsilon(x, levels, rows):
+        return table[levels, 0]
+
+    x0, noise = torch.randn(1, 5, 3), torch.randn(1, 5, 3)
+    levels = torch.tensor([5])
+    exact = one_shot_denoise(epsilon, s, x0, levels, noise)
+    generator = torch.Generator().manual_seed(3)
+    draws = torch.stack([one_shot_denoise(epsilon, s, x0, levels, noise, terms=2,
+                                          generator=generator) for _ in range(3000)])
+    # The toy schedule's last levels weigh terms by ~100: compare relative to that size.
+    scale = exact.abs().max()
+    assert torch.allclose(draws.mean(0), exact, atol=0.02 * scale)
+    assert draws.std(0).max() > 0.1 * scale  # it really is an estimate
+
+
+# Losses decrease on a tiny dataset --------------------------------------------------------
+def tiny_episodes(count=6, length=60, seed=0):
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for _ in range(count):
+        goal = rng.uniform(-1, 1, 2)
+        position, velocity = rng.uniform(-1, 1, 2), np.zeros(2)
+        observations, actions = [], []
+        for _ in range(length):
+            action = np.clip(2.0 * (goal - position) - velocity + 0.1 * rng.normal(size=2), -1, 1)
+            observations.append(np.concatenate([position, velocity]))
+            actions.append(action)
+            velocity = 0.9 * velocity + 0.1 * action
+            position = position + 0.1 * velocity
+        observations.append(np.concatenate([position, velocity]))
+        observations = np.array(observations)
+        episodes.append(Episode(observations, np.array(actions), np.zeros(length),
+                                observations[:, :2].copy(), np.tile(goal, (length + 1, 1))))
+    return episodes
+
+
+def method_config(method: str, steps: int = 150) -> ExperimentConfig:
+    base = tiny_config()
+    return ExperimentConfig(
+        method=MethodConfig(name=method, modulation_terms=2), data=base.data,
+        prior=base.prior, unet=base.unet, planner=base.planner,
+        dynamics=DynamicsConfig(ensemble_size=2, hidden_dim=32, n_hidden=2),
+        policy=PolicyConfig(hidden_dim=32, n_hidden=2),
+        training=TrainConfig(prior_steps=steps, diffuser_steps=steps,
+                             inverse_dynamics_steps=steps, value_steps=steps,
+                             dynamics_steps=steps, policy_steps=steps, batch_size=16,
+                             learning_rate=1e-3, log_every=25, checkpoint_every=10_000,
+                             device='cpu'))
+
+
+@pytest.mark.parametrize('method', ['diffuser', 'dmemm', 'bc', 'decision_diffuser'])
+def test_each_methods_losses_decrease_on_a_tiny_dataset(method, tmp_path):
+    from diffusion_planner_ros.models import Dims, build_models
+    torch.manual_seed(0)
+    config = method_config(method)
+    data = SequenceDataset(tiny_episodes(), 'goal')
+    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
+    s = DDPMSchedule(config.schedule)
+    setups = component_setups(config, data, s, models)
+    assert list(setups) == list(METHOD_COMPONENTS[method])
+    for name, setup in setups.items():
+        trainer = ComponentTrainer(name, models[name], setup.loss_fn, setup.sample_batch,
+                                   1e-3, torch.device('cpu'), tmp_path / name,
+                                   DistributedContext(), setup.ema_decay)
+        losses = trainer.train(setup.steps, 0, 25, 10_000, progress=False)
+        assert losses[-1] < losses[0], (name, losses)
+
+
+def test_dmemm_modulation_terms_reach_the_noise_model_only():
+    from diffusion_planner_ros.models import Dims, build_models
+    from diffusion_planner_ros.trainer import dmemm_loss
+    config = method_config('dmemm')
+    data = SequenceDataset(tiny_episodes(), 'goal')
+    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
+    batch = data.sample_windows(np.random.default_rng(0), 8, 8, with_actions=True)
+    s = DDPMSchedule(config.schedule)
+    torch.manual_seed(0)
+    full = dmemm_loss(models['diffuser'], batch, s, 4, config.method, models['transition'],
+                      models['reward'], data)
+    full.backward()
+    assert all(p.grad is None for p in models['transition'].parameters())
+    assert all(p.grad is None for p in models['reward'].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in models['diffuser'].parameters())
+    # Without the modulation terms the loss is the (weighted) diffusion loss alone.
+    bare = MethodConfig(name='dmemm', transition_weight=0.0, reward_weight=0.0)
+    torch.manual_seed(0)
+    plain = dmemm_loss(models['diffuser'], batch, s, 4, bare, models['transition'],
+                       models['reward'], data)
+    assert not torch.isclose(full, plain)
+
+
+# Bundles and planners ---------------------------------------------------------------------
+def method_bundle(path, method, **planner):
+    config = method_config(method)
+    if planner:
+        import dataclasses
+        config = dataclasses.replace(config, planner=dataclasses.replace(config.planner,
+                                                                         **planner))
+    return write_bundle(path, config)
+
+
+@pytest.mark.parametrize('method,cls', [
+    ('trajectory_diffuser', TrajectoryDiffuserPlanner),
+    ('decision_diffuser', DecisionDiffuserPlanner),
+    ('diffuser', JointDiffusionPlanner), ('dmemm', JointDiffusionPlanner), ('bc', BCPlanner)])
+def test_load_planner_runs_the_method_the_bundle_records(method, cls, tmp_path):
+    path = method_bundle(tmp_path / method, method, replan_every=3)
+    meta = json.loads((path / 'config.json').read_text())
+    assert meta['method'] == method and meta['config']['method']['name'] == method
+    planner = load_planner(path)
+    assert type(planner) is cls and planner.method == method
+    plan = planner.plan(OBS, goal=GOAL)
+    chunk = 1 if method == 'bc' else 3
+    assert plan.actions.shape == (chunk, 2) and np.all(np.abs(plan.actions) <= 1.0)
+    assert np.allclose(plan.refined_states[0], OBS, atol=1e-5)
+    assert (plan.prior_states is not None) == (method == 'trajectory_diffuser')
+    assert plan.timings_ms['total'] > 0
+
+
+def test_a_planner_class_refuses_another_methods_bundle(tmp_path):
+    path = method_bundle(tmp_path / 'd', 'diffuser')
+    with pytest.raises(ValueError, match="holds method 'diffuser'"):
+        TrajectoryDiffuserPlanner.from_bundle(path)
+    meta = json.loads((path / 'config.json').read_text())
+    meta['method'] = 'dmemm'
+    (path / 'config.json').write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match='disagrees with config.method.name'):
+        load_planner(path)
+    meta['method'] = 'magic'
+    (path / 'config.json').write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'method' is 'magic'"):
+        load_planner(path)
+
+
+def test_decision_diffuser_bundle_shares_trajectory_diffusers_networks(tmp_path):
+    source = method_bundle(tmp_path / 'td', 'trajectory_diffuser')
+    derived = derive_bundle(source, 'decision_diffuser', tmp_path / 'dd')
+    assert sorted(p.name for p in derived.glob('*.safetensors')) == [
+        'diffuser.safetensors', 'inverse_dynamics.safetensors']
+    for name in ('diffuser', 'inverse_dynamics'):
+        assert (derived / f'{name}.safetensors').read_bytes() == \
+            (source / f'{name}.safetensors').read_bytes()
+    assert type(load_planner(derived)) is DecisionDiffuserPlanner
+    with pytest.raises(ValueError, match='cannot be derived'):
+        derive_bundle(source, 'diffuser', tmp_path / 'x')
+
+
+def test_joint_planner_warm_start_and_candidates(tmp_path):
+    path = method_bundle(tmp_path / 'd', 'diffuser', warm_start_steps=2, candidates=4,
+                         replan_every=2)
+    planner = load_planner(path)
+    first = planner.plan(OBS, goal=GOAL)
+    assert 'sample' in first.timings_ms and 'rank' in first.timings_ms
+    second = planner.plan(OBS + 0.01, goal=GOAL)
+    assert np.allclose(second.refined_states[0], OBS + 0.01, atol=1e-5)
+    # Warm start runs 2 levels instead of K: much less work than the first plan.
+    cold = load_planner(path, warm_start_steps=0)
+    cold.plan(OBS, goal=GOAL)
+    planner.reset()
+    assert planner._previous is None
+    with pytest.raises(ValueError, match='warm_start_steps'):
+        load_planner(path, warm_start_steps=1000)
+
+
+def test_dmemm_guidance_raises_the_objective(tmp_path):
+    path = method_bundle(tmp_path / 'm', 'dmemm')
+    plain = load_planner(path, value_guidance_scale=0.0)
+    guided = load_planner(path, value_guidance_scale=0.05)
+    scores = []
+    for planner in (plain, guided):
+        plan = planner.plan(OBS, goal=GOAL)
+        assert np.all(np.isfinite(plan.actions))
+        x = planner._previous
+        condition = planner._tensor(planner._goals.normalize(GOAL))[None]
+        scores.append(float(planner.objective(x, 0, condition).detach()))
+    assert scores[1] > scores[0]
+    # A scale that makes the guided chain diverge is reported, never turned into actions.
+    with pytest.raises(RuntimeError, match='value_guidance_scale'):
+        load_planner(path, value_guidance_scale=1e3).plan(OBS, goal=GOAL)
+
+
+def test_unknown_env_for_bundle_is_refused(tmp_path):
+    path = method_bundle(tmp_path / 'b', 'bc')
+    with pytest.raises(ValueError, match='trained for env'):
+        load_planner(path, expected_env_id='Hopper-v5')
+    assert ENV_ID in (path / 'config.json').read_text()
