@@ -94,11 +94,16 @@ def reference_policy(name: str, env, seed: int = 0) -> Policy:
 def evaluate(env_id: str, episodes: int, seed: int,
              planner: BasePlanner | None = None,
              policy_name: str | None = None, target_return: float | None = None,
-             progress: bool = True) -> list[EpisodeResult]:
-    """Run ``episodes`` episodes with seeds seed, seed + 1, ... (one random goal each)."""
+             progress: bool = True,
+             max_episode_steps: int | None = None) -> list[EpisodeResult]:
+    """Run ``episodes`` episodes with seeds seed, seed + 1, ... (one random goal each).
+
+    max_episode_steps shortens episodes (smoke runs); None keeps the env's own limit.
+    """
     if (planner is None) == (policy_name is None):
         raise ValueError('pass exactly one of planner and policy_name')
-    env = make_env(env_id)
+    env = make_env(env_id, **({'max_episode_steps': max_episode_steps}
+                              if max_episode_steps else {}))
     policy = reference_policy(policy_name, env, seed) if policy_name else None
     results = []
     for episode in tqdm(range(episodes), desc='evaluate', disable=not progress):
@@ -145,12 +150,12 @@ SETTINGS = ('refine_steps', 'guidance_scale', 'noise_scale', 'replan_every',
 
 
 def method_label(planner: BasePlanner) -> str:
-    """The bundle's method; Trajectory Diffuser with k = 0 is reported as prior_only."""
+    """Name the method: the bundle's, or prior_only for Trajectory Diffuser with k = 0."""
     if planner.method == 'trajectory_diffuser' and planner.config.refine_steps == 0:
         return 'prior_only'
     return planner.method
 
 
 def planner_settings(planner: BasePlanner | None) -> dict:
-    """The sampler settings an evaluation ran with (None for a reference policy)."""
+    """Return the sampler settings an evaluation ran with (None for a reference policy)."""
     return {name: getattr(planner.config, name) if planner else None for name in SETTINGS}

@@ -208,7 +208,7 @@ class ComponentSetup:
 
 def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: DDPMSchedule,
                      models: dict[str, nn.Module]) -> dict[str, ComponentSetup]:
-    """The training recipe of every network of the config's method, in training order."""
+    """Return the training recipe of every network of the config's method, in order."""
     train, method = config.training, config.method
     batch, horizon, obs_dim = train.batch_size, config.data.horizon, data.obs_dim
     windows = partial(data.sample_windows, batch_size=batch, length=horizon)

@@ -266,3 +266,29 @@ def test_bridge_drops_bad_commands_and_keeps_running(ros_env, tmp_path):
     text = log.read_text()
     assert 'dropped command of length 3' in text and 'dropped command with NaN or inf' in text
     assert code == 0
+
+
+def test_planner_node_runs_a_baselines_bundle(driver, ros_env, tmp_path):
+    """The node plans with whatever method the bundle records (here a Diffuser bundle)."""
+    from test_baselines import method_bundle
+    bundle = method_bundle(tmp_path / 'diffuser_bundle', 'diffuser')
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', f'bundle:={bundle}', '-p',
+                                          'lockstep:=true', '-p', 'device:=cpu'],
+                         ros_env, tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 0
+                          and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
+        spin_until(executor, lambda: False, 1.0)
+        node.publish_goal(node.goal)
+        spin_until(executor, lambda: False, 0.5)
+        node.publish_state()
+        assert spin_until(executor, lambda: node.steps >= 12, 120), log.read_text()[-2000:]
+        assert all(len(c) == 2 and np.all(np.isfinite(c)) and np.all(np.abs(c) <= 1.0)
+                   for c in node.commands)
+    finally:
+        code = stop(planner)
+    text = log.read_text()
+    assert 'method diffuser' in text
+    assert code == 0, text[-2000:]

@@ -105,3 +105,37 @@ def test_bad_config_key_fails_with_its_name(tmp_path):
                             cwd=REPO, env=script_env(tmp_path), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and 'stepz' in result.stderr
+
+
+def test_benchmark_quick_suite_end_to_end(tmp_path):
+    out = tmp_path / 'bench'
+    text = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
+                '--no-progress'], tmp_path, timeout=900)
+    suite_methods = ['trajectory_diffuser', 'prior_only', 'decision_diffuser', 'diffuser',
+                     'diffuser_warm', 'dmemm', 'bc']
+    for name in suite_methods:
+        row = json.loads((out / 'results' / f'umaze_{name}_seed0.json').read_text())
+        assert row['train_seed'] == 0 and row['episodes'] == 1
+        for key in ('env', 'dataset', 'method', 'score_mean', 'score_stderr', 'success_rate',
+                    'plan_ms_p50', 'plan_ms_p99', 'episode_returns', 'machine'):
+            assert key in row, key
+        assert f'| umaze | {name} | 1 x 1 |' in text
+    # Each method's bundle records its method; Decision Diffuser shares TD's networks.
+    runs = out / 'runs' / 'umaze'
+    for name in ('diffuser', 'dmemm', 'bc', 'decision_diffuser'):
+        meta = json.loads((runs / name / 'seed0' / 'bundle' / 'config.json').read_text())
+        assert meta['method'] == name
+    assert (runs / 'decision_diffuser' / 'seed0' / 'bundle' / 'diffuser.safetensors'
+            ).read_bytes() == (runs / 'trajectory_diffuser' / 'seed0' / 'bundle' /
+                               'diffuser.safetensors').read_bytes()
+    assert json.loads((out / 'results' / 'umaze_diffuser_warm_seed0.json').read_text())[
+        'warm_start_steps'] == 2
+    for plot in ('score_vs_latency.png', 'example_plan_umaze.png'):
+        assert (out / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    table = json.loads((out / 'table.json').read_text())
+    dd = next(x for x in table if x['name'] == 'decision_diffuser')
+    assert dd['speedup_vs_dd'] == pytest.approx(1.0)
+    # A second run loads everything and redoes nothing.
+    again = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
+                 '--no-progress'], tmp_path, timeout=300)
+    assert 'bundle written' not in again

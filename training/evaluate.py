@@ -15,7 +15,7 @@ from pathlib import Path
 from diffusion_planner_ros.config import EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
 from diffusion_planner_ros.evaluation import (evaluate, method_label, planner_settings,
-                                               summarize)
+                                              summarize)
 from diffusion_planner_ros.planning import load_planner
 
 COLUMNS = ('env', 'method', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',

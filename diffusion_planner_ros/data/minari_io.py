@@ -69,6 +69,14 @@ def load_minari(dataset_id: str, download_timeout_s: float = 3.0):
     return minari.load_dataset(dataset_id)
 
 
+def local_dataset_exists(dataset_id: str) -> bool:
+    """Whether a Minari dataset with this id is in the local folder."""
+    import minari
+
+    validate_dataset_id(dataset_id)
+    return dataset_id in minari.list_local_datasets()
+
+
 def read_episodes(dataset) -> list[Episode]:
     """All episodes of a Minari dataset as flat float arrays, checked for NaN and inf."""
     episodes = []

@@ -1,5 +1,7 @@
-"""Sampling loops that call a noise model: full DDPM sampling, Trajectory Diffuser refinement,
-Diffuser's warm start, and gradient guidance on the reverse-step mean.
+"""Sampling loops that call a noise model: full sampling, refinement, warm start, guidance.
+
+Full DDPM sampling, Trajectory Diffuser refinement, Diffuser's warm start, and gradient guidance
+on the reverse-step mean.
 
 The loops take the network as an argument; the schedule supplies the arithmetic. Constraints are
 a mapping from plan index to a normalised state, written into the sample before every network
@@ -55,7 +57,7 @@ def guided_epsilon(model: NoiseModel, x: torch.Tensor, t: int, condition: torch.
 
 def guided_mean(mean: torch.Tensor, t: int, schedule: DDPMSchedule, guide: Guide | None,
                 guide_scale: float) -> torch.Tensor:
-    """mu + scale * Sigma_t * grad J(mu) (Diffuser Algorithm 1, line 4; DMEMM Eq. 13)."""
+    """Move the mean along the guide: mu + scale Sigma_t grad J(mu) (Diffuser, DMEMM Eq. 13)."""
     if guide is None or guide_scale == 0.0:
         return mean
     return mean + guide_scale * schedule.posterior_variance[t] * guide(mean, t)

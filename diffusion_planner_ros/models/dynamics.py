@@ -15,7 +15,7 @@ from diffusion_planner_ros.config import DynamicsConfig
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
-    """ReLU MLP with ``layers`` hidden layers."""
+    """Build an MLP with ``layers`` ReLU hidden layers."""
     modules, width = [], in_dim
     for _ in range(layers):
         modules += [nn.Linear(width, hidden), nn.ReLU()]
@@ -48,7 +48,7 @@ class GaussianEnsemble(nn.Module):
 
     def log_prob(self, state: torch.Tensor, action: torch.Tensor,
                  next_state: torch.Tensor) -> torch.Tensor:
-        """log T(s' | s, a) averaged over members, summed over state dims: (...)."""
+        """Return log T(s' | s, a), averaged over members and summed over state dims: (...)."""
         mean, logstd = self(state, action)
         z = (next_state - mean) / logstd.exp()
         per_dim = -0.5 * z.pow(2) - logstd - 0.5 * math.log(2 * math.pi)

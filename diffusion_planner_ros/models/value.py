@@ -38,7 +38,7 @@ class ValueFunction(nn.Module):
             nn.Linear(channels[-1] * length + 2 * e, hidden), nn.Mish(), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """x (B, H, D), k (B,), condition (B, cond_dim) -> (B,)."""
+        """Map x (B, H, D), k (B,), condition (B, cond_dim) to (B,)."""
         embedding = torch.cat([self.time_mlp(k), self.cond_mlp(condition)], dim=-1)
         h = x.transpose(1, 2)  # (B, D, H)
         for block, downsample in self.blocks:

@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env
-from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner
+from diffusion_planner_ros.planning import load_planner
 from diffusion_planner_ros.planning.receding import ActionChunk, configure_threads, LatencyStats
 from diffusion_planner_ros.nodes.runner import spin_node
 from diffusion_planner_ros.robots import Kinematics, load_profile
@@ -46,7 +46,7 @@ def _int_param(description: str, low: int, high: int) -> ParameterDescriptor:
 
 
 class PlannerNode(Node):
-    """ROS I/O around TrajectoryDiffuserPlanner."""
+    """ROS I/O around the planner of the bundle's method (Trajectory Diffuser or a baseline)."""
 
     def __init__(self):
         super().__init__('planner_node')
@@ -74,7 +74,7 @@ class PlannerNode(Node):
         gp = self.get_parameter
         configure_threads(gp('torch_threads').value)
         self.profile = load_profile(gp('profile').value)
-        self.planner = TrajectoryDiffuserPlanner.from_bundle(
+        self.planner = load_planner(
             gp('bundle').value, device=gp('device').value,
             refine_steps=gp('refine_steps').value, guidance_scale=gp('guidance_scale').value,
             noise_scale=gp('noise_scale').value,
@@ -127,7 +127,8 @@ class PlannerNode(Node):
         self._worker.start()
         self.get_logger().info(
             f'planning with {gp("bundle").value} on {self.planner.device}, profile '
-            f'{self.profile.name}, k={self.planner.config.refine_steps}, '
+            f'{self.profile.name}, method {self.planner.method}, '
+            f'k={self.planner.config.refine_steps}, '
             f'replan every {self.planner.config.replan_every} control steps')
 
     # Parameters -----------------------------------------------------------------------------
@@ -156,8 +157,8 @@ class PlannerNode(Node):
         """
         new = {param.name: param.value for param in params}
         gp = self.get_parameter
-        levels = self.planner.schedule.num_steps
-        if new.get('refine_steps', 0) > levels:
+        levels = self.planner.levels
+        if new.get('refine_steps', 0) > levels and self.planner.method == 'trajectory_diffuser':
             return SetParametersResult(successful=False, reason=(
                 f"refine_steps {new['refine_steps']} exceeds the {levels} trained levels"))
         control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
@@ -178,7 +179,8 @@ class PlannerNode(Node):
         self._target_return = new.get('target_return', self._target_return)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             self._plan_budget_ms = 1e3 / plan_rate
-            config.replan_every = replan_every
+            if self.planner.method != 'bc':  # a policy answers one action per call
+                config.replan_every = replan_every
             if not self.lockstep:
                 self._start_timers(control_rate, plan_rate)
         return SetParametersResult(successful=True)
@@ -306,9 +308,10 @@ class PlannerNode(Node):
                 path.poses.append(pose)
             self.path_pub.publish(path)
         if want_markers:
-            prior = self.kinematics.body_positions(plan.prior_states)
             markers = MarkerArray()
-            markers.markers.append(_line('prior', 0, prior, (0.2, 0.4, 1.0), stamp, frame))
+            if plan.prior_states is not None:
+                prior = self.kinematics.body_positions(plan.prior_states)
+                markers.markers.append(_line('prior', 0, prior, (0.2, 0.4, 1.0), stamp, frame))
             markers.markers.append(_line('refined', 1, refined, (0.1, 0.9, 0.2), stamp, frame))
             if goal is not None:
                 markers.markers.append(_sphere('goal', 2, (goal[0], goal[1], refined[0, 2]),

@@ -14,7 +14,7 @@ PLANNERS = {method: cls for cls in (TrajectoryDiffuserPlanner, DecisionDiffuserP
 
 
 def planner_class(path: str | Path) -> type:
-    """The planner class of the method a bundle records."""
+    """Return the planner class of the method a bundle records."""
     return PLANNERS[read_method(path)]
 
 

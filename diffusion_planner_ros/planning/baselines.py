@@ -66,7 +66,7 @@ class JointDiffusionPlanner(BasePlanner):
         self._previous = None
 
     def objective(self, x: torch.Tensor, t: int, condition: torch.Tensor) -> torch.Tensor:
-        """What guidance climbs and candidates are ranked by, per plan: (N, H, D) -> (N,).
+        """Score plans by what guidance climbs and candidates are ranked by: (N, H, D) -> (N,).
 
         Diffuser: J(x_t, t) (its Algorithm 1). DMEMM: sum_t R(s_t, a_t) + lambda sum_t
         log T(s_t+1 | s_t, a_t) (its Eq. 13), both in normalised units.

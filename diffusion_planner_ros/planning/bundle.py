@@ -119,7 +119,7 @@ def _field(meta: dict, name: str, kind: type, source: Path):
 
 
 def read_method(path: str | Path) -> str:
-    """The method a bundle records, from its config.json alone (no weights read)."""
+    """Return the method a bundle records, from its config.json alone (no weights read)."""
     source = Path(path) / CONFIG_FILE
     if not source.is_file():
         raise ValueError(f'bundle {path} is missing {CONFIG_FILE}')

@@ -151,7 +151,7 @@ class BasePlanner:
         return normalizer.unnormalize(values.cpu().numpy().astype(np.float64))
 
     def _goal_state(self, goal, width: int | None = None) -> torch.Tensor:
-        """A normalised plan row: the goal in its goal dimensions, NaN (free) elsewhere.
+        """Build a normalised plan row: the goal in its goal dimensions, NaN (free) elsewhere.
 
         width (default obs_dim) is the row size: obs_dim + action_dim for joint trajectories.
         """
@@ -230,7 +230,7 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         })
 
     def _constraints(self, states: torch.Tensor, goal) -> dict:
-        """The plan starts at the current state; the goal may be written into its end."""
+        """Start the plan at the current state; optionally write the goal into its end."""
         constraints = {0: states[0, -1]}
         if self.config.inpaint_goal and self.condition_kind == 'goal':
             constraints[self.horizon - 1] = self._goal_state(goal)

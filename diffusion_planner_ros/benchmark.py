@@ -1,0 +1,355 @@
+"""The seed-systems benchmark: one suite YAML -> trained bundles, evaluations, table, plots.
+
+A suite names datasets (each with its experiment config and the command data that makes the
+dataset if it is missing), training seeds and methods. A method either trains (its config
+overrides in ``set``), reuses another method's bundle with different planner settings
+(``bundle_of``), or derives its bundle from another's networks (``derive_from``: Decision
+Diffuser from Trajectory Diffuser). Every run writes one JSON; the table and plots are made from
+all JSON files of the results folder, so an interrupted suite resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from diffusion_planner_ros.config import METHODS, load_config
+from diffusion_planner_ros.data.collect import CollectionConfig, collect_pointmaze
+from diffusion_planner_ros.data.minari_io import local_dataset_exists
+from diffusion_planner_ros.evaluation import (evaluate, method_label, planner_settings,
+                                              summarize)
+from diffusion_planner_ros.pipeline import train_method
+from diffusion_planner_ros.planning import load_planner
+from diffusion_planner_ros.planning.bundle import derive_bundle
+
+REFERENCE_METHOD = 'decision_diffuser'
+
+
+@dataclass
+class MethodEntry:
+    """How a suite obtains one method's bundle and which planner settings it runs with."""
+
+    name: str
+    method: str = ''               # the bundle's method (default: the entry's name)
+    set: list = field(default_factory=list)
+    planner: dict = field(default_factory=dict)
+    bundle_of: str = ''
+    derive_from: str = ''
+
+
+@dataclass
+class Suite:
+    """A parsed and checked suite YAML."""
+
+    name: str
+    episodes: int
+    eval_seed: int
+    train_seeds: list
+    datasets: dict
+    methods: dict
+    common_set: list = field(default_factory=list)
+    shipped: dict = field(default_factory=dict)
+    max_episode_steps: int | None = None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read a suite YAML; every error names the file and the entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'suite file {path} does not exist')
+    raw = yaml.safe_load(path.read_text()) or {}
+    known = {'episodes', 'eval_seed', 'train_seeds', 'datasets', 'methods', 'common_set',
+             'shipped', 'max_episode_steps'}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f'{path}: unknown key(s) {unknown}')
+    methods = {}
+    for name, entry in (raw.get('methods') or {}).items():
+        entry = dict(entry or {})
+        bad = sorted(set(entry) - {'method', 'set', 'planner', 'bundle_of', 'derive_from'})
+        if bad:
+            raise ValueError(f'{path}: method {name!r} has unknown key(s) {bad}')
+        methods[name] = MethodEntry(name=name, **entry)
+    for entry in methods.values():
+        source = entry.bundle_of or entry.derive_from
+        if source and source not in methods:
+            raise ValueError(f'{path}: method {entry.name!r} refers to unknown {source!r}')
+        if not source:
+            entry.method = entry.method or entry.name
+            if entry.method not in METHODS:
+                raise ValueError(f'{path}: method {entry.name!r} trains {entry.method!r}, not '
+                                 f'one of {METHODS}')
+        if entry.derive_from:
+            entry.method = entry.method or entry.name
+    suite = Suite(name=path.stem, episodes=int(raw.get('episodes', 20)),
+                  eval_seed=int(raw.get('eval_seed', 1000)),
+                  train_seeds=list(raw.get('train_seeds', [0])),
+                  datasets=dict(raw.get('datasets') or {}), methods=methods,
+                  common_set=list(raw.get('common_set') or []),
+                  shipped=dict(raw.get('shipped') or {}),
+                  max_episode_steps=raw.get('max_episode_steps'))
+    if suite.episodes < 1 or not suite.train_seeds or not suite.datasets or not methods:
+        raise ValueError(f'{path}: a suite needs episodes >= 1, train_seeds, datasets, methods')
+    return suite
+
+
+def ensure_dataset(spec: dict, dataset_id: str, progress: bool) -> None:
+    """Collect the suite's dataset when it is not there yet (same command and seed each time)."""
+    if local_dataset_exists(dataset_id):
+        return
+    collect = dict(spec.get('collect') or {})
+    if not collect:
+        raise ValueError(f'dataset {dataset_id!r} is missing and the suite gives no collect entry')
+    collect_pointmaze(CollectionConfig(
+        env_id=collect['env'], dataset_id=collect.get('dataset_id', dataset_id),
+        total_steps=int(collect['steps']), seed=int(collect.get('seed', 0))), progress=progress)
+
+
+class SuiteRunner:
+    """Obtains bundles (train, reuse or derive) and evaluates each method on each dataset."""
+
+    def __init__(self, suite: Suite, out: str | Path, progress: bool = True):
+        self.suite, self.out, self.progress = suite, Path(out), progress
+
+    def run_dir(self, dataset: str, name: str, seed: int) -> Path:
+        """Where one method's training run for one dataset and seed lives."""
+        return self.out / 'runs' / dataset / name / f'seed{seed}'
+
+    def result_path(self, dataset: str, name: str, seed: int) -> Path:
+        """Return the JSON path of one evaluation."""
+        return self.out / 'results' / f'{dataset}_{name}_seed{seed}.json'
+
+    def bundle(self, dataset: str, name: str, seed: int) -> Path:
+        """Return the bundle of a method, training or deriving it first if needed."""
+        entry = self.suite.methods[name]
+        if entry.bundle_of:
+            return self.bundle(dataset, entry.bundle_of, seed)
+        shipped = (self.suite.shipped.get(dataset) or {}).get(name)
+        if shipped and seed == 0:
+            return Path(shipped)
+        bundle_dir = self.run_dir(dataset, name, seed) / 'bundle'
+        if (bundle_dir / 'config.json').is_file():
+            return bundle_dir
+        if entry.derive_from:
+            return derive_bundle(self.bundle(dataset, entry.derive_from, seed), entry.method,
+                                 bundle_dir)
+        spec = self.suite.datasets[dataset]
+        overrides = [*self.suite.common_set, *entry.set, f'method.name={entry.method}',
+                     f'training.seed={seed}']
+        config = load_config(spec['config'], overrides)
+        ensure_dataset(spec, config.data.dataset_id, self.progress)
+        written = train_method(config, self.run_dir(dataset, name, seed), bundle_dir,
+                               progress=self.progress)
+        if written is None:
+            raise RuntimeError(f'training {name} on {dataset} (seed {seed}) wrote no bundle')
+        return written
+
+    def evaluate(self, dataset: str, name: str, seed: int) -> dict:
+        """Evaluate one method (or load its JSON if this run was done before)."""
+        path = self.result_path(dataset, name, seed)
+        if path.is_file():
+            return json.loads(path.read_text())
+        entry = self.suite.methods[name]
+        bundle = self.bundle(dataset, name, seed)
+        planner = load_planner(bundle, **entry.planner)
+        evaluation = planner.bundle.config.evaluation
+        results = evaluate(planner.bundle.env_id, self.suite.episodes, self.suite.eval_seed,
+                           planner=planner, progress=self.progress,
+                           max_episode_steps=self.suite.max_episode_steps)
+        row = {
+            'suite': self.suite.name,
+            'dataset_name': dataset,
+            'name': name,
+            'env': planner.bundle.env_id,
+            'dataset': planner.bundle.dataset_id,
+            'method': method_label(planner),
+            'bundle': str(bundle),
+            'train_seed': seed,
+            'seed': self.suite.eval_seed,
+            'diffusion_levels': planner.levels,
+            **planner_settings(planner),
+            **summarize(results, evaluation.random_return, evaluation.reference_return),
+            'random_return': evaluation.random_return,
+            'reference_return': evaluation.reference_return,
+            'machine': machine(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=2) + '\n')
+        return row
+
+    def run(self, datasets: list[str] | None = None, methods: list[str] | None = None,
+            seeds: list[int] | None = None) -> list[dict]:
+        """Every (dataset, seed, method) asked for; returns the rows."""
+        rows = []
+        for dataset in datasets or list(self.suite.datasets):
+            if dataset not in self.suite.datasets:
+                raise ValueError(f'suite {self.suite.name} has no dataset {dataset!r}')
+            for seed in seeds if seeds is not None else self.suite.train_seeds:
+                for name in methods or list(self.suite.methods):
+                    if name not in self.suite.methods:
+                        raise ValueError(f'suite {self.suite.name} has no method {name!r}')
+                    rows.append(self.evaluate(dataset, name, seed))
+                    if self.progress:
+                        row = rows[-1]
+                        print(f'{dataset} {name} seed {seed}: score '
+                              f'{row["score_mean"]:.1f} +- {row["score_stderr"]:.1f}, '
+                              f'plan p50 {row["plan_ms_p50"]:.1f} ms')
+        return rows
+
+
+def machine() -> str:
+    """Describe the machine a figure came from, in one line."""
+    import torch
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')
+    import os
+    return f'{platform.machine()}, {os.cpu_count()} CPUs, {device}, torch {torch.__version__}'
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One line per (dataset, method name): pooled over train seeds and episodes."""
+    lines = []
+    keys = sorted({(r['dataset_name'], r['name']) for r in rows})
+    for dataset, name in keys:
+        group = [r for r in rows if (r['dataset_name'], r['name']) == (dataset, name)]
+        scale = 100.0 / (group[0]['reference_return'] - group[0]['random_return'])
+        returns = np.concatenate([r['episode_returns'] for r in group])
+        scores = (returns - group[0]['random_return']) * scale
+        seed_means = [float(np.mean((np.array(r['episode_returns']) - r['random_return'])
+                                    * scale)) for r in group]
+        lines.append({
+            'dataset': dataset, 'name': name, 'method': group[0]['method'],
+            'train_seeds': len(group), 'episodes': len(returns),
+            'score_mean': float(scores.mean()),
+            'score_stderr': float(scores.std(ddof=1) / np.sqrt(len(scores)))
+            if len(scores) > 1 else 0.0,
+            'seed_score_std': float(np.std(seed_means, ddof=1)) if len(group) > 1 else None,
+            'success_rate': float(np.mean(np.concatenate([r['episode_successes']
+                                                          for r in group]))),
+            'plan_ms_p50': float(np.median([r['plan_ms_p50'] for r in group])),
+            'plan_ms_p99': float(np.median([r['plan_ms_p99'] for r in group])),
+        })
+    for line in lines:
+        reference = [x for x in lines if x['dataset'] == line['dataset']
+                     and x['name'] == REFERENCE_METHOD]
+        line['speedup_vs_dd'] = (reference[0]['plan_ms_p50'] / line['plan_ms_p50']
+                                 if reference and line['plan_ms_p50'] else None)
+    return lines
+
+
+def markdown_table(lines: list[dict]) -> str:
+    """Score +- stderr, success, latency and speed against Decision Diffuser."""
+    out = ['| dataset | method | train seeds x episodes | score | success | plan p50 ms | '
+           'plan p99 ms | speed-up vs DD |', '|---|---|---|---|---|---|---|---|']
+    for x in lines:
+        speed = f'{x["speedup_vs_dd"]:.1f}x' if x['speedup_vs_dd'] else '-'
+        out.append(f'| {x["dataset"]} | {x["name"]} | {x["train_seeds"]} x '
+                   f'{x["episodes"] // x["train_seeds"]} | {x["score_mean"]:.1f} +- '
+                   f'{x["score_stderr"]:.1f} | {x["success_rate"]:.2f} | '
+                   f'{x["plan_ms_p50"]:.1f} | {x["plan_ms_p99"]:.1f} | {speed} |')
+    return '\n'.join(out) + '\n'
+
+
+def plot_score_latency(lines: list[dict], path: str | Path) -> Path:
+    """Score against plan latency (log scale), one marker per method, one panel per dataset."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    datasets = sorted({x['dataset'] for x in lines})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for x in (x for x in lines if x['dataset'] == dataset):
+            ax.errorbar(x['plan_ms_p50'], x['score_mean'], yerr=x['score_stderr'], fmt='o',
+                        capsize=3)
+            ax.annotate(x['name'], (x['plan_ms_p50'], x['score_mean']),
+                        textcoords='offset points', xytext=(5, 5), fontsize=8)
+        ax.set_xscale('log')
+        ax.set_xlabel('plan latency p50 (ms, log scale)')
+        ax.set_ylabel('normalised score')
+        ax.set_title(dataset)
+        ax.grid(True, which='both', alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
+                      steps: int = 120, plan_at: int = 20) -> Path:
+    """Draw a Trajectory Diffuser episode on the maze: prior plan, refined plan, executed path."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from diffusion_planner_ros.data.maze import MazeGrid
+    from diffusion_planner_ros.envs import make_env, split_observation
+    planner = load_planner(bundle, replan_every=1)
+    env = make_env(planner.bundle.env_id)
+    grid = MazeGrid.from_env(env)
+    observation, _ = env.reset(seed=seed)
+    executed, shown = [], None
+    for step in range(steps):
+        state, goal = split_observation(observation)
+        executed.append(state[:2])
+        plan = planner.plan(state, goal=goal)
+        if step == plan_at:
+            shown = plan
+        observation, _, terminated, truncated, _ = env.step(plan.action.astype(np.float32))
+        if terminated or truncated:
+            break
+    env.close()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for row in range(grid.rows):
+        for col in range(grid.cols):
+            if not grid.free[row, col]:
+                x, y = grid.cell_to_xy((row, col))
+                half = grid.scaling / 2
+                ax.add_patch(plt.Rectangle((x - half, y - half), grid.scaling, grid.scaling,
+                                           color='0.3'))
+    executed = np.array(executed)
+    ax.plot(executed[:, 0], executed[:, 1], '-', color='0.5', label='executed path')
+    if shown is not None and shown.prior_states is not None:
+        ax.plot(shown.prior_states[:, 0], shown.prior_states[:, 1], 'o-', ms=3, color='tab:blue',
+                label=f'prior plan (step {plan_at})')
+    if shown is not None:
+        ax.plot(shown.refined_states[:, 0], shown.refined_states[:, 1], 'o-', ms=3,
+                color='tab:green', label=f'refined plan (k={planner.config.refine_steps})')
+    ax.plot(*goal, '*', color='tab:red', ms=14, label='goal')
+    ax.set_aspect('equal')
+    ax.set_xlim(-grid.x_center, grid.x_center)
+    ax.set_ylim(-grid.y_center, grid.y_center)
+    ax.legend(fontsize=7, loc='best')
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: str | Path, suite: Suite, command: str) -> dict:
+    """Table (markdown + JSON) and plots from every result JSON under <out>/results."""
+    out = Path(out)
+    rows = [json.loads(p.read_text()) for p in sorted((out / 'results').glob('*.json'))]
+    lines = aggregate(rows)
+    header = (f'# Benchmark suite {suite.name}\n\nCommand: `{command}`\n\n'
+              f'Machine: {rows[0]["machine"] if rows else machine()}\n\n'
+              f'Evaluation: {suite.episodes} episodes per train seed, env seeds '
+              f'{suite.eval_seed}..{suite.eval_seed + suite.episodes - 1}.\n\n')
+    (out / 'table.md').write_text(header + markdown_table(lines))
+    (out / 'table.json').write_text(json.dumps(lines, indent=2) + '\n')
+    plots = {'score_latency': plot_score_latency(lines, out / 'score_vs_latency.png')}
+    for dataset in sorted({x['dataset'] for x in lines}):
+        td = [r for r in rows if r['dataset_name'] == dataset
+              and r['name'] == 'trajectory_diffuser']
+        if td:
+            plots[f'example_{dataset}'] = plot_example_plan(
+                td[0]['bundle'], out / f'example_plan_{dataset}.png', suite.eval_seed,
+                steps=min(120, suite.max_episode_steps or 120))
+    return {'lines': lines, 'plots': plots}
