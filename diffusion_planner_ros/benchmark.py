@@ -254,6 +254,17 @@ def markdown_table(lines: list[dict]) -> str:
     return '\n'.join(out) + '\n'
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write a figure as PNG (folder created) and free it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_score_latency(lines: list[dict], path: str | Path) -> Path:
     """Score against plan latency (log scale), one marker per method, one panel per dataset."""
     import matplotlib
@@ -272,12 +283,7 @@ def plot_score_latency(lines: list[dict], path: str | Path) -> Path:
         ax.set_ylabel('normalised score')
         ax.set_title(dataset)
         ax.grid(True, which='both', alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
@@ -325,12 +331,7 @@ def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
     ax.set_xlim(-grid.x_center, grid.x_center)
     ax.set_ylim(-grid.y_center, grid.y_center)
     ax.legend(fontsize=7, loc='best')
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_report(out: str | Path, suite: Suite, command: str) -> dict:
