@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
@@ -139,7 +138,6 @@ class BCPlanner(BasePlanner):
         self.policy = bundle.models['policy']
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
-        start = time.perf_counter()
+        start = self._sync()
         action = self.policy(states[:, -1], conditions[:, -1])  # (1, act)
-        return Proposal(action, states[0, -1:], None,
-                        {'policy': 1e3 * (time.perf_counter() - start)})
+        return Proposal(action, states[0, -1:], None, {'policy': 1e3 * (self._sync() - start)})
