@@ -62,6 +62,8 @@ setup(
     extras_require={
         'ros': ROS_WHEELS,
         'dev': ['pytest', 'flake8', 'pydocstyle'],
+        # The faster CPU path: the planner's stages exported to ONNX and run by ONNX Runtime.
+        'fast': ['onnx>=1.16', 'onnxruntime>=1.18'],
     },
     zip_safe=True,
     maintainer='diffusion_planner_ros maintainers',

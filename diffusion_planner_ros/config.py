@@ -16,6 +16,8 @@ import yaml
 CONDITION_KINDS = ('goal', 'returns')
 BETA_SCHEDULES = ('cosine', 'linear')
 DEVICES = ('auto', 'cpu', 'cuda')
+# How the planner runs its stages (planning/accelerate.py); 'auto' picks the fastest available.
+BACKENDS = ('auto', 'eager', 'onnx', 'cuda_graph')
 # trajectory_diffuser: prior + k-step refinement (the product); decision_diffuser: states-only
 # diffusion from pure noise with classifier-free guidance; diffuser: joint state-action diffusion
 # with a learned return model's gradient; dmemm: Diffuser trained with DMEMM's modulation losses
@@ -275,6 +277,12 @@ class PlannerConfig:
     # Plans drawn per call; with more than one the objective (J, or the reward model) picks one.
     candidates: int = 1
     device: str = 'auto'
+    # Stage execution: 'auto' (CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else
+    # eager), or one of 'eager', 'onnx', 'cuda_graph' (planning/accelerate.py).
+    backend: str = 'auto'
+    # CPU threads for inference (torch intra-op, process-wide, and ONNX Runtime; 0 keeps their
+    # defaults); 1 leaves the other core of a 2-core robot computer to the ROS executor.
+    threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -289,6 +297,9 @@ class PlannerConfig:
         _require(self.replan_every >= 1, f'planner.replan_every {self.replan_every} must be >= 1')
         _require(self.device in DEVICES,
                  f'planner.device {self.device!r} must be one of {DEVICES}')
+        _require(self.backend in BACKENDS,
+                 f'planner.backend {self.backend!r} must be one of {BACKENDS}')
+        _require(self.threads >= 0, f'planner.threads {self.threads} must be >= 0')
 
 
 @dataclass

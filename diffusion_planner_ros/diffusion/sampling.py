@@ -8,6 +8,9 @@ a mapping from plan index to a normalised state, written into the sample before 
 call and after the last step (Algorithm 1, line 17: the plan starts at the current state).
 A guide is a function (mean, t) -> gradient of an objective at the mean; the step then draws
 x_{t-1} ~ N(mu + scale * Sigma * grad, Sigma) (Diffuser Algorithm 1; DMEMM Eq. 13).
+
+Noise comes from a generator, or from ``draws``: standard-normal tensors drawn beforehand (a
+captured graph cannot call the generator); draw_noise draws them in the order the loops would.
 """
 
 from __future__ import annotations
@@ -66,9 +69,13 @@ def guided_mean(mean: torch.Tensor, t: int, schedule: DDPMSchedule, guide: Guide
 def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start: int,
             condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
             generator: torch.Generator | None = None, noise_scale: float = 1.0,
-            guide: Guide | None = None, guide_scale: float = 0.0) -> torch.Tensor:
-    """Run reverse steps t_start .. 0 from x_{t_start}; return x_0 (Algorithm 1, lines 16-21)."""
-    for t in range(t_start, -1, -1):
+            guide: Guide | None = None, guide_scale: float = 0.0,
+            draws: torch.Tensor | None = None) -> torch.Tensor:
+    """Run reverse steps t_start .. 0 from x_{t_start}; return x_0 (Algorithm 1, lines 16-21).
+
+    draws (t_start, *x.shape), if given, holds the noise of steps t_start .. 1 in that order.
+    """
+    for index, t in enumerate(range(t_start, -1, -1)):
         # Line 17: constrain the plan to start at the current state.
         x = apply_constraints(x, constraints)
         # Line 18: classifier-free guidance.
@@ -77,7 +84,8 @@ def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start:
         mean = guided_mean(schedule.step(eps, t, x).prev_sample, t, schedule, guide, guide_scale)
         # Line 20: sample around it; no noise at t = 0.
         if t > 0 and noise_scale > 0.0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = (draws[index] if draws is not None else
+                     torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
             mean = mean + noise_scale * schedule.posterior_variance[t].sqrt() * noise
         x = mean
     return apply_constraints(x, constraints)
@@ -87,31 +95,50 @@ def sample(model: NoiseModel, schedule: DDPMSchedule, shape: tuple, condition: t
            guidance_scale: float, constraints: Constraints | None = None,
            generator: torch.Generator | None = None, noise_scale: float = 1.0,
            device: torch.device | str = 'cpu', guide: Guide | None = None,
-           guide_scale: float = 0.0) -> torch.Tensor:
-    """Full DDPM sampling from pure noise over all K levels (Decision Diffuser, Diffuser)."""
-    x = torch.randn(shape, generator=generator, device=device)
+           guide_scale: float = 0.0, draws: torch.Tensor | None = None) -> torch.Tensor:
+    """Full DDPM sampling from pure noise over all K levels (Decision Diffuser, Diffuser).
+
+    draws (K, *shape), if given, replaces the generator: draws[0] is x_K, draws[1:] the steps'.
+    """
+    x = draws[0] if draws is not None else torch.randn(shape, generator=generator, device=device)
     return denoise(model, schedule, x, schedule.num_steps - 1, condition, guidance_scale,
-                   constraints, generator, noise_scale, guide, guide_scale)
+                   constraints, generator, noise_scale, guide, guide_scale,
+                   None if draws is None else draws[1:])
 
 
 def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, steps: int,
            condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
            generator: torch.Generator | None = None, noise_scale: float = 1.0,
-           guide: Guide | None = None, guide_scale: float = 0.0) -> torch.Tensor:
+           guide: Guide | None = None, guide_scale: float = 0.0,
+           draws: torch.Tensor | None = None) -> torch.Tensor:
     """Trajectory Diffuser refinement (Algorithm 1, lines 14-22).
 
     The prior's trajectory is noised to level k = ``steps`` (AddNoise, line 15) and denoised from
-    there. steps = 0 returns the trajectory unchanged (prior only).
+    there. steps = 0 returns the trajectory unchanged (prior only). draws (steps, *shape), if
+    given, replaces the generator: draws[0] is AddNoise's noise, draws[1:] the reverse steps'.
     """
     if steps == 0:
         return trajectory
     if not 1 <= steps <= schedule.num_steps:
         raise ValueError(f'refine steps {steps} must be in [0, {schedule.num_steps}]')
-    noise = torch.randn(trajectory.shape, generator=generator, device=trajectory.device,
-                        dtype=trajectory.dtype)
+    noise = (draws[0] if draws is not None
+             else torch.randn(trajectory.shape, generator=generator, device=trajectory.device,
+                              dtype=trajectory.dtype))
     x = schedule.add_noise(trajectory, noise, steps - 1)
     return denoise(model, schedule, x, steps - 1, condition, guidance_scale, constraints,
-                   generator, noise_scale, guide, guide_scale)
+                   generator, noise_scale, guide, guide_scale,
+                   None if draws is None else draws[1:])
+
+
+def draw_noise(shape: tuple, count: int, generator: torch.Generator | None,
+               device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Draw the (count, *shape) standard normals of refine (count = k) or sample (count = K).
+
+    One generator call per draw, in the loops' order, so a plan made from these draws equals one
+    made with the generator itself from the same generator state (when noise_scale > 0).
+    """
+    return torch.stack([torch.randn(shape, generator=generator, device=device)
+                        for _ in range(count)])
 
 
 def shift_plan(plan: torch.Tensor, executed: int) -> torch.Tensor:

@@ -142,8 +142,7 @@ class TrajectoryPrior(nn.Module):
                 new_conditions.append(c)
                 if step == steps - 1:
                     break
-                next_s, next_c, cache = self(s, c, past=cache, start=position)
-                position += 1
+                next_s, next_c, cache = self(s, c, past=cache, start=position + step)
         else:
             seq_s, seq_c = states, conditions
             for _ in range(steps):

@@ -62,9 +62,13 @@ class PlannerNode(Node):
         p('guidance_scale', 1.2, _float_param('classifier-free guidance w', 0.0, 100.0))
         p('noise_scale', 0.5, _float_param('alpha of Algorithm 1 line 20 (0 = posterior mean)',
                                            0.0, 10.0))
+        p('backend', 'auto', ParameterDescriptor(
+            description='auto (CUDA graph on a GPU, ONNX Runtime on a CPU when installed), '
+                        'eager, onnx or cuda_graph', read_only=True))
         p('torch_threads', 1, ParameterDescriptor(
-            description='torch intra-op threads for planning (0 = torch default); one leaves '
-                        'a core to the executor and the other processes', read_only=True,
+            description='inference threads for planning, torch and ONNX Runtime (0 = their '
+                        'default); one leaves a core to the executor and the other processes',
+            read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=256, step=1)]))
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
@@ -77,7 +81,8 @@ class PlannerNode(Node):
         self.planner = load_planner(
             gp('bundle').value, device=gp('device').value,
             refine_steps=gp('refine_steps').value, guidance_scale=gp('guidance_scale').value,
-            noise_scale=gp('noise_scale').value,
+            noise_scale=gp('noise_scale').value, backend=gp('backend').value,
+            threads=gp('torch_threads').value,
             replan_every=self._replan_every(gp('control_rate_hz').value,
                                             gp('plan_rate_hz').value))
         if self.planner.action_dim != len(self.profile.actuators):
@@ -129,7 +134,15 @@ class PlannerNode(Node):
             f'planning with {gp("bundle").value} on {self.planner.device}, profile '
             f'{self.profile.name}, method {self.planner.method}, '
             f'k={self.planner.config.refine_steps}, '
-            f'replan every {self.planner.config.replan_every} control steps')
+            f'replan every {self.planner.config.replan_every} control steps, '
+            f'{self._backend_text()}')
+
+    def _backend_text(self) -> str:
+        backend = getattr(self.planner, 'backend', 'eager')
+        text = f'backend {backend} ({getattr(self.planner, "backend_reason", "method default")})'
+        for reason in getattr(self.planner, 'fallback_reasons', []):
+            self.get_logger().warning(reason)
+        return text
 
     # Parameters -----------------------------------------------------------------------------
     def _validate_start_parameters(self) -> None:
@@ -157,30 +170,25 @@ class PlannerNode(Node):
         """
         new = {param.name: param.value for param in params}
         gp = self.get_parameter
-        levels = self.planner.levels
-        if new.get('refine_steps', 0) > levels and self.planner.method == 'trajectory_diffuser':
-            return SetParametersResult(successful=False, reason=(
-                f"refine_steps {new['refine_steps']} exceeds the {levels} trained levels"))
         control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
         plan_rate = new.get('plan_rate_hz', gp('plan_rate_hz').value)
         replan_every = self._replan_every(control_rate, plan_rate)
-        if replan_every > self.planner.horizon - 1:
-            return SetParametersResult(successful=False, reason=(
-                f'control_rate_hz / plan_rate_hz = {replan_every} control steps per plan; the '
-                f'bundle plans {self.planner.horizon - 1} steps ahead'))
-        config = self.planner.config
-        if 'refine_steps' in new:
-            config.refine_steps = int(new['refine_steps'])
-        if 'guidance_scale' in new:
-            config.guidance_scale = float(new['guidance_scale'])
-        if 'noise_scale' in new:
-            config.noise_scale = float(new['noise_scale'])
+        changes = {name: new[name] for name in ('refine_steps', 'guidance_scale', 'noise_scale')
+                   if name in new}
+        if {'control_rate_hz', 'plan_rate_hz'} & set(new):
+            changes['replan_every'] = replan_every
+        if changes:
+            try:
+                # Captured stages are rebuilt; they capture again on the next plan.
+                self.planner.reconfigure(**changes)
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=(
+                    f'{error} (control_rate_hz / plan_rate_hz = {replan_every} control steps '
+                    'per plan)' if 'replan_every' in str(error) else str(error)))
         self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
         self._target_return = new.get('target_return', self._target_return)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             self._plan_budget_ms = 1e3 / plan_rate
-            if self.planner.method != 'bc':  # a policy answers one action per call
-                config.replan_every = replan_every
             if not self.lockstep:
                 self._start_timers(control_rate, plan_rate)
         return SetParametersResult(successful=True)

@@ -17,11 +17,12 @@ import dataclasses
 import torch
 
 from diffusion_planner_ros.config import PlannerConfig
-from diffusion_planner_ros.diffusion import DDPMSchedule, sample
+from diffusion_planner_ros.diffusion import DDPMSchedule, draw_noise, sample
 from diffusion_planner_ros.diffusion.sampling import warm_start
 from diffusion_planner_ros.planning.bundle import Bundle
-from diffusion_planner_ros.planning.planner import (BasePlanner, Proposal,
+from diffusion_planner_ros.planning.planner import (BasePlanner, Proposal, StageClock,
                                                     TrajectoryDiffuserPlanner)
+from diffusion_planner_ros.planning.stages import InverseStage, SampleStage
 
 
 class DecisionDiffuserPlanner(TrajectoryDiffuserPlanner):
@@ -29,17 +30,24 @@ class DecisionDiffuserPlanner(TrajectoryDiffuserPlanner):
 
     methods = ('decision_diffuser',)
 
+    def _stage_modules(self) -> dict:
+        return {
+            'sample': SampleStage(self.diffuser, self.schedule, self.config.guidance_scale,
+                                  self.config.noise_scale),
+            'inverse': InverseStage(self.inverse_dynamics, self.config.replan_every),
+        }
+
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
-        start = self._sync()
-        plan = sample(self.diffuser, self.schedule, (1, self.horizon, self.obs_dim),
-                      conditions[:, -1], self.config.guidance_scale,
-                      self._constraints(states, goal), self._generator,
-                      self.config.noise_scale, self.device)
-        after_sample = self._sync()
-        actions = self._inverse(plan)
-        end = self._sync()
-        return Proposal(actions, plan[0], None, {
-            'sample': 1e3 * (after_sample - start), 'inverse': 1e3 * (end - after_sample)})
+        stages = self.stages
+        clock = StageClock(self.device)
+        draws = draw_noise((1, self.horizon, self.obs_dim), self.levels, self._generator,
+                           self.device)
+        plan = stages['sample'](states[0, -1], conditions[:, -1], draws,
+                                *self._goal_row(goal))  # (1, H, obs_dim)
+        clock.mark('sample')
+        actions = stages['inverse'](plan)
+        clock.mark('inverse')
+        return Proposal(actions, plan[0], None, clock.stages())
 
 
 class JointDiffusionPlanner(BasePlanner):
@@ -49,15 +57,18 @@ class JointDiffusionPlanner(BasePlanner):
 
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None):
         super().__init__(bundle, config)
-        if self.config.warm_start_steps > self.levels:
-            raise ValueError(f'warm_start_steps {self.config.warm_start_steps} exceeds the '
-                             f'{self.levels} levels the diffuser was trained with')
         self.schedule = DDPMSchedule(bundle.config.schedule, self.device)
         self.diffuser = bundle.models['diffuser']
         self.value = bundle.models.get('value')
         self.transition = bundle.models.get('transition')
         self.reward = bundle.models.get('reward')
         self.width = self.obs_dim + self.action_dim
+
+    def _check_config(self, config: PlannerConfig) -> None:
+        super()._check_config(config)
+        if config.warm_start_steps > self.levels:
+            raise ValueError(f'warm_start_steps {config.warm_start_steps} exceeds the '
+                             f'{self.levels} levels the diffuser was trained with')
 
     def reset(self) -> None:
         """Forget the history and the previous plan (warm start)."""
@@ -91,7 +102,7 @@ class JointDiffusionPlanner(BasePlanner):
         return guide
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
-        start = self._sync()
+        clock = StageClock(self.device)
         count = self.config.candidates
         condition = conditions[:, -1].expand(count, -1)  # (N, cond)
         first = torch.full((self.width,), float('nan'), device=self.device)
@@ -110,7 +121,7 @@ class JointDiffusionPlanner(BasePlanner):
         else:
             plans = sample(self.diffuser, self.schedule, (count, self.horizon, self.width),
                            device=self.device, **common)
-        after_sample = self._sync()
+        clock.mark('sample')
         if not torch.isfinite(plans).all():
             raise RuntimeError(f'{self.method} sampling diverged: the guide\'s gradient grew '
                                f'without bound (value_guidance_scale '
@@ -120,10 +131,9 @@ class JointDiffusionPlanner(BasePlanner):
             best = int(torch.argmax(self.objective(plans, 0, condition)))
         plan = plans[best:best + 1]  # (1, H, D)
         self._previous = plan
-        end = self._sync()
+        clock.mark('rank')
         actions = plan[0, :self.config.replan_every, self.obs_dim:]
-        return Proposal(actions, plan[0, :, :self.obs_dim], None, {
-            'sample': 1e3 * (after_sample - start), 'rank': 1e3 * (end - after_sample)})
+        return Proposal(actions, plan[0, :, :self.obs_dim], None, clock.stages())
 
 
 class BCPlanner(BasePlanner):
@@ -133,11 +143,15 @@ class BCPlanner(BasePlanner):
 
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None):
         super().__init__(bundle, config)
+        self.policy = bundle.models['policy']
+        self._configured()
+
+    def _configured(self) -> None:
         # A policy has no plan to take further actions from: it is queried every step.
         self.config = dataclasses.replace(self.config, replan_every=1)
-        self.policy = bundle.models['policy']
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
-        start = self._sync()
+        clock = StageClock(self.device)
         action = self.policy(states[:, -1], conditions[:, -1])  # (1, act)
-        return Proposal(action, states[0, -1:], None, {'policy': 1e3 * (self._sync() - start)})
+        clock.mark('policy')
+        return Proposal(action, states[0, -1:], None, clock.stages())

@@ -4,7 +4,8 @@ Trajectory Diffuser per call (the paper's Algorithm 1 in appendix A.3): the prio
 states after the history; the diffuser noises that trajectory to level k and denoises it with
 classifier-free guidance, the current state written in after every step; inverse dynamics turns
 consecutive planned states into actions. Normalisation happens in BasePlanner, at the edge, never
-inside a network; the baselines (planning/baselines.py) share it.
+inside a network; the baselines (planning/baselines.py) share it. The three stages are modules
+(planning/stages.py) that run eagerly or captured (planning/accelerate.py), as the config says.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 
 from diffusion_planner_ros.config import PlannerConfig
-from diffusion_planner_ros.diffusion import DDPMSchedule, refine
+from diffusion_planner_ros.diffusion import DDPMSchedule, draw_noise
+from diffusion_planner_ros.planning.accelerate import choose_backend, make_stage
 from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
+from diffusion_planner_ros.planning.stages import InverseStage, PriorStage, RefineStage
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,6 +34,36 @@ def resolve_device(name: str) -> torch.device:
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; "
                            "use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+class StageClock:
+    """Milliseconds per stage with no host sync between stages: CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == 'cuda'
+        self.names: list[str] = []
+        self.marks = [self._now()]
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        """End the stage called ``name`` now (when the device reaches this point)."""
+        self.names.append(name)
+        self.marks.append(self._now())
+
+    def stages(self) -> dict:
+        """Stage name -> milliseconds; on a GPU this waits for the last stage to finish."""
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return {name: start.elapsed_time(end)
+                    for name, start, end in zip(self.names, self.marks, self.marks[1:])}
+        return {name: 1e3 * (end - start)
+                for name, start, end in zip(self.names, self.marks, self.marks[1:])}
 
 
 @dataclass
@@ -67,13 +100,13 @@ class BasePlanner:
         self.bundle = bundle
         self.config = config or bundle.config.planner
         self.device = next(next(iter(bundle.models.values())).parameters()).device
+        if self.device.type == 'cpu' and self.config.threads:
+            torch.set_num_threads(self.config.threads)
         data = bundle.config.data
         self.horizon, self.history = data.horizon, data.history
         self.condition_kind = data.condition
         self.levels = bundle.config.schedule.num_steps if 'diffuser' in bundle.models else 0
-        if self.config.replan_every > self.horizon - 1:
-            raise ValueError(f'replan_every {self.config.replan_every} must be below the '
-                             f'horizon {self.horizon}')
+        self._check_config(self.config)
         self._states = bundle.normalizers['states']
         self._actions = bundle.normalizers['actions']
         self._goals = bundle.normalizers.get('goals')
@@ -120,6 +153,42 @@ class BasePlanner:
         self._history: deque = deque(maxlen=self.history)
         self._generator.manual_seed(self.config.seed)
 
+    def _check_config(self, config: PlannerConfig) -> None:
+        """Raise ValueError if ``config`` does not fit this bundle (a subclass adds checks)."""
+        if config.replan_every > self.horizon - 1:
+            raise ValueError(f'replan_every {config.replan_every} must be below the horizon '
+                             f'{self.horizon}: the bundle plans {self.horizon - 1} steps ahead')
+
+    def reconfigure(self, **changes) -> None:
+        """Change planner settings at run time, all or none: an invalid change raises ValueError.
+
+        device and threads are fixed when the planner is built. Captured stages are rebuilt and
+        capture again on their next call.
+        """
+        fixed = sorted({'device', 'threads'} & set(changes))
+        if fixed:
+            raise ValueError(f'{fixed} cannot change after the planner is built')
+        config = dataclasses.replace(self.config, **changes)
+        self._check_config(config)
+        self.config = config
+        self._configured()
+
+    def _configured(self) -> None:
+        """Rebuild what depends on the config (subclasses rebuild their stages here)."""
+
+    def warm_up(self) -> None:
+        """Plan once from a zero history so that captures and lazy set-up happen now.
+
+        The history and the sampler's seed are reset afterwards: warm-up changes no plan.
+        """
+        width = self.bundle.dims.condition if self.condition_kind == 'goal' else 1
+        states = torch.zeros(1, self.history, self.obs_dim, device=self.device)
+        conditions = torch.zeros(1, self.history, width, device=self.device)
+        goal = np.zeros(width) if self.condition_kind == 'goal' else None
+        with torch.no_grad():
+            self._propose(states, conditions, goal)
+        self.reset()
+
     def _check_vector(self, name: str, value, size: int) -> np.ndarray:
         array = np.asarray(value, dtype=np.float64)
         if array.shape != (size,):
@@ -142,11 +211,6 @@ class BasePlanner:
     def _tensor(self, values) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values), dtype=torch.float32, device=self.device)
 
-    def _sync(self) -> float:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def _to_env(self, normalizer, values: torch.Tensor) -> np.ndarray:
         return normalizer.unnormalize(values.cpu().numpy().astype(np.float64))
 
@@ -166,7 +230,7 @@ class BasePlanner:
         """Plan from the current observation; returns the action and the plans."""
         observation = self._check_vector('observation', observation, self.obs_dim)
         condition = self._condition(goal, returns_to_go)
-        start = self._sync()
+        start = time.perf_counter()
         state = self._states.normalize(observation)
         self._history.append((state, condition))
         # Pad an episode's first steps with its first entry.
@@ -174,9 +238,10 @@ class BasePlanner:
         states = self._tensor([s for s, _ in entries])[None]      # (1, h, obs_dim)
         conditions = self._tensor([c for _, c in entries])[None]  # (1, h, cond_dim)
         proposal = self._propose(states, conditions, goal)
+        # Reading the action back is the only host sync of a plan.
         actions = np.clip(self._to_env(self._actions, proposal.actions),
                           self.bundle.action_low, self.bundle.action_high)
-        end = self._sync()
+        end = time.perf_counter()
         return Plan(
             action=actions[0],
             actions=actions,
@@ -197,46 +262,70 @@ class TrajectoryDiffuserPlanner(BasePlanner):
 
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None):
         super().__init__(bundle, config)
-        if self.config.refine_steps > self.levels:
-            raise ValueError(f'refine_steps {self.config.refine_steps} exceeds the '
-                             f'{self.levels} levels the diffuser was trained with')
         self.schedule = DDPMSchedule(bundle.config.schedule, self.device)
         self.prior = bundle.models.get('prior')
         self.diffuser = bundle.models['diffuser']
         self.inverse_dynamics = bundle.models['inverse_dynamics']
+        self._configured()
+        if self.backend != 'eager':
+            self.warm_up()
+
+    def _check_config(self, config: PlannerConfig) -> None:
+        super()._check_config(config)
+        if config.refine_steps > self.levels:
+            raise ValueError(f'refine_steps {config.refine_steps} exceeds the diffuser\'s '
+                             f'{self.levels} trained levels')
+
+    def _configured(self) -> None:
+        """Resolve the backend and wrap the stage modules for it."""
+        self.backend, self.backend_reason = choose_backend(self.config.backend, self.device)
+        self.stages = {name: make_stage(module, self.backend, self.config.threads)
+                       for name, module in self._stage_modules().items()}
+
+    def _stage_modules(self) -> dict:
+        modules = {'prior': PriorStage(self.prior, self.horizon, self.condition_kind == 'goal')}
+        if self.config.refine_steps:
+            modules['refine'] = RefineStage(self.diffuser, self.schedule, self.config.refine_steps,
+                                            self.config.guidance_scale, self.config.noise_scale)
+        modules['inverse'] = InverseStage(self.inverse_dynamics, self.config.replan_every)
+        return modules
+
+    @property
+    def fallback_reasons(self) -> list[str]:
+        """Why captured stages run eagerly (empty when every capture worked)."""
+        return [stage.fallback_reason for stage in self.stages.values()
+                if stage.fallback_reason is not None]
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
-        start = self._sync()
+        stages = self.stages  # one set for the whole plan, even if reconfigure runs meanwhile
+        clock = StageClock(self.device)
         # Planning stage (lines 8-12): autoregressive rollout of H - 1 states.
-        rolled, _ = self.prior.rollout(states, conditions, self.horizon - 1,
-                                       hold_condition=self.condition_kind == 'goal')
-        prior_plan = torch.cat([states[:, -1:], rolled], dim=1)  # (1, H, obs_dim)
-        after_prior = self._sync()
+        prior_plan = stages['prior'](states, conditions)  # (1, H, obs_dim)
+        clock.mark('prior')
 
         # Improve stage (lines 14-23).
-        refined = refine(self.diffuser, self.schedule, prior_plan, self.config.refine_steps,
-                         conditions[:, -1], self.config.guidance_scale,
-                         self._constraints(states, goal), self._generator,
-                         self.config.noise_scale)
-        after_refine = self._sync()
+        refined = prior_plan
+        if 'refine' in stages:
+            draws = draw_noise(prior_plan.shape, stages['refine'].module.steps, self._generator,
+                               self.device)
+            refined = stages['refine'](prior_plan, conditions[:, -1], draws,
+                                       *self._goal_row(goal))
+        clock.mark('refine')
 
         # Lines 24-25: actions from consecutive planned states.
-        actions = self._inverse(refined)
-        end = self._sync()
-        return Proposal(actions, refined[0], prior_plan[0], {
-            'prior': 1e3 * (after_prior - start),
-            'refine': 1e3 * (after_refine - after_prior),
-            'inverse': 1e3 * (end - after_refine),
-        })
+        actions = stages['inverse'](refined)  # (replan_every, action_dim)
+        clock.mark('inverse')
+        return Proposal(actions, refined[0], prior_plan[0], clock.stages())
+
+    def _goal_row(self, goal) -> tuple:
+        """Return the goal row written into the plan's last state when inpainting: () or (row,)."""
+        if self.config.inpaint_goal and self.condition_kind == 'goal':
+            return (self._goal_state(goal),)
+        return ()
 
     def _constraints(self, states: torch.Tensor, goal) -> dict:
         """Start the plan at the current state; optionally write the goal into its end."""
         constraints = {0: states[0, -1]}
-        if self.config.inpaint_goal and self.condition_kind == 'goal':
-            constraints[self.horizon - 1] = self._goal_state(goal)
+        for row in self._goal_row(goal):
+            constraints[self.horizon - 1] = row
         return constraints
-
-    def _inverse(self, plan: torch.Tensor) -> torch.Tensor:
-        """Actions between consecutive planned states: (1, H, obs) -> (replan_every, act)."""
-        chunk = self.config.replan_every
-        return self.inverse_dynamics(plan[0, :chunk], plan[0, 1:chunk + 1])
