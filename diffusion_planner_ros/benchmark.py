@@ -11,7 +11,6 @@ all JSON files of the results folder, so an interrupted suite resumes where it s
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import yaml
 from diffusion_planner_ros.config import METHODS, load_config
 from diffusion_planner_ros.data.collect import CollectionConfig, collect_pointmaze
 from diffusion_planner_ros.data.minari_io import local_dataset_exists
-from diffusion_planner_ros.evaluation import (evaluate, method_label, planner_settings,
+from diffusion_planner_ros.evaluation import (evaluate, machine, method_label, planner_settings,
                                               summarize)
 from diffusion_planner_ros.pipeline import train_method
 from diffusion_planner_ros.planning import load_planner
@@ -200,14 +199,6 @@ class SuiteRunner:
                               f'{row["score_mean"]:.1f} +- {row["score_stderr"]:.1f}, '
                               f'plan p50 {row["plan_ms_p50"]:.1f} ms')
         return rows
-
-
-def machine() -> str:
-    """Describe the machine a figure came from, in one line."""
-    import torch
-    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')
-    import os
-    return f'{platform.machine()}, {os.cpu_count()} CPUs, {device}, torch {torch.__version__}'
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

@@ -6,10 +6,13 @@ random and reference (scripted controller) returns measured by the project and k
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
@@ -157,5 +160,23 @@ def method_label(planner: BasePlanner) -> str:
 
 
 def planner_settings(planner: BasePlanner | None) -> dict:
-    """Return the sampler settings an evaluation ran with (None for a reference policy)."""
-    return {name: getattr(planner.config, name) if planner else None for name in SETTINGS}
+    """Return the sampler settings an evaluation ran with (None for a reference policy).
+
+    backend is the path the stages ran on (planning/accelerate.py), after 'auto' is resolved.
+    """
+    settings = {name: getattr(planner.config, name) if planner else None for name in SETTINGS}
+    settings['backend'] = getattr(planner, 'backend', 'eager') if planner else None
+    return settings
+
+
+def machine() -> str:
+    """Describe the machine a figure came from, in one line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            cpu = next(line.split(':', 1)[1].strip() for line in cpuinfo
+                       if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return f'{cpu}, {os.cpu_count()} CPUs, {device}, torch {torch.__version__}'

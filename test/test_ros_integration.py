@@ -205,6 +205,8 @@ def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
         code = stop(planner)
     text = log.read_text()
     assert 'no fresh joint_states: commanding zero' in text
+    # The node says which path plans and why (ONNX Runtime is the CPU default).
+    assert 'backend onnx (CPU with onnxruntime)' in text
     assert code == 0, text[-3000:]
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import PYTHON, REPO, script_env
 from diffusion_planner_ros.config import load_config
+from test_bundle_planner import write_bundle
 
 TINY_MODEL = [
     '--set', 'prior.n_layer=1', '--set', 'prior.n_embd=32', '--set', 'prior.n_head=2',
@@ -51,7 +52,8 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
                 tmp_path)
     # The bundle carries the config's planner defaults.
     defaults = load_config(REPO / 'config' / 'pointmaze_umaze.yaml').planner
-    assert f'| PointMaze_UMaze-v3 | trajectory_diffuser | {defaults.refine_steps} | 1 |' in table
+    assert (f'| PointMaze_UMaze-v3 | trajectory_diffuser | onnx | {defaults.refine_steps} | 1 |'
+            in table)
     row = json.loads(result.read_text())
     assert row['replan_every'] == defaults.replan_every
     assert row['noise_scale'] == defaults.noise_scale
@@ -64,7 +66,7 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
     assert 0.0 <= row['success_rate'] <= 1.0 and row['plan_ms_p50'] > 0
     prior_only = run(['training/evaluate.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
                       '--episodes', '1', '--refine-steps', '0', '--no-progress'], tmp_path)
-    assert '| prior_only | 0 |' in prior_only
+    assert '| prior_only | onnx | 0 |' in prior_only
     check = run(['training/check_refinement.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
                  '--windows', '8', '--refine-steps', '0', '2'], tmp_path)
     rows = [line for line in check.splitlines() if re.match(r'\| \d+ \|', line)]
@@ -139,3 +141,21 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
     again = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
                  '--no-progress'], tmp_path, timeout=300)
     assert 'bundle written' not in again
+
+
+def test_latency_benchmark_compares_eager_and_onnx(tmp_path):
+    bundle = write_bundle(tmp_path / 'bundle')
+    report_path = tmp_path / 'latency.json'
+    text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--calls', '20',
+                '--warmup', '3', '--json', str(report_path)], tmp_path)
+    report = json.loads(report_path.read_text())
+    assert report['eager']['backend'] == 'eager'
+    assert report['optimized']['backend'] == 'onnx' and not report['optimized']['fallbacks']
+    for path in ('eager', 'optimized'):
+        for stage in ('prior', 'refine', 'inverse', 'total'):
+            figures = report[path]['stages_ms'][stage]
+            assert 0.0 < figures['p50'] <= figures['p99']
+    assert report['max_state_difference'] < 1e-4
+    assert report['max_action_difference'] < 1e-4
+    assert report['speedup_p50'] > 0.0
+    assert '| total |' in text and 'whole plan speed-up' in text

@@ -12,13 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusion_planner_ros.config import EvaluationConfig, load_config
+from diffusion_planner_ros.config import BACKENDS, EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
 from diffusion_planner_ros.evaluation import (evaluate, method_label, planner_settings,
                                               summarize)
 from diffusion_planner_ros.planning import load_planner
 
-COLUMNS = ('env', 'method', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',
+COLUMNS = ('env', 'method', 'backend', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',
            'success_rate', 'plan_ms_p50', 'plan_ms_p99', 'prior_ms_p50', 'refine_ms_p50')
 
 
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument('--candidates', type=int, default=None,
                         help='plans per call, ranked by the method\'s objective')
     parser.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'))
+    parser.add_argument('--backend', default=None, choices=BACKENDS,
+                        help='how the stages run (default auto: the fastest available path)')
     parser.add_argument('--json', default=None, help='write the figures to this file')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args()
@@ -71,7 +73,7 @@ def main() -> None:
             ('noise_scale', args.noise_scale), ('replan_every', args.replan_every),
             ('value_guidance_scale', args.value_guidance_scale),
             ('warm_start_steps', args.warm_start_steps), ('candidates', args.candidates),
-            ('device', args.device))
+            ('device', args.device), ('backend', args.backend))
             if value is not None}
         planner = load_planner(args.bundle, **overrides)
         env_id, evaluation = planner.bundle.env_id, planner.bundle.config.evaluation
