@@ -214,6 +214,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
                                     * scale)) for r in group]
         lines.append({
             'dataset': dataset, 'name': name, 'method': group[0]['method'],
+            # Rows written before the fast paths existed ran eagerly.
+            'backend': group[0].get('backend') or 'eager',
             'train_seeds': len(group), 'episodes': len(returns),
             'score_mean': float(scores.mean()),
             'score_stderr': float(scores.std(ddof=1) / np.sqrt(len(scores)))
@@ -234,11 +236,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def markdown_table(lines: list[dict]) -> str:
     """Score +- stderr, success, latency and speed against Decision Diffuser."""
-    out = ['| dataset | method | train seeds x episodes | score | success | plan p50 ms | '
-           'plan p99 ms | speed-up vs DD |', '|---|---|---|---|---|---|---|---|']
+    out = ['| dataset | method | backend | train seeds x episodes | score | success | '
+           'plan p50 ms | plan p99 ms | speed-up vs DD |', '|---|---|---|---|---|---|---|---|---|']
     for x in lines:
         speed = f'{x["speedup_vs_dd"]:.1f}x' if x['speedup_vs_dd'] else '-'
-        out.append(f'| {x["dataset"]} | {x["name"]} | {x["train_seeds"]} x '
+        out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | {x["train_seeds"]} x '
                    f'{x["episodes"] // x["train_seeds"]} | {x["score_mean"]:.1f} +- '
                    f'{x["score_stderr"]:.1f} | {x["success_rate"]:.2f} | '
                    f'{x["plan_ms_p50"]:.1f} | {x["plan_ms_p99"]:.1f} | {speed} |')

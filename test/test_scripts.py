@@ -121,7 +121,7 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
         for key in ('env', 'dataset', 'method', 'score_mean', 'score_stderr', 'success_rate',
                     'plan_ms_p50', 'plan_ms_p99', 'episode_returns', 'machine'):
             assert key in row, key
-        assert f'| umaze | {name} | 1 x 1 |' in text
+        assert f'| umaze | {name} | {row["backend"]} | 1 x 1 |' in text
     # Each method's bundle records its method; Decision Diffuser shares TD's networks.
     runs = out / 'runs' / 'umaze'
     for name in ('diffuser', 'dmemm', 'bc', 'decision_diffuser'):
