@@ -51,6 +51,8 @@ class DataConfig:
     returns_scale: float = 1.0
     # State dimensions the goal stands for (PointMaze: x, y), for goal inpainting and display.
     goal_state_dims: tuple = (0, 1)
+    # Episodes holding NaN or inf refuse the dataset; true drops them (named in a warning).
+    drop_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset_id), 'data.dataset_id must name a Minari dataset')

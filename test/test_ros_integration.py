@@ -294,3 +294,22 @@ def test_planner_node_runs_a_baselines_bundle(driver, ros_env, tmp_path):
     text = log.read_text()
     assert 'method diffuser' in text
     assert code == 0, text[-2000:]
+
+
+def test_nodes_refuse_bad_start_parameters_with_their_names(ros_env, tmp_path):
+    params = tmp_path / 'bad_params.yaml'
+    params.write_text('planner_node:\n  ros__parameters:\n    refine_steps: "five"\n')
+    cases = [
+        ('planner_node', ['--ros-args', '-p', f'bundle:={BUNDLE}', '-p', f'profile:={PROFILE}',
+                          '--params-file', str(params)], "parameter 'refine_steps'"),
+        ('planner_node', ['--ros-args', '-p', f'bundle:={BUNDLE}', '-p', f'profile:={PROFILE}',
+                          '-p', 'plan_rate_hz:=-3.0'], 'plan_rate_hz out of range'),
+        ('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}',
+                             '-p', 'command_timeout_s:=-1.0'], 'command_timeout_s out of range'),
+    ]
+    for executable, args, named in cases:
+        process, log = start(executable, args, ros_env, tmp_path, executable)
+        assert process.wait(timeout=60) == 2
+        text = log.read_text()
+        assert 'cannot start:' in text and named in text, text[-2000:]
+        assert 'Traceback' not in text

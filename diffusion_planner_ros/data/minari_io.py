@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import urllib.error
@@ -14,6 +15,8 @@ import numpy as np
 _DATASET_ID = re.compile(r'^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*-v\d+$')
 # Where each Minari remote kind answers HTTPS.
 _REMOTE_URLS = {'hf': 'https://huggingface.co', 'gcp': 'https://storage.googleapis.com'}
+
+LOG = logging.getLogger(__name__)
 
 
 def validate_dataset_id(dataset_id: str) -> str:
@@ -77,9 +80,13 @@ def local_dataset_exists(dataset_id: str) -> bool:
     return dataset_id in minari.list_local_datasets()
 
 
-def read_episodes(dataset) -> list[Episode]:
-    """All episodes of a Minari dataset as flat float arrays, checked for NaN and inf."""
-    episodes = []
+def read_episodes(dataset, drop_nonfinite: bool = False) -> list[Episode]:
+    """All episodes of a Minari dataset as flat float arrays, checked for NaN and inf.
+
+    An episode with NaN or inf is an error naming it and the field, or with drop_nonfinite it
+    is left out and named in a warning.
+    """
+    episodes, dropped = [], []
     for episode in dataset.iterate_episodes():
         obs = episode.observations
         if isinstance(obs, dict):
@@ -90,14 +97,23 @@ def read_episodes(dataset) -> list[Episode]:
             states, achieved, desired = np.asarray(obs, dtype=np.float64), None, None
         item = Episode(states, np.asarray(episode.actions, dtype=np.float64),
                        np.asarray(episode.rewards, dtype=np.float64), achieved, desired)
-        for name in ('observations', 'actions', 'rewards', 'achieved_goals', 'desired_goals'):
-            values = getattr(item, name)
-            if values is not None and not np.all(np.isfinite(values)):
-                raise ValueError(f'episode {episode.id} of dataset {dataset.spec.dataset_id} '
-                                 f'has NaN or inf in {name}')
+        bad = [name for name in ('observations', 'actions', 'rewards', 'achieved_goals',
+                                 'desired_goals')
+               if getattr(item, name) is not None and not np.all(np.isfinite(getattr(item, name)))]
+        if bad and not drop_nonfinite:
+            raise ValueError(f'episode {episode.id} of dataset {dataset.spec.dataset_id} has NaN '
+                             f'or inf in {", ".join(bad)} (set data.drop_nonfinite to drop such '
+                             f'episodes)')
+        if bad:
+            dropped.append(f'{episode.id} ({", ".join(bad)})')
+            continue
         episodes.append(item)
+    if dropped:
+        LOG.warning('dataset %s: dropped %d episode(s) with NaN or inf: %s',
+                    dataset.spec.dataset_id, len(dropped), '; '.join(dropped))
     if not episodes:
-        raise ValueError(f'dataset {dataset.spec.dataset_id} has no episodes')
+        raise ValueError(f'dataset {dataset.spec.dataset_id} has no episodes'
+                         + (' left after dropping those with NaN or inf' if dropped else ''))
     return episodes
 
 

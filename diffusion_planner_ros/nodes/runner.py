@@ -9,23 +9,34 @@ land inside a pybind11 call of the executor and surface as an unrelated RuntimeE
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Callable
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 
 def spin_node(factory: Callable, args=None) -> None:
-    """Create the node, spin it on a SingleThreadedExecutor, stop it safely."""
+    """Create the node, spin it on a SingleThreadedExecutor, stop it safely.
+
+    A node that cannot start (a parameter out of range or of the wrong type, a bad bundle or
+    profile) prints one line that names the problem and exits with status 2.
+    """
     stop = threading.Event()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     node = None
     try:
-        node = factory()
+        try:
+            node = factory()
+        except (ParameterException, ValueError, OSError) as error:
+            print(f'cannot start: {error}', file=sys.stderr)
+            rclpy.try_shutdown()
+            sys.exit(2)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
