@@ -65,7 +65,7 @@ def write_episodes(dataset_id, corrupt):
                                        algorithm_name='test', author='test',
                                        author_email='test@example.invalid',
                                        code_permalink='test/test_safety.py',
-                                       description='NaN test episodes', eval_env='umaze')
+                                       description='NaN test episodes', eval_env=env.spec)
     env.close()
     return load_minari(dataset_id)
 
