@@ -165,7 +165,7 @@ def planner_settings(planner: BasePlanner | None) -> dict:
     backend is the path the stages ran on (planning/accelerate.py), after 'auto' is resolved.
     """
     settings = {name: getattr(planner.config, name) if planner else None for name in SETTINGS}
-    settings['backend'] = getattr(planner, 'backend', 'eager') if planner else None
+    settings['backend'] = planner.backend if planner else None
     return settings
 
 

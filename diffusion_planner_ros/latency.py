@@ -71,9 +71,9 @@ def measure_backend(bundle: str, device: str, backend: str, calls: int, warmup: 
     run_stream(planner, stream[:warmup])
     timings, plans = run_stream(planner, stream[warmup:])
     result = {
-        'backend': getattr(planner, 'backend', 'eager'),
-        'backend_reason': getattr(planner, 'backend_reason', 'method default'),
-        'fallbacks': list(getattr(planner, 'fallback_reasons', [])),
+        'backend': planner.backend,
+        'backend_reason': planner.backend_reason,
+        'fallbacks': planner.fallback_reasons,
         'build_s': build_s,
         'stages_ms': stage_summary(timings),
     }

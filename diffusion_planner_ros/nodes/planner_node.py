@@ -138,11 +138,9 @@ class PlannerNode(Node):
             f'{self._backend_text()}')
 
     def _backend_text(self) -> str:
-        backend = getattr(self.planner, 'backend', 'eager')
-        text = f'backend {backend} ({getattr(self.planner, "backend_reason", "method default")})'
-        for reason in getattr(self.planner, 'fallback_reasons', []):
+        for reason in self.planner.fallback_reasons:
             self.get_logger().warning(reason)
-        return text
+        return f'backend {self.planner.backend} ({self.planner.backend_reason})'
 
     # Parameters -----------------------------------------------------------------------------
     def _validate_start_parameters(self) -> None:
@@ -182,9 +180,7 @@ class PlannerNode(Node):
                 # Captured stages are rebuilt; they capture again on the next plan.
                 self.planner.reconfigure(**changes)
             except ValueError as error:
-                return SetParametersResult(successful=False, reason=(
-                    f'{error} (control_rate_hz / plan_rate_hz = {replan_every} control steps '
-                    'per plan)' if 'replan_every' in str(error) else str(error)))
+                return SetParametersResult(successful=False, reason=str(error))
         self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
         self._target_return = new.get('target_return', self._target_return)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):

@@ -95,6 +95,9 @@ class BasePlanner:
     """
 
     methods: tuple = ()
+    # How the stages run (planning/accelerate.py); methods without captured stages run eagerly.
+    backend = 'eager'
+    backend_reason = 'this method has no captured path'
 
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None):
         self.bundle = bundle
@@ -137,6 +140,11 @@ class BasePlanner:
     def obs_dim(self) -> int:
         """Observation size the bundle expects."""
         return self.bundle.dims.obs
+
+    @property
+    def fallback_reasons(self) -> list[str]:
+        """Why captured stages run eagerly (empty when every capture worked)."""
+        return []
 
     @property
     def action_dim(self) -> int:
