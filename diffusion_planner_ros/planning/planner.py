@@ -330,10 +330,3 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         if self.config.inpaint_goal and self.condition_kind == 'goal':
             return (self._goal_state(goal),)
         return ()
-
-    def _constraints(self, states: torch.Tensor, goal) -> dict:
-        """Start the plan at the current state; optionally write the goal into its end."""
-        constraints = {0: states[0, -1]}
-        for row in self._goal_row(goal):
-            constraints[self.horizon - 1] = row
-        return constraints
