@@ -285,9 +285,15 @@ class PlannerConfig:
     # CPU threads for inference (torch intra-op, process-wide, and ONNX Runtime; 0 keeps their
     # defaults); 1 leaves the other core of a 2-core robot computer to the ROS executor.
     threads: int = 1
+    # Largest accepted |observation| in normalised units ([-1, 1] spans the training data): a
+    # state further out is a sensor fault or a robot the bundle knows nothing about, and the
+    # planner refuses it instead of extrapolating.
+    observation_limit: float = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _require(self.observation_limit > 0.0,
+                 f'planner.observation_limit {self.observation_limit} must be > 0')
         _require(self.refine_steps >= 0, f'planner.refine_steps {self.refine_steps} must be >= 0')
         _require(self.value_guidance_scale >= 0.0, 'planner.value_guidance_scale must be >= 0')
         _require(self.transition_guidance >= 0.0, 'planner.transition_guidance must be >= 0')

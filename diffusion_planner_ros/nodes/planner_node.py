@@ -1,17 +1,26 @@
 """planner_node: receding-horizon Trajectory Diffuser planning over ROS 2.
 
 Subscribes ``joint_states`` and ``goal_pose``; publishes ``commands`` at control_rate_hz from the
-current plan's action chunk, ``plan`` and ``plan_markers`` when someone listens, and
-/diagnostics. Planning runs in a worker thread so the control timer is never blocked; only
-SingleThreadedExecutor is used (MultiThreadedExecutor misbehaves with the PyPI rclpy wheels).
+current plan's action chunk, ``plan``, ``plan_markers`` and ``~/plan_latency_ms`` (one per plan)
+when someone listens, and /diagnostics. A lifecycle node (configure, activate, deactivate,
+cleanup); it drives itself to active unless ``autostart`` is false. Planning runs in a worker
+thread so the control timer is never blocked; only SingleThreadedExecutor is used
+(MultiThreadedExecutor misbehaves with the PyPI rclpy wheels).
+
+Bad input never reaches the planner: joint_states with missing, duplicate or non-finite
+profile joints, or with stamps that go backwards or leap ahead, are dropped with a throttled
+warning that names the problem and counted in /diagnostics; a state far outside the training
+data, or any planning failure, commands zero.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import re
 import threading
 import time
+import traceback
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -19,16 +28,20 @@ from geometry_msgs.msg import Point, PoseStamped
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import ActionChunk, configure_threads, LatencyStats
+from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads, LatencyStats,
+                                                     StampGate)
 from diffusion_planner_ros.nodes.runner import spin_node
 from diffusion_planner_ros.robots import Kinematics, load_profile
 
@@ -45,8 +58,13 @@ def _int_param(description: str, low: int, high: int) -> ParameterDescriptor:
                                integer_range=[IntegerRange(from_value=low, to_value=high, step=1)])
 
 
-class PlannerNode(Node):
-    """ROS I/O around the planner of the bundle's method (Trajectory Diffuser or a baseline)."""
+class PlannerNode(LifecycleNode):
+    """ROS I/O around the planner of the bundle's method (Trajectory Diffuser or a baseline).
+
+    A lifecycle node: configure loads the bundle and profile and warms the planner up (captures
+    its stages), activate starts commanding, deactivate commands zero and stops, cleanup frees
+    the model. With ``autostart`` (the default) it configures and activates itself at start.
+    """
 
     def __init__(self):
         super().__init__('planner_node')
@@ -73,8 +91,79 @@ class PlannerNode(Node):
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
                         'bridge) instead of the control timer', read_only=True))
-        self._validate_start_parameters()
+        p('autostart', True, ParameterDescriptor(
+            description='configure and activate at start; false waits for lifecycle '
+                        'transitions (~/change_state)', read_only=True))
+        self.planner = None
+        self._active = False
+        # Held while a command is published and while activity changes, so no plan's command
+        # can follow the zero of a deactivation or a stop.
+        self._command_lock = threading.Lock()
+        self._entities: list = []
+        self._worker = None
+        self._configure_error = ''
+        self._last_warn: dict[str, float] = {}
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self.get_parameter('autostart').value:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ValueError(self._configure_error)
+            self.trigger_activate()
 
+    # Lifecycle ------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the bundle and profile, warm the planner up, create the topics."""
+        try:
+            self._configure()
+        except (ValueError, OSError) as error:
+            self._configure_error = str(error)
+            self.get_logger().error(f'cannot configure: {error}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        except Exception:  # noqa: B902 - a bug: say where, and stay unconfigured
+            self._configure_error = traceback.format_exc()
+            self.get_logger().error(f'cannot configure:\n{self._configure_error}')
+            self._release()
+            return TransitionCallbackReturn.ERROR
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start commanding: a fresh episode, the timers, the publishers."""
+        result = super().on_activate(state)
+        self.planner.reset()
+        self.chunk.clear()
+        if not self.lockstep:
+            self._start_timers(self.get_parameter('control_rate_hz').value,
+                               self.get_parameter('plan_rate_hz').value)
+        with self._command_lock:
+            self._active = True
+        self.get_logger().info('active: commanding')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Command zero and stop commanding; the model stays loaded."""
+        self._stop_commanding()
+        self.get_logger().info('inactive: commanded zero')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model and the topics."""
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Command zero if active, then free everything."""
+        self._stop_commanding()
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Command zero if possible and go back to unconfigured."""
+        self._stop_commanding()
+        self._release()
+        return super().on_error(state)
+
+    def _configure(self) -> None:
+        self._validate_start_parameters()
         gp = self.get_parameter
         configure_threads(gp('torch_threads').value)
         self.profile = load_profile(gp('profile').value)
@@ -91,6 +180,9 @@ class PlannerNode(Node):
         env = make_env(self.profile.env_id)
         self.grid = MazeGrid.from_env(env) if is_goal_env(self.profile.env_id) else None
         self.kinematics = Kinematics(self.profile, env.unwrapped.model)
+        env.close()
+        # Capture the stages now, so activation commands at once.
+        self.planner.warm_up()
         self.chunk = ActionChunk(self.planner.action_dim)
         self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
@@ -98,33 +190,37 @@ class PlannerNode(Node):
         self._state_timeout_s = gp('state_timeout_s').value
         self._target_return = gp('target_return').value
         self._plan_budget_ms = 1e3 / gp('plan_rate_hz').value
+        self._stamps = StampGate(stale_after_s=self._state_timeout_s)
         self.deadline_misses = 0
+        self.rejected_states = 0
         self._lock = threading.Lock()
         self._state = None          # (observation, receive time, sequence number)
         self._state_sequence = 0
         self._goal = None
         self._goal_version = 0
         self._last_latency_log = 0.0
-        self._last_warn: dict[str, float] = {}
         self._wake = threading.Event()
         # Set by the plan timer; the next state to arrive then starts the plan, so a plan never
         # starts from a state that waited for the timer.
         self._plan_due = threading.Event()
         self._running = True
-
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.command_pub = self.create_publisher(Float64MultiArray, 'commands', reliable)
-        self.path_pub = self.create_publisher(Path, 'plan', 10)
-        self.marker_pub = self.create_publisher(MarkerArray, 'plan_markers', 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10)
-        self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10)
         self.lockstep = gp('lockstep').value
         self._control_timer = self._plan_timer = None
-        if not self.lockstep:
-            self._start_timers(gp('control_rate_hz').value, gp('plan_rate_hz').value)
-        self.create_timer(1.0, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        lifecycle = self.create_lifecycle_publisher
+        self.command_pub = lifecycle(Float64MultiArray, 'commands', reliable)
+        self.path_pub = lifecycle(Path, 'plan', 10)
+        self.marker_pub = lifecycle(MarkerArray, 'plan_markers', 10)
+        self.timing_pub = lifecycle(Float64, '~/plan_latency_ms', 10)
+        # Diagnostics go out in every state: an inactive planner still reports.
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._entities = [
+            self.command_pub, self.path_pub, self.marker_pub, self.timing_pub, self.diag_pub,
+            self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10),
+            self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10),
+            self.create_timer(1.0, self._publish_diagnostics),
+        ]
         # Everything allocated so far (models, messages, modules) lives as long as the node:
         # keep it out of the collector's full passes, which would otherwise pause planning.
         gc.freeze()
@@ -136,6 +232,39 @@ class PlannerNode(Node):
             f'k={self.planner.config.refine_steps}, '
             f'replan every {self.planner.config.replan_every} control steps, '
             f'{self._backend_text()}')
+
+    def _stop_commanding(self) -> None:
+        """Leave the active state: no more plans' commands, then one zero command."""
+        if self.planner is None:
+            return
+        for timer in (self._control_timer, self._plan_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._control_timer = self._plan_timer = None
+        self.chunk.clear()
+        with self._command_lock:
+            if self._active:
+                self._active = False
+                self._send(np.zeros(self.planner.action_dim))
+
+    def _release(self) -> None:
+        """Stop the worker and destroy what configure created."""
+        if self._worker is not None:
+            self._running = False
+            self._wake.set()
+            self._worker.join(timeout=5.0)
+            self._worker = None
+        for entity in self._entities:
+            if isinstance(entity, LifecyclePublisher):
+                self.destroy_lifecycle_publisher(entity)
+            elif isinstance(entity, Publisher):
+                self.destroy_publisher(entity)
+            elif isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            else:
+                self.destroy_timer(entity)
+        self._entities = []
+        self.planner = None
 
     def _backend_text(self) -> str:
         for reason in self.planner.fallback_reasons:
@@ -164,8 +293,11 @@ class PlannerNode(Node):
         """Check a runtime change as a whole and apply it only if all of it is valid.
 
         rclpy has already checked types, ranges and read-only flags from the descriptors; this
-        checks what depends on the bundle. A rejected change keeps every old value.
+        checks what depends on the bundle. A rejected change keeps every old value. Before
+        configure there is no bundle yet: configure checks the values then.
         """
+        if self.planner is None:
+            return SetParametersResult(successful=True)
         new = {param.name: param.value for param in params}
         gp = self.get_parameter
         control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
@@ -182,10 +314,11 @@ class PlannerNode(Node):
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
+        self._stamps.stale_after_s = self._state_timeout_s
         self._target_return = new.get('target_return', self._target_return)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             self._plan_budget_ms = 1e3 / plan_rate
-            if not self.lockstep:
+            if not self.lockstep and self._active:
                 self._start_timers(control_rate, plan_rate)
         return SetParametersResult(successful=True)
 
@@ -201,9 +334,12 @@ class PlannerNode(Node):
             observation = self.profile.observation_from_joint_state(
                 msg.name, msg.position, msg.velocity)
         except ValueError as error:
-            # Throttle per kind of problem (the text before any listed values).
-            kind = str(error).split(':')[0]
-            self._warn(f'joint_states:{kind}', f'dropped joint_states: {error}')
+            self._reject_state(str(error))
+            return
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        problem = self._stamps.check(stamp, time.monotonic())
+        if problem is not None:
+            self._reject_state(problem)
             return
         with self._lock:
             self._state_sequence += 1
@@ -229,6 +365,12 @@ class PlannerNode(Node):
         self.chunk.clear()
         self.get_logger().info(f'new goal {goal.round(3).tolist()}')
 
+    def _reject_state(self, problem: str) -> None:
+        self.rejected_states += 1
+        # Throttle per kind of problem: the text before any listed values, numbers left out.
+        kind = re.sub(r'-?\d+(\.\d+)?', '#', problem.split(':')[0])
+        self._warn(f'joint_states:{kind}', f'dropped joint_states: {problem}')
+
     # Planning (worker thread) ------------------------------------------------------------------
     def _plan_loop(self) -> None:
         consumed_sequence, steps_since_plan, goal_version = 0, None, 0
@@ -245,6 +387,8 @@ class PlannerNode(Node):
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
             observation, received, sequence = state
+            if not self._active:
+                continue
             if self.lockstep:
                 if sequence == consumed_sequence:
                     continue
@@ -259,7 +403,10 @@ class PlannerNode(Node):
                 plan = self.planner.plan(observation, goal=goal,
                                          returns_to_go=self._target_return)
             except (ValueError, RuntimeError) as error:
-                self._warn('plan', f'planning failed: {error}')
+                # No plan, no old plan either: a held action must not outlive its plan.
+                self.chunk.clear()
+                self._publish_command(np.zeros(self.planner.action_dim))
+                self._warn('plan', f'planning failed, commanding zero: {error}')
                 continue
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             self.chunk.replace(plan.actions, consumed=1)
@@ -271,6 +418,8 @@ class PlannerNode(Node):
             self.overhead.add(state_to_command_ms - plan.timings_ms['total'])
             if plan.timings_ms['total'] > self._plan_budget_ms and not self.lockstep:
                 self.deadline_misses += 1
+            if self.timing_pub.get_subscription_count():
+                self.timing_pub.publish(Float64(data=plan.timings_ms['total']))
             self._publish_plan(plan, goal)
 
     # Output --------------------------------------------------------------------------------
@@ -289,6 +438,11 @@ class PlannerNode(Node):
     def _publish_command(self, action) -> None:
         if action is None:
             return
+        with self._command_lock:
+            if self._active:
+                self._send(action)
+
+    def _send(self, action) -> None:
         action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
                          self.planner.bundle.action_low, self.planner.bundle.action_high)
         self.command_pub.publish(Float64MultiArray(data=[float(a) for a in action]))
@@ -335,12 +489,15 @@ class PlannerNode(Node):
             'overhead_p50_ms': _fmt(self.overhead.percentile(50)),
             'overhead_p99_ms': _fmt(self.overhead.percentile(99)),
             'deadline_misses': str(self.deadline_misses),
+            'rejected_states': str(self.rejected_states),
             'state_age_s': _fmt(age),
+            'active': str(self._active).lower(),
         }
-        level = DiagnosticStatus.OK if age <= self._state_timeout_s else DiagnosticStatus.WARN
+        stale = age > self._state_timeout_s
+        level = DiagnosticStatus.WARN if stale and self._active else DiagnosticStatus.OK
+        message = ('inactive' if not self._active else 'state stale' if stale else 'ok')
         status = DiagnosticStatus(level=level, name='planner_node: planning',
-                                  hardware_id=self.profile.name,
-                                  message='ok' if level == DiagnosticStatus.OK else 'state stale',
+                                  hardware_id=self.profile.name, message=message,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
@@ -353,11 +510,9 @@ class PlannerNode(Node):
                 f'{values["state_to_command_p50_ms"]}/{values["state_to_command_p99_ms"]} ms')
 
     def stop(self) -> None:
-        """Stop the worker and command zero."""
-        self._running = False
-        self._wake.set()
-        self._worker.join(timeout=2.0)
-        self._publish_command(np.zeros(self.planner.action_dim))
+        """Command zero if active (no plan's command can follow it), then free everything."""
+        self._stop_commanding()
+        self._release()
 
 
 def _fmt(value) -> str:

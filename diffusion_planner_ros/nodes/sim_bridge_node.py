@@ -1,7 +1,8 @@
 """sim_bridge_node: a gymnasium MuJoCo env behind ros2_control-style topics.
 
-Publishes ``joint_states`` (the profile's joints, by name), /clock and ``robot_markers`` (the
-robot, and the maze walls where there are some); applies the latest ``commands``
+Publishes ``joint_states`` (the profile's joints, by name; effort = the command applied to each
+actuated joint in the last step, 0 for the others), /clock and ``robot_markers`` (the robot, and
+the maze walls where there are some); applies the latest ``commands``
 (Float64MultiArray, one value per actuator in the profile's order) with zero-order hold, and
 zero after command_timeout_s. ``~/reset`` (std_srvs/Trigger) starts a new episode and publishes
 its goal on ``episode_goal``. Two modes: real time (one env step per env dt of wall time) and
@@ -69,6 +70,7 @@ class SimBridgeNode(Node):
         self._lock = threading.Lock()
         self._command = np.zeros(len(self.profile.actuators))
         self._command_time = -math.inf
+        self._applied = np.zeros(len(self.profile.actuators))
         self._last_warn: dict[str, float] = {}
         self.episode, self.sim_time, self.steps = 0, 0.0, 0
         self.episode_steps = self.get_parameter('episode_steps').value
@@ -110,6 +112,7 @@ class SimBridgeNode(Node):
         with self._lock:
             self._command[:] = 0.0
             self._command_time = -math.inf
+        self._applied = np.zeros(len(self.profile.actuators))
         if self.goal is not None:
             msg = PoseStamped()
             msg.header.stamp = self._stamp()
@@ -160,6 +163,7 @@ class SimBridgeNode(Node):
             return
         # Step the bare env: episodes end by ~/reset or episode_steps, not gymnasium's limit.
         self.env.unwrapped.step(action.astype(np.float32))
+        self._applied = action.astype(np.float64)
         self.steps += 1
         self.sim_time += self.dt
         self._publish_state()
@@ -174,7 +178,9 @@ class SimBridgeNode(Node):
         stamp = self._stamp()
         self.clock_pub.publish(Clock(clock=stamp))
         names, positions, velocities = self.profile.joint_state_from_mujoco(self.model, self.data)
-        msg = JointState(name=names, position=positions, velocity=velocities)
+        applied = dict(zip(self.profile.actuators, self._applied.tolist()))
+        msg = JointState(name=names, position=positions, velocity=velocities,
+                         effort=[applied.get(name, 0.0) for name in names])
         msg.header.stamp = stamp
         self.state_pub.publish(msg)
 
@@ -223,10 +229,13 @@ class SimBridgeNode(Node):
         return walls
 
     def stop(self) -> None:
-        """Apply zero to the actuators before exiting."""
+        """Apply zero to the actuators before exiting, and report it on joint_states."""
         with self._lock:
             self._command[:] = 0.0
-        self.env.unwrapped.step(np.zeros(len(self.profile.actuators), dtype=np.float32))
+        zero = np.zeros(len(self.profile.actuators))
+        self.env.unwrapped.step(zero.astype(np.float32))
+        self._applied = zero
+        self._publish_state()
         self.env.close()
 
 

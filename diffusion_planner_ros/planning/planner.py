@@ -205,6 +205,14 @@ class BasePlanner:
             raise ValueError(f'{name} contains NaN or inf: {array.tolist()}')
         return array
 
+    def _check_plausible(self, state: np.ndarray) -> None:
+        far = np.flatnonzero(np.abs(state) > self.config.observation_limit)
+        if len(far):
+            raise ValueError(
+                f'observation dims {far.tolist()} are far outside the training data '
+                f'(normalised {np.round(state[far], 1).tolist()}, limit '
+                f'+-{self.config.observation_limit:g}): refusing to plan')
+
     def _condition(self, goal, returns_to_go) -> np.ndarray:
         if self.condition_kind == 'goal':
             if goal is None:
@@ -240,6 +248,7 @@ class BasePlanner:
         condition = self._condition(goal, returns_to_go)
         start = time.perf_counter()
         state = self._states.normalize(observation)
+        self._check_plausible(state)
         self._history.append((state, condition))
         # Pad an episode's first steps with its first entry.
         entries = [self._history[0]] * (self.history - len(self._history)) + list(self._history)

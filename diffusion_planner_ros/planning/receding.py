@@ -85,3 +85,35 @@ class LatencyStats:
             if not self._values:
                 return None
             return float(np.percentile(np.array(self._values), q))
+
+
+class StampGate:
+    """Drops states whose header stamps go backwards or leap ahead within a live stream.
+
+    A stamp is compared with the last accepted stamp of the same stream, never with this
+    machine's clock: the source may run sim time. A zero stamp means "not stamped" and always
+    passes. Equal stamps pass (a lockstep bridge sends its state again when a command is lost).
+    After ``stale_after_s`` of wall time without an accepted stamp the gate re-anchors on the
+    next one, so a restarted driver or simulator, whose clock starts again, gets through.
+    """
+
+    def __init__(self, stale_after_s: float, leap_tolerance_s: float = 1.0):
+        self.stale_after_s = stale_after_s
+        self.leap_tolerance_s = leap_tolerance_s
+        self._stamp = None   # last accepted stamp (s)
+        self._wall = 0.0     # wall time it was accepted at (s)
+
+    def check(self, stamp_s: float, now_s: float) -> str | None:
+        """Accept (None) or reject (the reason) a state stamped ``stamp_s`` arriving at now_s."""
+        if stamp_s == 0.0:
+            return None
+        elapsed = now_s - self._wall
+        if self._stamp is not None and elapsed <= self.stale_after_s:
+            if stamp_s < self._stamp:
+                return (f'stamp {stamp_s:.3f} s is older than the last state '
+                        f'({self._stamp:.3f} s)')
+            if stamp_s - self._stamp > elapsed + self.leap_tolerance_s:
+                return (f'stamp {stamp_s:.3f} s leaps {stamp_s - self._stamp:.3f} s ahead of '
+                        f'the last state after {elapsed:.3f} s')
+        self._stamp, self._wall = stamp_s, now_s
+        return None
