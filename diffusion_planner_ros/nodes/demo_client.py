@@ -99,7 +99,7 @@ class DemoClient(Node):
             if status.name.startswith('planner_node'):
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
-    def _spin_until(self, executor, done, timeout_s: float) -> bool:
+    def spin_until(self, executor, done, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if done():
@@ -121,11 +121,11 @@ class DemoClient(Node):
                     and self.count_publishers(self.state_topic) > 0
                     and self.count_subscribers(self.state_topic) > 1)
 
-        if not self._spin_until(executor, ready, timeout_s):
+        if not self.spin_until(executor, ready, timeout_s):
             raise RuntimeError('the sim bridge or the planner did not come up within '
                                f'{timeout_s:.0f} s')
         # Matching is seen from this node; give the two nodes a moment to see each other too.
-        self._spin_until(executor, lambda: False, 1.0)
+        self.spin_until(executor, lambda: False, 1.0)
 
     def run_episode(self, executor, episode: int, steps: int, timeout_s: float) -> EpisodeRecord:
         """Episode ``episode`` of the bridge (seed = seed + episode), ``steps`` env steps."""
@@ -139,12 +139,12 @@ class DemoClient(Node):
         msg.pose.orientation.w = 1.0
         self.goal_pub.publish(msg)
         # Let the planner take the goal (and forget the last episode) before the reset state.
-        self._spin_until(executor, lambda: False, 0.3)
+        self.spin_until(executor, lambda: False, 0.3)
         record = EpisodeRecord(self.seed + episode, goal.tolist())
         self._record = record
         future = self.reset_client.call_async(Trigger.Request())
-        self._spin_until(executor, future.done, 10.0)
-        record.timed_out = not self._spin_until(executor, lambda: record.states > steps,
-                                                timeout_s)
+        self.spin_until(executor, future.done, 10.0)
+        record.timed_out = not self.spin_until(executor, lambda: record.states > steps,
+                                               timeout_s)
         self._record = None
         return record

@@ -198,6 +198,7 @@ class PlannerNode(LifecycleNode):
         self._state_sequence = 0
         self._goal = None
         self._goal_version = 0
+        self._history_stale = False
         self._last_latency_log = 0.0
         self._wake = threading.Event()
         # Set by the plan timer; the next state to arrive then starts the plan, so a plan never
@@ -206,6 +207,7 @@ class PlannerNode(LifecycleNode):
         self._running = True
         self.lockstep = gp('lockstep').value
         self._control_timer = self._plan_timer = None
+        self._control_period_s = 0.0
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         lifecycle = self.create_lifecycle_publisher
@@ -276,8 +278,19 @@ class PlannerNode(LifecycleNode):
         for name in ('bundle', 'profile'):
             if not self.get_parameter(name).value:
                 raise ValueError(f'parameter {name!r} must be set')
+        problem = self._timeout_problem(self.get_parameter('state_timeout_s').value,
+                                        self.get_parameter('control_rate_hz').value)
+        if problem:
+            raise ValueError(problem)
         if self.get_parameter('device').value not in ('auto', 'cpu', 'cuda'):
             raise ValueError("parameter 'device' must be auto, cpu or cuda")
+
+    @staticmethod
+    def _timeout_problem(state_timeout_s: float, control_rate_hz: float) -> str:
+        if state_timeout_s <= 1.0 / control_rate_hz:
+            return (f"parameter 'state_timeout_s' ({state_timeout_s} s) must exceed one control "
+                    f'period ({1.0 / control_rate_hz:.4f} s)')
+        return ''
 
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
@@ -286,7 +299,8 @@ class PlannerNode(LifecycleNode):
         for timer in (self._control_timer, self._plan_timer):
             if timer is not None:
                 self.destroy_timer(timer)
-        self._control_timer = self.create_timer(1.0 / control_rate_hz, self._on_control_tick)
+        self._control_period_s = 1.0 / control_rate_hz
+        self._control_timer = self.create_timer(self._control_period_s, self._on_control_tick)
         self._plan_timer = self.create_timer(1.0 / plan_rate_hz, self._plan_due.set)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -296,12 +310,16 @@ class PlannerNode(LifecycleNode):
         checks what depends on the bundle. A rejected change keeps every old value. Before
         configure there is no bundle yet: configure checks the values then.
         """
-        if self.planner is None:
-            return SetParametersResult(successful=True)
         new = {param.name: param.value for param in params}
         gp = self.get_parameter
         control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
         plan_rate = new.get('plan_rate_hz', gp('plan_rate_hz').value)
+        problem = self._timeout_problem(new.get('state_timeout_s', gp('state_timeout_s').value),
+                                        control_rate)
+        if problem:
+            return SetParametersResult(successful=False, reason=problem)
+        if self.planner is None:
+            return SetParametersResult(successful=True)
         replan_every = self._replan_every(control_rate, plan_rate)
         changes = {name: new[name] for name in ('refine_steps', 'guidance_scale', 'noise_scale')
                    if name in new}
@@ -380,8 +398,9 @@ class PlannerNode(LifecycleNode):
             self._wake.clear()
             with self._lock:
                 state, goal, version = self._state, self._goal, self._goal_version
-            if version != goal_version:
+            if version != goal_version or self._history_stale:
                 goal_version = version
+                self._history_stale = False
                 self.planner.reset()
                 steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
@@ -426,8 +445,13 @@ class PlannerNode(LifecycleNode):
     def _on_control_tick(self) -> None:
         with self._lock:
             state = self._state
-        if state is None or time.monotonic() - state[1] > self._state_timeout_s:
+        # A command holds until the next tick: zero goes out on the last tick before the
+        # state's age passes state_timeout_s, so no command from a stale state is ever in force.
+        if state is None or (time.monotonic() - state[1] + self._control_period_s
+                             > self._state_timeout_s):
             self.chunk.clear()
+            # The history the prior conditions on is stale too: start afresh.
+            self._history_stale = True
             self._warn('timeout', 'no fresh joint_states: commanding zero')
             self._publish_command(np.zeros(self.planner.action_dim))
             return

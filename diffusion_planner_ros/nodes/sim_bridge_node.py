@@ -18,7 +18,8 @@ import time
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -65,6 +66,8 @@ class SimBridgeNode(Node):
         self.dt = float(self.env.unwrapped.dt) if hasattr(self.env.unwrapped, 'dt') else 0.01
         self.model = self.env.unwrapped.model
         self.data = self.env.unwrapped.data
+        self._check_timeout(self.get_parameter('command_timeout_s').value)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         space = self.env.action_space
         self.action_low, self.action_high = space.low.astype(float), space.high.astype(float)
         self._lock = threading.Lock()
@@ -103,6 +106,20 @@ class SimBridgeNode(Node):
         if now - self._last_warn.get(key, -math.inf) >= WARN_PERIOD_S:
             self._last_warn[key] = now
             self.get_logger().warning(message)
+
+    def _check_timeout(self, command_timeout_s: float) -> None:
+        if command_timeout_s <= self.dt:
+            raise ValueError(f"parameter 'command_timeout_s' ({command_timeout_s} s) must exceed "
+                             f'one env step ({self.dt} s)')
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == 'command_timeout_s':
+                try:
+                    self._check_timeout(param.value)
+                except ValueError as error:
+                    return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
 
     # Episodes ------------------------------------------------------------------------------
     def _reset_episode(self) -> None:
@@ -146,8 +163,10 @@ class SimBridgeNode(Node):
             self._step(self._command.copy())
 
     def _on_tick(self) -> None:
+        # The applied command holds for one step: zero from the step that would end after the
+        # command's age passes command_timeout_s.
         with self._lock:
-            fresh = time.monotonic() - self._command_time <= self.get_parameter(
+            fresh = time.monotonic() - self._command_time + self.dt <= self.get_parameter(
                 'command_timeout_s').value
             action = self._command.copy() if fresh else np.zeros_like(self._command)
         self._step(action)

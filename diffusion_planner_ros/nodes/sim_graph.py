@@ -7,6 +7,7 @@ Usage:
     sim_graph --episodes 20                      # lockstep: deterministic, comparable offline
     sim_graph --realtime --episodes 5            # wall-clock bridge, planner on its timers
     sim_graph bundle:=/path/to/bundle state_topic:=/robot/joint_states
+    sim_graph --realtime --drop-states 0.2      # the planner misses 20% of the states
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from diffusion_planner_ros.launch_file import read_launch_file
 from diffusion_planner_ros.nodes.demo_client import DemoClient
+from diffusion_planner_ros.nodes.lossy_relay import LossyRelay
 from diffusion_planner_ros.robots import load_profile
 
 
@@ -84,8 +86,15 @@ def main(argv=None) -> None:
                         help='wall-clock bridge instead of lockstep')
     parser.add_argument('--steps', type=int, default=None,
                         help='env steps per episode (default: the env\'s own limit)')
+    parser.add_argument('--drop-states', type=float, default=0.0, metavar='SHARE',
+                        help='drop this share of the states on their way to the planner '
+                             '(a lossy link; real time only)')
     parser.add_argument('--json', default=None, help='write the figures here')
     args = parser.parse_args(argv)
+    if args.drop_states and not args.realtime:
+        parser.error('--drop-states needs --realtime: a lockstep bridge waits for every command')
+    if not 0.0 <= args.drop_states < 1.0:
+        parser.error('--drop-states must be in [0, 1)')
     overrides = {}
     for item in args.launch_args:
         name, sep, value = item.partition(':=')
@@ -114,16 +123,29 @@ def main(argv=None) -> None:
     # The runner's own node must see the same seed as the bridge.
     bridge = next((s for s in specs if s.name == 'sim_bridge_node' and s.enabled), None)
     seed = _bridge_seed(bridge)
+    state_topic = launch_args['state_topic']
+    lossy_topic = f'{state_topic.rstrip("/")}_lossy'
+    if args.drop_states:
+        planner = next(s for s in specs if s.name == 'planner_node')
+        planner.remappings = [(source, lossy_topic if source == 'joint_states' else target)
+                              for source, target in planner.remappings]
 
     processes = start_nodes(specs, extra)
     rclpy.init()
-    client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
+    client = DemoClient(profile, seed, state_topic=state_topic,
                         command_topic=launch_args['command_topic'])
     executor = SingleThreadedExecutor()
     executor.add_node(client)
+    relay = None
+    if args.drop_states:
+        relay = LossyRelay(state_topic, lossy_topic, args.drop_states, seed=seed)
+        executor.add_node(relay)
     records = []
     try:
         client.wait_for_graph(executor, launch_args['command_topic'])
+        if relay is not None and not client.spin_until(
+                executor, lambda: relay.publisher.get_subscription_count() > 0, 60.0):
+            raise RuntimeError(f'the planner does not listen on {lossy_topic}')
         for episode in range(1, args.episodes + 1):
             timeout = 120.0 if lockstep else demo_env_steps * 0.01 * 3 + 10
             record = client.run_episode(executor, episode, demo_env_steps, timeout)
@@ -132,11 +154,14 @@ def main(argv=None) -> None:
                   f'{record.episode_return:.0f} states {record.states}'
                   f'{" (timed out)" if record.timed_out else ""}', flush=True)
         # One more diagnostics period so the figures cover the last episode.
-        client._spin_until(executor, lambda: False, 1.2)
+        client.spin_until(executor, lambda: False, 1.2)
     finally:
         diagnostics = dict(client.diagnostics)
         rate = client.command_rate()
         client.destroy_node()
+        if relay is not None:
+            dropped = {'states_relayed': relay.received, 'states_dropped': relay.dropped}
+            relay.destroy_node()
         rclpy.try_shutdown()
         codes = stop_nodes(processes)
     summary = {
@@ -150,6 +175,8 @@ def main(argv=None) -> None:
         'exit_codes': codes,
         'seeds': [r.seed for r in records],
     }
+    if relay is not None:
+        summary.update(drop_states=args.drop_states, **dropped)
     print(f'success rate {summary["success_rate"]:.3f} over {summary["episodes"]} episodes '
           f'({summary["mode"]}), mean return {summary["return_mean"]:.1f}')
     for key in ('plan_latency_p50_ms', 'plan_latency_p99_ms', 'state_to_command_p50_ms',

@@ -1,0 +1,308 @@
+"""Fault drills and the soak run of the sim graph (bridge + planner from the launch file).
+
+- Fault drill (real time): SIGKILL the bridge mid-episode and time the planner's first zero
+  command; restart the bridge and time the planner's first plan command after the new bridge's
+  first state; SIGKILL the planner and time until the bridge applies zero (joint_states effort).
+- Soak (lockstep): run episodes for a number of control steps, sampling the nodes' resident
+  memory and recording every plan's latency (``~/plan_latency_ms``).
+
+training/fault_drill.py and training/soak.py are the command lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Float64MultiArray
+
+from diffusion_planner_ros.launch_file import read_launch_file
+from diffusion_planner_ros.nodes.demo_client import DemoClient
+from diffusion_planner_ros.nodes.sim_graph import _bridge_seed, start_nodes, stop_nodes
+from diffusion_planner_ros.robots import load_profile
+
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class GraphWatcher(Node):
+    """Records the commands, the states (with the bridge's applied effort) and plan latencies.
+
+    With ``relay_goals`` it also forwards each episode goal of the bridge (latched on
+    /episode_goal) to the planner's /goal_pose once the planner listens, as a user's goal
+    source would; a restarted bridge's goal is forwarded too.
+    """
+
+    def __init__(self, state_topic: str, command_topic: str, relay_goals: bool = False):
+        super().__init__('graph_watcher')
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.states: list[tuple[float, np.ndarray]] = []    # (time, applied effort)
+        self.latencies: list[tuple[int, float]] = []        # (states seen, plan ms)
+        self.create_subscription(Float64MultiArray, command_topic, self._on_command, RELIABLE)
+        self.create_subscription(JointState, state_topic, self._on_state, RELIABLE)
+        self.create_subscription(Float64, '/planner_node/plan_latency_ms', self._on_latency,
+                                 RELIABLE)
+        self.keep_messages = True
+        self.state_count = 0
+        if relay_goals:
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+            self._goal_pub = self.create_publisher(PoseStamped, '/goal_pose', 10)
+            self.create_subscription(PoseStamped, '/episode_goal', self._on_episode_goal,
+                                     latched)
+            self.create_timer(0.1, self._forward_goal)
+        self._pending_goal = None
+        self._matched_since = None
+
+    def _on_episode_goal(self, msg: PoseStamped) -> None:
+        self._pending_goal = msg
+
+    def _forward_goal(self) -> None:
+        if self._goal_pub.get_subscription_count() == 0:
+            self._matched_since = None
+            return
+        now = time.monotonic()
+        self._matched_since = self._matched_since or now
+        # Matched here does not mean matched there yet: give discovery a moment.
+        if self._pending_goal is not None and now - self._matched_since > 0.5:
+            self._goal_pub.publish(self._pending_goal)
+            self._pending_goal = None
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        if self.keep_messages:
+            self.commands.append((time.monotonic(), np.asarray(msg.data, dtype=np.float64)))
+
+    def _on_state(self, msg: JointState) -> None:
+        self.state_count += 1
+        if self.keep_messages:
+            self.states.append((time.monotonic(), np.asarray(msg.effort, dtype=np.float64)))
+
+    def _on_latency(self, msg: Float64) -> None:
+        self.latencies.append((self.state_count, float(msg.data)))
+
+    def first_command(self, after: float, zero: bool) -> float | None:
+        """Time of the first (zero or non-zero) command received after ``after``."""
+        for stamp, command in self.commands:
+            if stamp > after and bool(np.all(command == 0.0)) == zero:
+                return stamp
+        return None
+
+    def first_state(self, after: float, zero_effort: bool | None = None) -> float | None:
+        """Time of the first state after ``after`` (with all-zero effort, if asked)."""
+        for stamp, effort in self.states:
+            if stamp > after and (zero_effort is None
+                                  or bool(np.all(effort == 0.0)) == zero_effort):
+                return stamp
+        return None
+
+
+@dataclass
+class Graph:
+    """The launch file's node specs and the running processes, by node name."""
+
+    launch_args: dict
+    specs: dict
+    processes: dict
+
+    def start(self, name: str, extra: dict) -> None:
+        """Start (or restart) one node."""
+        self.processes[name] = start_nodes([self.specs[name]], {name: extra.get(name, {})})[0]
+
+    def kill(self, name: str) -> float:
+        """SIGKILL a node (no safe stop: a crash); returns the time it was sent."""
+        sent = time.monotonic()
+        self.processes[name].kill()
+        self.processes[name].wait()
+        return sent
+
+    def stop(self) -> list[int]:
+        """SIGINT what still runs, as sim_graph does."""
+        return stop_nodes([p for p in self.processes.values() if p.poll() is None])
+
+
+def open_graph(share: Path, overrides: dict, extra: dict) -> Graph:
+    """Start bridge and planner as the launch file does, with extra parameters."""
+    launch_args, specs = read_launch_file(share / 'launch' / 'sim.launch.py', share, overrides)
+    by_name = {spec.name: spec for spec in specs if spec.enabled and spec.name in (
+        'sim_bridge_node', 'planner_node')}
+    graph = Graph(launch_args, by_name, {})
+    for name in by_name:
+        graph.start(name, extra)
+    return graph
+
+
+def _spin(executor, done, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        executor.spin_once(timeout_sec=0.005)
+    return done()
+
+
+def _seconds(end: float | None, start: float) -> float | None:
+    return None if end is None else end - start
+
+
+def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
+    """Kill the bridge, restart it, kill the planner; the timings of what the survivor did.
+
+    Real time, the params file's timeouts. The watcher forwards the bridge's episode goal to
+    the planner, so it drives without a client.
+    """
+    extra = {'planner_node': {'lockstep': 'false'},
+             'sim_bridge_node': {'lockstep': 'false', 'episode_steps': 0}}
+    graph = open_graph(share, overrides, extra)
+    rclpy.init()
+    watcher = GraphWatcher(graph.launch_args['state_topic'], graph.launch_args['command_topic'],
+                           relay_goals=True)
+    executor = SingleThreadedExecutor()
+    executor.add_node(watcher)
+    result: dict = {}
+    try:
+        started = time.monotonic()
+        if not _spin(executor, lambda: watcher.first_command(started, zero=False), 120.0):
+            raise RuntimeError('the planner never commanded: graph did not come up')
+        _spin(executor, lambda: False, drive_s)
+
+        # 1. The bridge dies: the planner must command zero once its state is stale.
+        last_state = watcher.states[-1][0]
+        killed = graph.kill('sim_bridge_node')
+        _spin(executor, lambda: watcher.first_command(killed, zero=True), 5.0)
+        zero = watcher.first_command(killed, zero=True)
+        _spin(executor, lambda: False, 1.0)
+        after_zero = [c for t, c in watcher.commands if zero is not None and t >= zero]
+        result['bridge_killed'] = {
+            'zero_after_kill_s': _seconds(zero, killed),
+            'zero_after_last_state_s': _seconds(zero, last_state),
+            'zero_held': bool(after_zero) and all(np.all(c == 0.0) for c in after_zero),
+        }
+
+        # 2. The bridge comes back: the planner must plan again from its first fresh state.
+        restarted = time.monotonic()
+        graph.start('sim_bridge_node', extra)
+        _spin(executor, lambda: watcher.first_state(restarted), 120.0)
+        fresh = watcher.first_state(restarted)
+        if fresh is not None:
+            _spin(executor, lambda: watcher.first_command(fresh, zero=False), 10.0)
+        resumed = None if fresh is None else watcher.first_command(fresh, zero=False)
+        result['bridge_restarted'] = {
+            'bridge_start_s': _seconds(fresh, restarted),
+            'resume_after_fresh_state_s': _seconds(resumed, fresh or 0.0),
+        }
+        _spin(executor, lambda: False, drive_s)
+
+        # 3. The planner dies: the bridge must apply zero after command_timeout_s.
+        last_command = watcher.commands[-1][0]
+        moving = watcher.states[-1][1]
+        killed = graph.kill('planner_node')
+        _spin(executor, lambda: watcher.first_state(killed, zero_effort=True), 5.0)
+        applied_zero = watcher.first_state(killed, zero_effort=True)
+        result['planner_killed'] = {
+            'effort_before_kill': moving.tolist(),
+            'zero_applied_after_kill_s': _seconds(applied_zero, killed),
+            'zero_applied_after_last_command_s': _seconds(applied_zero, last_command),
+        }
+        result['commands'] = len(watcher.commands)
+        result['commands_finite_in_limits'] = bool(all(
+            np.all(np.isfinite(c)) and np.all(np.abs(c) <= 1.0) for _, c in watcher.commands))
+    finally:
+        watcher.destroy_node()
+        rclpy.try_shutdown()
+        result['exit_codes'] = graph.stop()
+    return result
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f'no VmRSS for process {pid}')
+
+
+def run_soak(share: Path, overrides: dict, steps: int, episode_steps: int,
+             sample_every_s: float = 2.0, progress=print) -> dict:
+    """Lockstep episodes until ``steps`` states; memory samples and every plan's latency."""
+    extra = {'planner_node': {'lockstep': 'true'},
+             'sim_bridge_node': {'lockstep': 'true', 'episode_steps': episode_steps}}
+    graph = open_graph(share, overrides, extra)
+    args = graph.launch_args
+    rclpy.init()
+    profile = load_profile(args['profile'])
+    client = DemoClient(profile, _bridge_seed(graph.specs['sim_bridge_node']),
+                        state_topic=args['state_topic'], command_topic=args['command_topic'])
+    watcher = GraphWatcher(args['state_topic'], args['command_topic'])
+    watcher.keep_messages = False
+    memory: list[dict] = []
+
+    def sample() -> None:
+        memory.append({'states': watcher.state_count, 'time_s': time.monotonic() - started,
+                       **{name: _rss_mib(process.pid)
+                          for name, process in graph.processes.items()}})
+
+    executor = SingleThreadedExecutor()
+    executor.add_node(client)
+    executor.add_node(watcher)
+    records = []
+    started = time.monotonic()
+    watcher.create_timer(sample_every_s, sample)
+    try:
+        client.wait_for_graph(executor, args['command_topic'])
+        started = time.monotonic()
+        watcher.state_count = 0
+        episode = 0
+        while watcher.state_count < steps:
+            episode += 1
+            records.append(client.run_episode(executor, episode, episode_steps, 120.0))
+            if episode % 20 == 0:
+                progress(f'soak: {watcher.state_count} states, episode {episode}, '
+                         f'{time.monotonic() - started:.0f} s')
+        sample()
+    finally:
+        client.destroy_node()
+        watcher.destroy_node()
+        rclpy.try_shutdown()
+        codes = graph.stop()
+    return soak_summary(memory, watcher.latencies, records, steps, codes,
+                        time.monotonic() - started)
+
+
+def soak_summary(memory: list[dict], latencies: list[tuple[int, float]], records: list,
+                 steps: int, exit_codes: list[int], duration_s: float) -> dict:
+    """Memory growth after warm-up (the first tenth) and plan latency, first vs last tenth."""
+    total = memory[-1]['states']
+    tenth = total / 10.0
+    nodes = [key for key in memory[0] if key not in ('states', 'time_s')]
+    growth = {}
+    for name in nodes:
+        warm = [m[name] for m in memory if m['states'] <= tenth][-1:] or [memory[0][name]]
+        after = [m[name] for m in memory if m['states'] > tenth]
+        growth[name] = {'rss_after_warm_up_mib': warm[0], 'rss_max_after_mib': max(after),
+                        'rss_end_mib': memory[-1][name],
+                        'growth': max(after) / warm[0] - 1.0}
+    first = [ms for count, ms in latencies if count <= tenth]
+    last = [ms for count, ms in latencies if count > total - tenth]
+    p99_first, p99_last = float(np.percentile(first, 99)), float(np.percentile(last, 99))
+    return {
+        'steps': int(total), 'steps_asked': steps, 'duration_s': duration_s,
+        'episodes': len(records),
+        'success_rate': float(np.mean([r.success for r in records])),
+        'memory': growth,
+        'plans': len(latencies),
+        'plan_latency': {
+            'first_tenth': {'plans': len(first), 'p50_ms': float(np.median(first)),
+                            'p99_ms': p99_first},
+            'last_tenth': {'plans': len(last), 'p50_ms': float(np.median(last)),
+                           'p99_ms': p99_last},
+            'p99_change': p99_last / p99_first - 1.0,
+        },
+        'memory_samples': memory,
+        'exit_codes': exit_codes,
+    }
