@@ -1,6 +1,7 @@
 """Shared fixtures: every test gets its own Minari folder and TMPDIR (maze envs write XML)."""
 
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -31,3 +32,32 @@ def script_env(tmp_path) -> dict:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def ros_env(tmp_path, monkeypatch):
+    """A private ROS domain on localhost for this test and the processes it starts."""
+    domain = str(random.randint(1, 100))
+    monkeypatch.setenv('ROS_DOMAIN_ID', domain)
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env = script_env(tmp_path)
+    env['ROS_DOMAIN_ID'] = domain
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['PATH'] = os.path.dirname(PYTHON) + os.pathsep + env.get('PATH', '')
+    return env
+
+
+@pytest.fixture
+def driver(ros_env):
+    """A FakeDriver node (ros_helpers) and its executor, in the test's ROS domain."""
+    rclpy = pytest.importorskip('rclpy')
+    from rclpy.executors import SingleThreadedExecutor
+    from ros_helpers import FakeDriver
+
+    rclpy.init()
+    node = FakeDriver(seed=1001)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    yield node, executor
+    node.destroy_node()
+    rclpy.try_shutdown()

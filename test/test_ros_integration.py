@@ -5,64 +5,21 @@ Each test runs in its own ROS domain limited to localhost, with bounded time.
 
 import json
 import os
-import random
 import subprocess
-import time
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy')
 
-from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter, parameter_value_to_python  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from conftest import PYTHON, REPO, script_env  # noqa: E402
-from diffusion_planner_ros.envs import make_env, split_observation  # noqa: E402
-from diffusion_planner_ros.launch_file import read_launch_file  # noqa: E402
-
-PROFILE = str(REPO / 'config' / 'robots' / 'pointmaze_umaze.yaml')
-BUNDLE = str(REPO / 'models' / 'pointmaze_umaze')
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-@pytest.fixture
-def ros_env(tmp_path, monkeypatch):
-    """A private ROS domain on localhost for this test and the processes it starts."""
-    domain = str(random.randint(1, 100))
-    monkeypatch.setenv('ROS_DOMAIN_ID', domain)
-    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    env = script_env(tmp_path)
-    env['ROS_DOMAIN_ID'] = domain
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['PATH'] = os.path.dirname(PYTHON) + os.pathsep + env.get('PATH', '')
-    return env
-
-
-def start(executable, args, env, tmp_path, name):
-    log = open(tmp_path / f'{name}.log', 'w')
-    process = subprocess.Popen([os.path.join(os.path.dirname(PYTHON), executable), *args],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    return process, tmp_path / f'{name}.log'
-
-
-def stop(process):
-    if process.poll() is None:
-        process.send_signal(2)
-    return process.wait(timeout=20)
-
-
-def planner_args(**launch):
-    """The planner's --ros-args exactly as the launch file builds them (plus overrides)."""
-    launch.setdefault('use_sim', 'false')
-    _, nodes = read_launch_file(REPO / 'launch' / 'sim.launch.py', REPO, launch)
-    return next(n for n in nodes if n.name == 'planner_node').ros_args()
+from conftest import PYTHON  # noqa: E402
+from ros_helpers import (BUNDLE, get_planner_parameter, planner_args, PROFILE,  # noqa: E402
+                         RELIABLE, set_planner_parameter, spin_until, start, stop)
 
 
 def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
@@ -77,59 +34,6 @@ def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
     assert summary['seeds'] == [1000, 1001]
     assert float(summary['planner_diagnostics']['plan_latency_p50_ms']) > 0
     assert all(code == 0 for code in summary['exit_codes'])
-
-
-class FakeDriver(Node):
-    """A 'real robot' driver: other topic names, other joint order, extra joints, lockstep."""
-
-    def __init__(self, seed):
-        super().__init__('fake_driver')
-        self.env = make_env('PointMaze_UMaze-v3')
-        observation, _ = self.env.reset(seed=seed)
-        _, self.goal = split_observation(observation)
-        self.state_pub = self.create_publisher(JointState, '/drv/joint_states', 10)
-        self.goal_pub = self.create_publisher(PoseStamped, '/goal_pose', 10)
-        self.create_subscription(Float64MultiArray, '/drv/cmd', self.on_command, RELIABLE)
-        self.commands, self.steps, self.reached = [], 0, False
-
-    def publish_state(self):
-        data = self.env.unwrapped.data
-        msg = JointState(name=['gripper', 'ball_y', 'wheel', 'ball_x'],
-                         position=[0.3, float(data.qpos[1]), 1.0, float(data.qpos[0])],
-                         velocity=[0.0, float(data.qvel[1]), 2.0, float(data.qvel[0])])
-        self.state_pub.publish(msg)
-
-    def publish_goal(self, xy):
-        msg = PoseStamped()
-        msg.header.frame_id = 'map'
-        msg.pose.position.x, msg.pose.position.y = float(xy[0]), float(xy[1])
-        self.goal_pub.publish(msg)
-
-    def on_command(self, msg):
-        self.commands.append(list(msg.data))
-        self.env.unwrapped.step(np.asarray(msg.data, dtype=np.float32))
-        self.steps += 1
-        position = self.env.unwrapped.data.qpos[:2]
-        self.reached |= bool(np.linalg.norm(position - self.goal) <= 0.45)
-        self.publish_state()
-
-
-def spin_until(executor, done, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not done():
-        executor.spin_once(timeout_sec=0.01)
-    return done()
-
-
-@pytest.fixture
-def driver(ros_env):
-    rclpy.init()
-    node = FakeDriver(seed=1001)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    yield node, executor
-    node.destroy_node()
-    rclpy.try_shutdown()
 
 
 def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path):
@@ -166,29 +70,6 @@ def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path
     assert "lacks joint(s) ['ball_y']" in text
     assert 'outside the free maze cells' in text
     assert code == 0, text[-2000:]
-
-
-def call_service(node, executor, service_type, name, request):
-    client = node.create_client(service_type, name)
-    try:
-        assert spin_until(executor, client.service_is_ready, 30), f'{name} not available'
-        future = client.call_async(request)
-        assert spin_until(executor, future.done, 10), f'{name} did not answer'
-        return future.result()
-    finally:
-        node.destroy_client(client)
-
-
-def set_planner_parameter(node, executor, name, value):
-    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-    return call_service(node, executor, SetParameters, '/planner_node/set_parameters',
-                        request).results[0]
-
-
-def get_planner_parameter(node, executor, name):
-    value = call_service(node, executor, GetParameters, '/planner_node/get_parameters',
-                         GetParameters.Request(names=[name])).values[0]
-    return parameter_value_to_python(value)
 
 
 def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):

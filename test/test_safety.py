@@ -1,4 +1,4 @@
-"""Untrusted inputs at the edges: crafted pickles, NaN datasets."""
+"""Untrusted inputs at the edges: crafted pickles, NaN datasets, paths, stamps, wild states."""
 
 import pickle
 
@@ -9,9 +9,10 @@ import torch
 from minari.data_collector import EpisodeBuffer
 from test_bundle_planner import write_bundle
 
-from diffusion_planner_ros.data.minari_io import load_minari, read_episodes
+from diffusion_planner_ros.data.minari_io import load_minari, read_episodes, validate_dataset_id
 from diffusion_planner_ros.envs import make_env
 from diffusion_planner_ros.planning import load_planner
+from diffusion_planner_ros.planning.receding import StampGate
 
 
 class RunsCode:
@@ -81,3 +82,60 @@ def test_a_dataset_with_nan_is_refused_unless_dropping_is_asked_for(caplog):
     everything_bad = write_episodes('test/allnan-v0', {0: 'actions', 1: 'actions', 2: 'actions'})
     with pytest.raises(ValueError, match='no episodes left after dropping'):
         read_episodes(everything_bad, drop_nonfinite=True)
+
+
+@pytest.mark.parametrize('dataset_id', ['../outside-v0', 'dpr/../../etc-v0', '/abs/path-v0',
+                                        'dpr/name', 'dpr/na me-v0', 'dpr\\..\\x-v0', ''])
+def test_dataset_ids_that_could_leave_the_datasets_folder_are_refused(dataset_id):
+    with pytest.raises(ValueError, match='namespace/name-vN'):
+        validate_dataset_id(dataset_id)
+    with pytest.raises(ValueError, match='namespace/name-vN'):
+        load_minari(dataset_id)
+
+
+def test_a_bundle_file_linking_out_of_the_bundle_is_refused(tmp_path):
+    bundle = write_bundle(tmp_path / 'bundle')
+    outside = tmp_path / 'elsewhere.safetensors'
+    (bundle / 'prior.safetensors').rename(outside)
+    (bundle / 'prior.safetensors').symlink_to(outside)
+    with pytest.raises(ValueError, match='leads out of its bundle directory'):
+        load_planner(bundle, backend='eager')
+    (bundle / 'prior.safetensors').unlink()
+    outside.rename(bundle / 'prior.safetensors')
+    (bundle / 'normalizer.json').rename(tmp_path / 'normalizer.json')
+    (bundle / 'normalizer.json').symlink_to(tmp_path / 'normalizer.json')
+    with pytest.raises(ValueError, match='normalizer.json leads out'):
+        load_planner(bundle, backend='eager')
+
+
+def test_a_state_far_outside_the_training_data_is_refused(tmp_path):
+    planner = load_planner(write_bundle(tmp_path / 'bundle'), backend='eager')
+    low, high = planner._states.low, planner._states.high
+    inside = (low + high) / 2
+    planner.plan(inside, goal=np.zeros(2), returns_to_go=0.0)
+    far = inside.copy()
+    far[2] = high[2] + 20 * (high[2] - low[2])
+    with pytest.raises(ValueError, match=r'observation dims \[2\] are far outside'):
+        planner.plan(far, goal=np.zeros(2), returns_to_go=0.0)
+    with pytest.raises(ValueError, match='NaN or inf'):
+        planner.plan(np.full(4, np.nan), goal=np.zeros(2))
+    # The limit is a validated planner setting.
+    planner.reconfigure(observation_limit=100.0)
+    planner.plan(far, goal=np.zeros(2), returns_to_go=0.0)
+    with pytest.raises(ValueError, match='observation_limit'):
+        planner.reconfigure(observation_limit=0.0)
+
+
+def test_stamp_gate_drops_stamps_out_of_order_and_in_the_future():
+    gate = StampGate(stale_after_s=0.5)
+    assert gate.check(10.0, now_s=100.0) is None
+    assert gate.check(10.01, now_s=100.01) is None
+    assert gate.check(10.01, now_s=100.02) is None             # the same state again
+    assert 'older than the last state' in gate.check(9.0, now_s=100.03)
+    assert 'leaps' in gate.check(500.0, now_s=100.04)
+    assert gate.check(0.0, now_s=100.05) is None               # unstamped
+    assert gate.check(10.02, now_s=100.05) is None
+    # A restarted source (its clock starts again) passes once the stream has gone stale.
+    assert 'older' in gate.check(0.5, now_s=100.3)
+    assert gate.check(0.5, now_s=100.6) is None
+    assert gate.check(0.51, now_s=100.61) is None

@@ -100,6 +100,7 @@ class DemoClient(Node):
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def spin_until(self, executor, done, timeout_s: float) -> bool:
+        """Spin ``executor`` until ``done()`` or ``timeout_s``; returns ``done()``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if done():

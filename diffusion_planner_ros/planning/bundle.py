@@ -96,9 +96,18 @@ def derive_bundle(source: str | Path, method: str, path: str | Path) -> Path:
                        bundle.action_high, bundle.normalizers, bundle.models)
 
 
+def _inside(path: Path) -> Path:
+    """Refuse a bundle file that is a link leading out of its bundle directory."""
+    if not path.resolve().is_relative_to(path.parent.resolve()):
+        raise ValueError(f'{path} leads out of its bundle directory (to {path.resolve()}); '
+                         'a bundle reads only its own files')
+    return path
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f'bundle {path.parent} is missing {path.name}')
+    _inside(path)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -190,7 +199,7 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
 
     models = build_models(config, dims, method)
     for name, filename in files.items():
-        weights = path / filename
+        weights = _inside(path / filename)
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as error:

@@ -1,0 +1,375 @@
+"""Reliability over real rclpy (issue 7): fuzzing, faults, a lossy link, lifecycle, safe stop.
+
+The timings these tests see are checked loosely (the machines are shared); the committed
+figures come from training/fault_drill.py and training/soak.py (docs/reliability.md).
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+
+from conftest import PYTHON, REPO  # noqa: E402
+from ros_helpers import (call_service, planner_args, PROFILE, RELIABLE, spin_until,  # noqa: E402
+                         start, stop)
+
+FUZZ_MESSAGES = 10_000
+UMAZE_START = (-1.0, -1.0)   # a free cell of the U maze
+FREE_GOALS = [(-1.0, 1.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0), (1.0, -1.0), (0.0, -1.0)]
+JOINTS = ['ball_x', 'ball_y']
+
+
+class Recorder(Node):
+    """Publishes fuzz on a node's inputs and records what the node sends back."""
+
+    def __init__(self, state_topic='/drv/joint_states', command_topic='/drv/cmd'):
+        super().__init__('fuzzer')
+        self.state_pub = self.create_publisher(JointState, state_topic, RELIABLE)
+        self.goal_pub = self.create_publisher(PoseStamped, '/goal_pose', RELIABLE)
+        self.command_pub = self.create_publisher(Float64MultiArray, command_topic, RELIABLE)
+        self.commands, self.states, self.diagnostics = [], [], {}
+        self.create_subscription(Float64MultiArray, command_topic,
+                                 lambda m: self.commands.append(list(m.data)), RELIABLE)
+        self.create_subscription(JointState, state_topic, self.states.append, RELIABLE)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if status.name.startswith('planner_node'):
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+
+def _stamp(seconds: float) -> Time:
+    whole = math.floor(seconds)
+    return Time(sec=int(whole), nanosec=int((seconds - whole) * 1e9))
+
+
+def fuzz_state(rng, clock: list) -> tuple[str, JointState]:
+    """One JointState: valid (stamped in order) or malformed in one of many ways."""
+    x, y = UMAZE_START + rng.normal(0.0, 0.05, 2)
+    vx, vy = rng.normal(0.0, 0.5, 2)
+    names, positions, velocities = list(JOINTS), [x, y], [vx, vy]
+    kind = rng.choice(['valid', 'valid', 'valid', 'nan', 'inf', 'huge', 'short', 'long',
+                       'missing', 'duplicate', 'unknown', 'extra', 'older', 'future', 'empty',
+                       'no_velocity', 'unstamped'])
+    clock[0] += 0.01
+    stamp = clock[0]
+    if kind == 'nan':
+        positions[rng.integers(2)] = float('nan')
+    elif kind == 'inf':
+        velocities[rng.integers(2)] = float(rng.choice([np.inf, -np.inf]))
+    elif kind == 'huge':
+        positions[rng.integers(2)] = float(rng.choice([1e6, -1e12, 1e300]))
+    elif kind == 'short':
+        positions = positions[:1]
+    elif kind == 'long':
+        velocities = velocities + [0.0, 1.0]
+    elif kind == 'missing':
+        names, positions, velocities = names[:1], positions[:1], velocities[:1]
+    elif kind == 'duplicate':
+        names = ['ball_x', 'ball_x']
+    elif kind == 'unknown':
+        names = ['wheel_left', 'wheel_right']
+    elif kind == 'extra':      # unknown joints beside the profile's: accepted
+        names, positions, velocities = names + ['gripper'], positions + [0.1], velocities + [0.]
+    elif kind == 'older':
+        stamp = clock[0] - 5.0
+    elif kind == 'future':
+        stamp = clock[0] + 1000.0
+    elif kind == 'empty':
+        names, positions, velocities = [], [], []
+    elif kind == 'no_velocity':
+        velocities = []
+    msg = JointState(name=names, position=[float(v) for v in positions],
+                     velocity=[float(v) for v in velocities])
+    if kind != 'unstamped':
+        msg.header.stamp = _stamp(stamp)
+    if kind in ('older', 'future'):
+        clock[0] -= 0.01  # the stream's own clock did not move
+    return str(kind), msg
+
+
+def fuzz_goal(rng) -> PoseStamped:
+    """A goal: free cell, wall cell, outside the map, NaN, inf or huge."""
+    choice = rng.integers(6)
+    xy = [FREE_GOALS[rng.integers(len(FREE_GOALS))], (0.0, 0.0), (50.0, -3.0),
+          (float('nan'), 1.0), (1.0, float('-inf')), (1e300, -1e300)][choice]
+    msg = PoseStamped()
+    msg.header.frame_id = 'map'
+    msg.pose.position.x, msg.pose.position.y = float(xy[0]), float(xy[1])
+    return msg
+
+
+def publish_paced(executor, count, publish_one, rate_hz=500.0):
+    """Publish ``count`` messages at ``rate_hz``, spinning the executor in between.
+
+    Five times the bridge's state rate: a flood, but one a Python node can take in, so the
+    messages reach the node's callbacks instead of being dropped in DDS queues.
+    """
+    start = time.monotonic()
+    for i in range(count):
+        publish_one(i)
+        due = start + (i + 1) / rate_hz
+        while (left := due - time.monotonic()) > 0:
+            executor.spin_once(timeout_sec=left)
+
+
+def test_planner_survives_10k_fuzzed_messages(ros_env, tmp_path):
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', args, ros_env, tmp_path, 'planner')
+    rclpy.init()
+    node = Recorder()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    rng, clock, kinds = np.random.default_rng(7), [100.0], {}
+    try:
+        assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 1
+                          and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
+        spin_until(executor, lambda: False, 1.0)
+        node.goal_pub.publish(fuzz_goal(np.random.default_rng(0)))  # a free cell
+
+        def publish_one(i):
+            if i % 25 == 0:
+                node.goal_pub.publish(fuzz_goal(rng))
+                return
+            kind, msg = fuzz_state(rng, clock)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            node.state_pub.publish(msg)
+
+        publish_paced(executor, FUZZ_MESSAGES, publish_one)
+        spin_until(executor, lambda: False, 2.5)  # one more diagnostics period
+        assert planner.poll() is None, log.read_text()[-3000:]
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = stop(planner)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert 'Traceback' not in text
+    # Every command the planner sent is finite and inside the actuator limits, and it did plan.
+    commands = np.array(node.commands)
+    assert len(commands) > 100 and np.all(np.isfinite(commands))
+    assert np.all(np.abs(commands) <= 1.0)
+    assert np.any(commands != 0.0)
+    # Each problem was named in a (throttled) warning.
+    for phrase in ('NaN or inf', "lacks joint(s) ['ball_y']", 'duplicate joint names',
+                   'names but', 'older than the last state', 'leaps 1000', 'outside the free maze',
+                   'far outside the training data', 'dropped goal_pose with NaN or inf'):
+        assert phrase in text, phrase
+    # The node's callbacks saw (nearly) all of the malformed states.
+    malformed = sum(n for k, n in kinds.items()
+                    if k not in ('valid', 'extra', 'unstamped', 'huge'))
+    rejected = int(node.diagnostics['rejected_states'])
+    assert rejected >= 0.95 * malformed, (rejected, kinds)
+    assert len(text.splitlines()) < 1000, 'warnings are not throttled'
+
+
+def test_bridge_survives_10k_fuzzed_commands(ros_env, tmp_path):
+    bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
+                        ros_env, tmp_path, 'bridge')
+    rclpy.init()
+    node = Recorder(state_topic='joint_states', command_topic='commands')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    rng = np.random.default_rng(11)
+    try:
+        assert spin_until(executor, lambda: len(node.states) > 10
+                          and node.command_pub.get_subscription_count() > 0, 60), log.read_text()
+
+        def publish_one(i):
+            kind = rng.integers(7)
+            data = [list(rng.uniform(-2.0, 2.0, 2)), [], list(rng.uniform(-1, 1, 3)),
+                    [float('nan'), 0.5], [0.5, float('inf')], [1e300, -1e300],
+                    [float(rng.uniform(-1, 1))]][kind]
+            node.command_pub.publish(Float64MultiArray(data=[float(v) for v in data]))
+
+        publish_paced(executor, FUZZ_MESSAGES, publish_one)
+        spin_until(executor, lambda: False, 0.5)
+        assert bridge.poll() is None, log.read_text()[-3000:]
+        count = len(node.states)
+        assert spin_until(executor, lambda: len(node.states) > count + 20, 10)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = stop(bridge)
+    text = log.read_text()
+    assert code == 0 and 'Traceback' not in text, text[-3000:]
+    effort = np.array([s.effort for s in node.states])
+    state = np.array([list(s.position) + list(s.velocity) for s in node.states])
+    assert np.all(np.isfinite(state)) and np.all(np.isfinite(effort))
+    assert np.all(np.abs(effort) <= 1.0) and np.any(effort != 0.0)
+    # One throttled warning per kind of problem (the lengths share one).
+    assert 'dropped command of length' in text and 'dropped command with NaN or inf' in text
+    assert len(text.splitlines()) < 500, 'warnings are not throttled'
+
+
+def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
+    out = tmp_path / 'faults.json'
+    result = subprocess.run([PYTHON, str(REPO / 'training' / 'fault_drill.py'), '--json',
+                             str(out)], env=ros_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    drill = json.loads(out.read_text())['drills'][0]
+    # Bridge dead: zero after the state timeout (0.5 s in the params file), and only zero.
+    killed = drill['bridge_killed']
+    assert killed['zero_after_kill_s'] is not None and killed['zero_held']
+    assert 0.3 < killed['zero_after_last_state_s'] < 2.0
+    # Bridge back: the planner plans again from its fresh states.
+    assert drill['bridge_restarted']['resume_after_fresh_state_s'] is not None
+    assert drill['bridge_restarted']['resume_after_fresh_state_s'] < 5.0
+    # Planner dead: the bridge applies zero after its command timeout (0.5 s).
+    dead = drill['planner_killed']
+    assert np.any(np.array(dead['effort_before_kill']) != 0.0)
+    assert dead['zero_applied_after_kill_s'] is not None
+    assert 0.3 < dead['zero_applied_after_last_command_s'] < 2.0
+    assert drill['commands_finite_in_limits'] and drill['exit_codes'] == [0]
+
+
+def test_goals_reached_with_a_fifth_of_the_states_dropped(ros_env, tmp_path):
+    out = tmp_path / 'drop.json'
+    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), '--realtime',
+                             '--drop-states', '0.2', '--episodes', '2', '--json', str(out)],
+                            env=ros_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert summary['states_dropped'] > 0.1 * summary['states_relayed']
+    assert summary['success_rate'] >= 0.5, result.stdout[-2000:]
+
+
+def _lifecycle(node, executor, transition=None):
+    if transition is not None:
+        request = ChangeState.Request(transition=Transition(id=transition))
+        assert call_service(node, executor, ChangeState, '/planner_node/change_state',
+                            request).success
+    return call_service(node, executor, GetState, '/planner_node/get_state',
+                        GetState.Request()).current_state.label
+
+
+def test_planner_lifecycle_configure_activate_deactivate(driver, ros_env, tmp_path):
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'autostart:=false', '-p',
+                                          'lockstep:=true'], ros_env, tmp_path, 'planner')
+    try:
+        assert _lifecycle(node, executor) == 'unconfigured'
+        assert 'planning with' not in log.read_text()   # nothing loaded yet
+        assert _lifecycle(node, executor, Transition.TRANSITION_CONFIGURE) == 'inactive'
+        assert 'planning with' in log.read_text()
+        # Inactive: states and goals come, no command goes out.
+        assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0, 30)
+        spin_until(executor, lambda: False, 0.5)
+        node.publish_goal(node.goal)
+        spin_until(executor, lambda: False, 0.3)
+        node.publish_state()
+        spin_until(executor, lambda: False, 1.0)
+        assert node.commands == []
+        assert _lifecycle(node, executor, Transition.TRANSITION_ACTIVATE) == 'active'
+        node.publish_state()
+        assert spin_until(executor, lambda: node.steps >= 30, 60), log.read_text()[-2000:]
+        assert any(c != [0.0, 0.0] for c in node.commands)
+        # Deactivate: one zero command, then silence while states keep coming.
+        assert _lifecycle(node, executor, Transition.TRANSITION_DEACTIVATE) == 'inactive'
+        spin_until(executor, lambda: False, 0.5)
+        assert node.commands[-1] == [0.0, 0.0]
+        sent = len(node.commands)
+        node.publish_state()
+        spin_until(executor, lambda: False, 1.0)
+        assert len(node.commands) == sent
+        # Active again: commands again.
+        assert _lifecycle(node, executor, Transition.TRANSITION_ACTIVATE) == 'active'
+        node.publish_goal(node.goal)
+        spin_until(executor, lambda: False, 0.3)
+        node.publish_state()
+        assert spin_until(executor, lambda: len(node.commands) > sent + 5, 30)
+        assert _lifecycle(node, executor, Transition.TRANSITION_DEACTIVATE) == 'inactive'
+        assert _lifecycle(node, executor, Transition.TRANSITION_CLEANUP) == 'unconfigured'
+        assert planner.poll() is None
+    finally:
+        code = stop(planner)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_planner_stays_unconfigured_with_a_bad_bundle(driver, ros_env, tmp_path):
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'autostart:=false', '-p',
+                                          f'bundle:={tmp_path / "missing"}'],
+                         ros_env, tmp_path, 'planner')
+    try:
+        request = ChangeState.Request(transition=Transition(
+            id=Transition.TRANSITION_CONFIGURE))
+        assert not call_service(node, executor, ChangeState, '/planner_node/change_state',
+                                request).success
+        assert _lifecycle(node, executor) == 'unconfigured'
+        assert planner.poll() is None
+    finally:
+        code = stop(planner)
+    text = log.read_text()
+    assert 'cannot configure' in text and 'missing' in text and code == 0, text[-2000:]
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum):
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true'], ros_env, tmp_path,
+                         'planner')
+    try:
+        assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0
+                          and node.count_publishers('/drv/cmd') > 0, 60), log.read_text()
+        spin_until(executor, lambda: False, 1.0)
+        node.publish_goal(node.goal)
+        spin_until(executor, lambda: False, 0.3)
+        node.publish_state()
+        assert spin_until(executor, lambda: node.steps >= 20, 60), log.read_text()[-2000:]
+        assert node.commands[-1] != [0.0, 0.0]
+        planner.send_signal(signum)
+        assert planner.wait(timeout=20) == 0, log.read_text()[-2000:]
+        spin_until(executor, lambda: False, 0.5)
+        assert node.commands[-1] == [0.0, 0.0]
+    finally:
+        if planner.poll() is None:
+            planner.kill()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_bridge_applies_zero_on_signal(ros_env, tmp_path, signum):
+    bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
+                        ros_env, tmp_path, 'bridge')
+    rclpy.init()
+    node = Recorder(state_topic='joint_states', command_topic='commands')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        assert spin_until(executor, lambda: node.command_pub.get_subscription_count() > 0
+                          and len(node.states) > 5, 60), log.read_text()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            node.command_pub.publish(Float64MultiArray(data=[0.5, -0.5]))
+            executor.spin_once(timeout_sec=0.01)
+        assert list(node.states[-1].effort) == [0.5, -0.5]
+        bridge.send_signal(signum)
+        assert bridge.wait(timeout=20) == 0, log.read_text()[-2000:]
+        spin_until(executor, lambda: False, 0.5)
+        assert list(node.states[-1].effort) == [0.0, 0.0]
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        if bridge.poll() is None:
+            bridge.kill()
