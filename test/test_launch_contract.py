@@ -28,7 +28,8 @@ def console_scripts() -> dict:
 
 def node_topics(source) -> set:
     text = source.read_text()
-    return set(re.findall(r"create_(?:publisher|subscription)\(\s*\w+,\s*'([^']+)'", text))
+    pattern = r"create_(?:lifecycle_publisher|publisher|subscription)\(\s*\w+,\s*'([^']+)'"
+    return set(re.findall(pattern, text))
 
 
 def declared_parameters(source) -> set:

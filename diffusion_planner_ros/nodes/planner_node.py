@@ -210,11 +210,11 @@ class PlannerNode(LifecycleNode):
         self._control_period_s = 0.0
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        lifecycle = self.create_lifecycle_publisher
-        self.command_pub = lifecycle(Float64MultiArray, 'commands', reliable)
-        self.path_pub = lifecycle(Path, 'plan', 10)
-        self.marker_pub = lifecycle(MarkerArray, 'plan_markers', 10)
-        self.timing_pub = lifecycle(Float64, '~/plan_latency_ms', 10)
+        # Lifecycle publishers send only while the node is active.
+        self.command_pub = self.create_lifecycle_publisher(Float64MultiArray, 'commands', reliable)
+        self.path_pub = self.create_lifecycle_publisher(Path, 'plan', 10)
+        self.marker_pub = self.create_lifecycle_publisher(MarkerArray, 'plan_markers', 10)
+        self.timing_pub = self.create_lifecycle_publisher(Float64, '~/plan_latency_ms', 10)
         # Diagnostics go out in every state: an inactive planner still reports.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._entities = [
