@@ -1,5 +1,6 @@
 """Shared fixtures: every test gets its own Minari folder and TMPDIR (maze envs write XML)."""
 
+import itertools
 import os
 import random
 import sys
@@ -34,10 +35,15 @@ def script_env(tmp_path) -> dict:
 PYTHON = sys.executable
 
 
+# Each ROS test of a session gets the next domain (from a random start), so no test meets the
+# participants of an earlier one (killed nodes linger in discovery for a while).
+_DOMAINS = itertools.count(random.randrange(100))
+
+
 @pytest.fixture
 def ros_env(tmp_path, monkeypatch):
     """A private ROS domain on localhost for this test and the processes it starts."""
-    domain = str(random.randint(1, 100))
+    domain = str(1 + next(_DOMAINS) % 100)
     monkeypatch.setenv('ROS_DOMAIN_ID', domain)
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env = script_env(tmp_path)

@@ -92,9 +92,10 @@ def spin_until(executor, done, timeout_s):
 
 
 def call_service(node, executor, service_type, name, request):
+    # The first call may come while the node's process still imports torch: wait for it.
     client = node.create_client(service_type, name)
     try:
-        assert spin_until(executor, client.service_is_ready, 30), f'{name} not available'
+        assert spin_until(executor, client.service_is_ready, 60), f'{name} not available'
         future = client.call_async(request)
         assert spin_until(executor, future.done, 10), f'{name} did not answer'
         return future.result()

@@ -315,7 +315,7 @@ def test_planner_stays_unconfigured_with_a_bad_bundle(driver, ros_env, tmp_path)
         request = ChangeState.Request(transition=Transition(
             id=Transition.TRANSITION_CONFIGURE))
         assert not call_service(node, executor, ChangeState, '/planner_node/change_state',
-                                request).success
+                                request).success, log.read_text()
         assert _lifecycle(node, executor) == 'unconfigured'
         assert planner.poll() is None
     finally:
