@@ -25,6 +25,16 @@ from diffusion_planner_ros.robots import RobotProfile
 GOAL_RADIUS = 0.45
 
 
+def spin_until(executor, done, timeout_s: float, step_s: float = 0.005) -> bool:
+    """Spin ``executor`` until ``done()`` or ``timeout_s``; returns ``done()``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        executor.spin_once(timeout_sec=step_s)
+    return done()
+
+
 @dataclass
 class EpisodeRecord:
     """What one episode over ROS produced."""
@@ -101,12 +111,7 @@ class DemoClient(Node):
 
     def spin_until(self, executor, done, timeout_s: float) -> bool:
         """Spin ``executor`` until ``done()`` or ``timeout_s``; returns ``done()``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            executor.spin_once(timeout_sec=0.01)
-        return done()
+        return spin_until(executor, done, timeout_s)
 
     def wait_for_graph(self, executor, command_topic: str, timeout_s: float = 60.0) -> None:
         """Wait until bridge and planner are up and matched on the state and command topics.

@@ -25,7 +25,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 
 from diffusion_planner_ros.launch_file import read_launch_file
-from diffusion_planner_ros.nodes.demo_client import DemoClient
+from diffusion_planner_ros.nodes.demo_client import DemoClient, spin_until
 from diffusion_planner_ros.nodes.sim_graph import _bridge_seed, start_nodes, stop_nodes
 from diffusion_planner_ros.robots import load_profile
 
@@ -138,15 +138,6 @@ def open_graph(share: Path, overrides: dict, extra: dict) -> Graph:
     return graph
 
 
-def _spin(executor, done, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        executor.spin_once(timeout_sec=0.005)
-    return done()
-
-
 def _seconds(end: float | None, start: float) -> float | None:
     return None if end is None else end - start
 
@@ -168,16 +159,16 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
     result: dict = {}
     try:
         started = time.monotonic()
-        if not _spin(executor, lambda: watcher.first_command(started, zero=False), 120.0):
+        if not spin_until(executor, lambda: watcher.first_command(started, zero=False), 120.0):
             raise RuntimeError('the planner never commanded: graph did not come up')
-        _spin(executor, lambda: False, drive_s)
+        spin_until(executor, lambda: False, drive_s)
 
         # 1. The bridge dies: the planner must command zero once its state is stale.
         last_state = watcher.states[-1][0]
         killed = graph.kill('sim_bridge_node')
-        _spin(executor, lambda: watcher.first_command(killed, zero=True), 5.0)
+        spin_until(executor, lambda: watcher.first_command(killed, zero=True), 5.0)
         zero = watcher.first_command(killed, zero=True)
-        _spin(executor, lambda: False, 1.0)
+        spin_until(executor, lambda: False, 1.0)
         after_zero = [c for t, c in watcher.commands if zero is not None and t >= zero]
         result['bridge_killed'] = {
             'zero_after_kill_s': _seconds(zero, killed),
@@ -188,22 +179,22 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
         # 2. The bridge comes back: the planner must plan again from its first fresh state.
         restarted = time.monotonic()
         graph.start('sim_bridge_node', extra)
-        _spin(executor, lambda: watcher.first_state(restarted), 120.0)
+        spin_until(executor, lambda: watcher.first_state(restarted), 120.0)
         fresh = watcher.first_state(restarted)
         if fresh is not None:
-            _spin(executor, lambda: watcher.first_command(fresh, zero=False), 10.0)
+            spin_until(executor, lambda: watcher.first_command(fresh, zero=False), 10.0)
         resumed = None if fresh is None else watcher.first_command(fresh, zero=False)
         result['bridge_restarted'] = {
             'bridge_start_s': _seconds(fresh, restarted),
             'resume_after_fresh_state_s': _seconds(resumed, fresh or 0.0),
         }
-        _spin(executor, lambda: False, drive_s)
+        spin_until(executor, lambda: False, drive_s)
 
         # 3. The planner dies: the bridge must apply zero after command_timeout_s.
         last_command = watcher.commands[-1][0]
         moving = watcher.states[-1][1]
         killed = graph.kill('planner_node')
-        _spin(executor, lambda: watcher.first_state(killed, zero_effort=True), 5.0)
+        spin_until(executor, lambda: watcher.first_state(killed, zero_effort=True), 5.0)
         applied_zero = watcher.first_state(killed, zero_effort=True)
         result['planner_killed'] = {
             'effort_before_kill': moving.tolist(),
