@@ -56,6 +56,25 @@ class Recorder(Node):
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
 
+@pytest.fixture
+def recorder(ros_env):
+    """Make a Recorder (its topics as keyword arguments) and an executor; shut down after."""
+    made = []
+
+    def make(**topics):
+        rclpy.init()
+        node = Recorder(**topics)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        made.append(node)
+        return node, executor
+
+    yield make
+    for node in made:
+        node.destroy_node()
+    rclpy.try_shutdown()
+
+
 def _stamp(seconds: float) -> Time:
     whole = math.floor(seconds)
     return Time(sec=int(whole), nanosec=int((seconds - whole) * 1e9))
@@ -131,13 +150,10 @@ def publish_paced(executor, count, publish_one, rate_hz=500.0):
             executor.spin_once(timeout_sec=left)
 
 
-def test_planner_survives_10k_fuzzed_messages(ros_env, tmp_path):
+def test_planner_survives_10k_fuzzed_messages(ros_env, recorder, tmp_path):
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
     planner, log = start('planner_node', args, ros_env, tmp_path, 'planner')
-    rclpy.init()
-    node = Recorder()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    node, executor = recorder()
     rng, clock, kinds = np.random.default_rng(7), [100.0], {}
     try:
         assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 1
@@ -157,8 +173,6 @@ def test_planner_survives_10k_fuzzed_messages(ros_env, tmp_path):
         spin_until(executor, lambda: False, 2.5)  # one more diagnostics period
         assert planner.poll() is None, log.read_text()[-3000:]
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
         code = stop(planner)
     text = log.read_text()
     assert code == 0, text[-3000:]
@@ -181,13 +195,10 @@ def test_planner_survives_10k_fuzzed_messages(ros_env, tmp_path):
     assert len(text.splitlines()) < 1000, 'warnings are not throttled'
 
 
-def test_bridge_survives_10k_fuzzed_commands(ros_env, tmp_path):
+def test_bridge_survives_10k_fuzzed_commands(ros_env, recorder, tmp_path):
     bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
                         ros_env, tmp_path, 'bridge')
-    rclpy.init()
-    node = Recorder(state_topic='joint_states', command_topic='commands')
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    node, executor = recorder(state_topic='joint_states', command_topic='commands')
     rng = np.random.default_rng(11)
     try:
         assert spin_until(executor, lambda: len(node.states) > 10
@@ -206,8 +217,6 @@ def test_bridge_survives_10k_fuzzed_commands(ros_env, tmp_path):
         count = len(node.states)
         assert spin_until(executor, lambda: len(node.states) > count + 20, 10)
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
         code = stop(bridge)
     text = log.read_text()
     assert code == 0 and 'Traceback' not in text, text[-3000:]
@@ -349,13 +358,10 @@ def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum):
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_bridge_applies_zero_on_signal(ros_env, tmp_path, signum):
+def test_bridge_applies_zero_on_signal(ros_env, recorder, tmp_path, signum):
     bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
                         ros_env, tmp_path, 'bridge')
-    rclpy.init()
-    node = Recorder(state_topic='joint_states', command_topic='commands')
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+    node, executor = recorder(state_topic='joint_states', command_topic='commands')
     try:
         assert spin_until(executor, lambda: node.command_pub.get_subscription_count() > 0
                           and len(node.states) > 5, 60), log.read_text()
@@ -369,7 +375,5 @@ def test_bridge_applies_zero_on_signal(ros_env, tmp_path, signum):
         spin_until(executor, lambda: False, 0.5)
         assert list(node.states[-1].effort) == [0.0, 0.0]
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
         if bridge.poll() is None:
             bridge.kill()

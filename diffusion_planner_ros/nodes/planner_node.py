@@ -239,10 +239,7 @@ class PlannerNode(LifecycleNode):
         """Leave the active state: no more plans' commands, then one zero command."""
         if self.planner is None:
             return
-        for timer in (self._control_timer, self._plan_timer):
-            if timer is not None:
-                self.destroy_timer(timer)
-        self._control_timer = self._plan_timer = None
+        self._stop_timers()
         self.chunk.clear()
         with self._command_lock:
             if self._active:
@@ -295,10 +292,14 @@ class PlannerNode(LifecycleNode):
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
 
-    def _start_timers(self, control_rate_hz: float, plan_rate_hz: float) -> None:
+    def _stop_timers(self) -> None:
         for timer in (self._control_timer, self._plan_timer):
             if timer is not None:
                 self.destroy_timer(timer)
+        self._control_timer = self._plan_timer = None
+
+    def _start_timers(self, control_rate_hz: float, plan_rate_hz: float) -> None:
+        self._stop_timers()
         self._control_period_s = 1.0 / control_rate_hz
         self._control_timer = self.create_timer(self._control_period_s, self._on_control_tick)
         self._plan_timer = self.create_timer(1.0 / plan_rate_hz, self._plan_due.set)
