@@ -85,6 +85,15 @@ def load_suite(path: str | Path) -> Suite:
                                  f'one of {METHODS}')
         if entry.derive_from:
             entry.method = entry.method or entry.name
+    for dataset, spec in (raw.get('datasets') or {}).items():
+        bad = sorted(set(spec or {}) - {'config', 'collect', 'set'})
+        if bad or 'config' not in (spec or {}):
+            raise ValueError(f'{path}: dataset {dataset!r} needs a config and takes only '
+                             f'config, collect and set (got {sorted(spec or {})})')
+        for name in spec.get('set') or {}:
+            if name not in methods or methods[name].bundle_of or methods[name].derive_from:
+                raise ValueError(f'{path}: dataset {dataset!r} sets {name!r}, which is not a '
+                                 f'method that trains')
     suite = Suite(name=path.stem, episodes=int(raw.get('episodes', 20)),
                   eval_seed=int(raw.get('eval_seed', 1000)),
                   train_seeds=list(raw.get('train_seeds', [0])),
@@ -138,8 +147,11 @@ class SuiteRunner:
             return derive_bundle(self.bundle(dataset, entry.derive_from, seed), entry.method,
                                  bundle_dir)
         spec = self.suite.datasets[dataset]
-        overrides = [*self.suite.common_set, *entry.set, f'method.name={entry.method}',
-                     f'training.seed={seed}']
+        # The dataset's own overrides for this method (e.g. longer training on a larger maze)
+        # come after the method's, so they win.
+        dataset_set = (spec.get('set') or {}).get(name, [])
+        overrides = [*self.suite.common_set, *entry.set, *dataset_set,
+                     f'method.name={entry.method}', f'training.seed={seed}']
         config = load_config(spec['config'], overrides)
         ensure_dataset(spec, config.data.dataset_id, self.progress)
         written = train_method(config, self.run_dir(dataset, name, seed), bundle_dir,
