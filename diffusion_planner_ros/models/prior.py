@@ -52,6 +52,24 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(batch, length, width)  # (B, T, C)
         return self.resid_dropout(self.proj(y)), (k, v)
 
+    def step(self, x: torch.Tensor, past: tuple) -> tuple:
+        """Attend from one new token per sequence, x (B, C), over the cache; rollout only.
+
+        The same arithmetic as forward with a length-1 x, written on 2-D tensors: an exported
+        graph then needs no transposes and no reshapes around its matrix products, which is most
+        of the work at this size (issue 5).
+        """
+        batch, width = x.shape
+        head_dim = width // self.n_head
+        q, k, v = self.qkv(x).split(width, dim=1)
+        # (B, C) -> (B, n_head, 1, C / n_head): a single token needs no transpose
+        q, k, v = (t.view(batch, self.n_head, 1, head_dim) for t in (q, k, v))
+        k = torch.cat([past[0], k], dim=2)  # (B, n_head, T + 1, C / n_head)
+        v = torch.cat([past[1], v], dim=2)
+        weights = torch.softmax(q @ k.transpose(2, 3) * head_dim ** -0.5, dim=-1)
+        y = (weights @ v).view(batch, width)  # (B, n_head, 1, C / n_head) -> (B, C)
+        return self.proj(y), (k, v)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block."""
@@ -71,6 +89,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, past: tuple | None = None):
         """Apply the block; returns output and the layer's cache entry."""
         attended, present = self.attn(self.ln_1(x), past)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), present
+
+    def step(self, x: torch.Tensor, past: tuple):
+        """Apply the block to one new token per sequence, x (B, C); rollout only."""
+        attended, present = self.attn.step(self.ln_1(x), past)
         x = x + attended
         return x + self.mlp(self.ln_2(x)), present
 
@@ -121,6 +145,26 @@ class TrajectoryPrior(nn.Module):
         x = self.ln_f(x)
         return self.head_state(x), self.head_condition(x), cache
 
+    def step(self, state: torch.Tensor, condition_embedding: torch.Tensor, past: KVCache,
+             position: int):
+        """Predict from one new token per sequence at ``position``; rollout only.
+
+        state (B, obs_dim); condition_embedding (B, n_embd) is embed_condition of the token's
+        condition, passed in so that a held goal is embedded once per rollout. Returns
+        (next_state (B, obs_dim), next_condition (B, cond_dim), cache).
+        """
+        if position >= self.block_size:
+            raise ValueError(f'{position + 1} tokens exceed the prior block size '
+                             f'{self.block_size} (history + horizon)')
+        x = self.embed_state(state) + condition_embedding + self.embed_position[0, position]
+        x = self.embed_ln(x)
+        cache = []
+        for index, block in enumerate(self.blocks):
+            x, present = block.step(x, past[index])
+            cache.append(present)
+        x = self.ln_f(x)
+        return self.head_state(x), self.head_condition(x), cache
+
     @torch.no_grad()
     def rollout(self, states: torch.Tensor, conditions: torch.Tensor, steps: int,
                 hold_condition: bool, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,22 +178,25 @@ class TrajectoryPrior(nn.Module):
         new_states, new_conditions = [], []
         if use_cache:
             next_s, next_c, cache = self(states, conditions)
-            position = states.shape[1]
+            s, c = next_s[:, -1], next_c[:, -1]  # (B, obs_dim), (B, cond_dim)
+            held = conditions[:, -1]
+            held_embedding = self.embed_condition(held) if hold_condition else None
             for step in range(steps):
-                s = next_s[:, -1:]
-                c = conditions[:, -1:] if hold_condition else next_c[:, -1:]
+                c = held if hold_condition else c
                 new_states.append(s)
                 new_conditions.append(c)
                 if step == steps - 1:
                     break
-                next_s, next_c, cache = self(s, c, past=cache, start=position + step)
-        else:
-            seq_s, seq_c = states, conditions
-            for _ in range(steps):
-                next_s, next_c, _ = self(seq_s, seq_c)
-                s = next_s[:, -1:]
-                c = seq_c[:, -1:] if hold_condition else next_c[:, -1:]
-                new_states.append(s)
-                new_conditions.append(c)
-                seq_s, seq_c = torch.cat([seq_s, s], 1), torch.cat([seq_c, c], 1)
+                embedding = held_embedding if hold_condition else self.embed_condition(c)
+                s, c, cache = self.step(s, embedding, cache, states.shape[1] + step)
+            # steps x (B, dim) -> (B, steps, dim)
+            return torch.stack(new_states, dim=1), torch.stack(new_conditions, dim=1)
+        seq_s, seq_c = states, conditions
+        for _ in range(steps):
+            next_s, next_c, _ = self(seq_s, seq_c)
+            s = next_s[:, -1:]
+            c = seq_c[:, -1:] if hold_condition else next_c[:, -1:]
+            new_states.append(s)
+            new_conditions.append(c)
+            seq_s, seq_c = torch.cat([seq_s, s], 1), torch.cat([seq_c, c], 1)
         return torch.cat(new_states, dim=1), torch.cat(new_conditions, dim=1)
