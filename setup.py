@@ -64,6 +64,8 @@ setup(
         'dev': ['pytest', 'flake8', 'pydocstyle'],
         # The faster CPU path: the planner's stages exported to ONNX and run by ONNX Runtime.
         'fast': ['onnx>=1.16', 'onnxruntime>=1.18'],
+        # training/bag_to_minari.py: ROS 2 bags (MCAP, sqlite3) read without a ROS install.
+        'bags': ['rosbags>=0.10'],
     },
     zip_safe=True,
     maintainer='diffusion_planner_ros maintainers',

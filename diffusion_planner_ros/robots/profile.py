@@ -44,12 +44,17 @@ class RobotProfile:
     plan_body: str = ''
     # REP 105 frame of plans, markers and goals.
     fixed_frame: str = 'map'
+    # Control period of the robot's datasets (s): bag_to_minari resamples bags onto it.
+    control_period_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.observation = [e if isinstance(e, ObservationEntry) else ObservationEntry(**e)
                             for e in self.observation]
         if not self.observation or not self.actuators:
             raise ValueError(f'profile {self.name!r} needs observation entries and actuators')
+        if not self.control_period_s >= 0:
+            raise ValueError(f'profile {self.name!r}: control_period_s must be >= 0, got '
+                             f'{self.control_period_s}')
 
     @property
     def joints(self) -> list[str]:
@@ -93,13 +98,19 @@ class RobotProfile:
         return names, positions, velocities
 
 
+PROFILES = Path(__file__).resolve().parents[2] / 'config' / 'robots'
+
+
 def load_profile(path: str | Path) -> RobotProfile:
-    """Read a profile YAML."""
+    """Read a profile YAML, given by path or by the name of one in config/robots."""
     path = Path(path)
+    if not path.is_file() and path.suffix == '' and (PROFILES / f'{path}.yaml').is_file():
+        path = PROFILES / f'{path}.yaml'
     if not path.is_file():
         raise ValueError(f'robot profile {path} does not exist')
     raw = yaml.safe_load(path.read_text()) or {}
-    known = {'name', 'env_id', 'observation', 'actuators', 'plan_body', 'fixed_frame'}
+    known = {'name', 'env_id', 'observation', 'actuators', 'plan_body', 'fixed_frame',
+             'control_period_s'}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f'{path}: unknown key(s) {unknown}; known keys are {sorted(known)}')
