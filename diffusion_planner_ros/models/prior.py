@@ -87,14 +87,12 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, past: tuple | None = None):
-        """Apply the block; returns output and the layer's cache entry."""
-        attended, present = self.attn(self.ln_1(x), past)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x)), present
+        """Apply the block to x (B, T, C), or to one new token (B, C) with a cache.
 
-    def step(self, x: torch.Tensor, past: tuple):
-        """Apply the block to one new token per sequence, x (B, C); rollout only."""
-        attended, present = self.attn.step(self.ln_1(x), past)
+        Returns the output and the layer's cache entry.
+        """
+        attend = self.attn.step if x.dim() == 2 else self.attn
+        attended, present = attend(self.ln_1(x), past)
         x = x + attended
         return x + self.mlp(self.ln_2(x)), present
 
@@ -137,7 +135,10 @@ class TrajectoryPrior(nn.Module):
                              f'{self.block_size} (history + horizon)')
         x = (self.embed_state(states) + self.embed_condition(conditions)
              + self.embed_position[:, start:start + length])
-        x = self.drop(self.embed_ln(x))
+        return self._predict(self.drop(self.embed_ln(x)), past)
+
+    def _predict(self, x: torch.Tensor, past: KVCache | None):
+        """Embedded tokens (B, T, n_embd) or (B, n_embd) -> next states, conditions, cache."""
         cache = []
         for index, block in enumerate(self.blocks):
             x, present = block(x, None if past is None else past[index])
@@ -157,13 +158,7 @@ class TrajectoryPrior(nn.Module):
             raise ValueError(f'{position + 1} tokens exceed the prior block size '
                              f'{self.block_size} (history + horizon)')
         x = self.embed_state(state) + condition_embedding + self.embed_position[0, position]
-        x = self.embed_ln(x)
-        cache = []
-        for index, block in enumerate(self.blocks):
-            x, present = block.step(x, past[index])
-            cache.append(present)
-        x = self.ln_f(x)
-        return self.head_state(x), self.head_condition(x), cache
+        return self._predict(self.embed_ln(x), past)
 
     @torch.no_grad()
     def rollout(self, states: torch.Tensor, conditions: torch.Tensor, steps: int,
