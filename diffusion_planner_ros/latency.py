@@ -5,6 +5,10 @@ observations and goals (a seeded random walk inside the bundle's state bounds, w
 episode every ``episode_length`` calls). Reported per stage and for the whole plan: p50, p99 and
 mean milliseconds, the build time (load + capture), and how far the optimized plans are from
 the eager ones.
+
+``interleave`` compares bundles (Trajectory Diffuser against Decision Diffuser, say) in one
+process, one plan of each in turn, so that a machine whose speed drifts during the run slows
+every method alike and their ratio stays comparable.
 """
 
 from __future__ import annotations
@@ -109,6 +113,56 @@ def compare_backends(bundle: str, device: str = 'cpu', calls: int = 500, warmup:
         'max_state_difference': state_gap,
         'max_action_difference': action_gap,
     }
+
+
+def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'auto',
+               calls: int = 100, warmup: int = 10, seed: int = 0, threads: int | None = None,
+               ) -> dict:
+    """Time the bundles' plans one after the other, call by call, on one backend.
+
+    Every planner plans the same observation stream (it depends on the bundle's state bounds and
+    ``seed`` only); the order alternates each call so that no method always runs first.
+    Returns {name: {backend, backend_reason, stages_ms}} plus 'ratios': the p50 plan time of
+    each bundle over the first one's, and the median of the per-call ratios.
+    """
+    if len(bundles) < 2:
+        raise ValueError('interleave needs at least two bundles')
+    overrides = {} if threads is None else {'threads': threads}
+    planners = {name: load_planner(path, device=device, backend=backend, **overrides)
+                for name, path in bundles.items()}
+    streams = {}
+    for name, planner in planners.items():
+        planner.warm_up()
+        streams[name] = input_stream(planner, warmup + calls, seed)
+    names = list(planners)
+    totals: dict[str, list[float]] = {name: [] for name in names}
+    timings: dict[str, dict] = {name: {} for name in names}
+    for call in range(warmup + calls):
+        for name in names if call % 2 == 0 else names[::-1]:
+            observation, goal, start = streams[name][call]
+            if start:
+                planners[name].reset()
+            plan = planners[name].plan(observation, goal=goal)
+            if call < warmup:
+                continue
+            for stage, ms in plan.timings_ms.items():
+                timings[name].setdefault(stage, []).append(ms)
+            totals[name].append(plan.timings_ms['total'])
+    first = names[0]
+    report = {name: {'bundle': str(bundles[name]), 'method': planners[name].method,
+                     'backend': planners[name].backend,
+                     'backend_reason': planners[name].backend_reason,
+                     'stages_ms': stage_summary(timings[name])}
+              for name in names}
+    report['ratios'] = {
+        f'{name}/{first}': {
+            'p50': (report[name]['stages_ms']['total']['p50']
+                    / report[first]['stages_ms']['total']['p50']),
+            'median_per_call': float(np.median(np.asarray(totals[name])
+                                               / np.asarray(totals[first]))),
+        }
+        for name in names[1:]}
+    return report
 
 
 def latency_table(report: dict) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import PYTHON, REPO, script_env
 from diffusion_planner_ros.config import load_config
+from diffusion_planner_ros.planning.bundle import derive_bundle
 from test_bundle_planner import write_bundle
 
 TINY_MODEL = [
@@ -159,3 +160,31 @@ def test_latency_benchmark_compares_eager_and_onnx(tmp_path):
     assert report['max_action_difference'] < 1e-4
     assert report['speedup_p50'] > 0.0
     assert '| total |' in text and 'whole plan speed-up' in text
+
+
+def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
+    bundle = write_bundle(tmp_path / 'td')
+    derive_bundle(bundle, 'decision_diffuser', tmp_path / 'dd')
+    report_path = tmp_path / 'versus.json'
+    text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--versus',
+                f'dd={tmp_path / "dd"}', '--calls', '6', '--warmup', '1', '--paths', 'eager',
+                'onnx', '--json', str(report_path)], tmp_path)
+    report = json.loads(report_path.read_text())
+    assert set(report['paths']) == {'eager', 'onnx'}
+    for path, run_report in report['paths'].items():
+        assert run_report['trajectory_diffuser']['method'] == 'trajectory_diffuser'
+        assert run_report['dd']['method'] == 'decision_diffuser'
+        assert run_report['dd']['backend'] == path
+        ratio = run_report['ratios']['dd/trajectory_diffuser']
+        totals = [run_report[name]['stages_ms']['total']['p50']
+                  for name in ('trajectory_diffuser', 'dd')]
+        assert ratio['p50'] == pytest.approx(totals[1] / totals[0])
+        assert ratio['median_per_call'] > 0.0
+    assert '| onnx | dd | onnx |' in text
+
+    for versus, message in (('dd', 'NAME=BUNDLE'), (f'x={tmp_path / "none"}', 'no bundle'),
+                            (f'ratios={tmp_path / "dd"}', 'reserved')):
+        result = subprocess.run([PYTHON, 'training/benchmark_latency.py', '--bundle',
+                                 str(bundle), '--versus', versus], cwd=REPO,
+                                env=script_env(tmp_path), capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr

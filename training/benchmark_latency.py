@@ -5,6 +5,11 @@ Usage:
     python training/benchmark_latency.py --bundle models/pointmaze_umaze --device cpu \
         --json docs/results/latency/cpu_umaze.json
     python training/benchmark_latency.py --bundle models/pointmaze_umaze --device cuda
+    python training/benchmark_latency.py --bundle models/pointmaze_umaze \
+        --versus decision_diffuser=<bundle> --versus diffuser=<bundle> --calls 100
+
+With --versus the bundles plan in turn, one call each, on each of --paths (default eager and
+auto), and the table gives each one's plan time over --bundle's measured in the same run.
 
 Run it alone on the machine: another process on the same cores inflates every figure.
 """
@@ -13,7 +18,38 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusion_planner_ros.latency import compare_backends, latency_table
+from diffusion_planner_ros.evaluation import machine
+from diffusion_planner_ros.latency import compare_backends, interleave, latency_table
+
+
+def versus_table(report: dict) -> str:
+    """Markdown table of an interleaved run: plan time per method and path, and the ratio."""
+    lines = ['| path | method | backend | total p50 ms | total p99 ms | p50 over first |'
+             ' per-call ratio (median) |', '|---|---|---|---|---|---|---|']
+    for path, run in report['paths'].items():
+        names = [name for name in run if name != 'ratios']
+        for name in names:
+            total = run[name]['stages_ms']['total']
+            ratio = run['ratios'].get(f'{name}/{names[0]}', {'p50': 1.0, 'median_per_call': 1.0})
+            lines.append(f'| {path} | {name} | {run[name]["backend"]} | {total["p50"]:.2f} | '
+                         f'{total["p99"]:.2f} | {ratio["p50"]:.2f} | '
+                         f'{ratio["median_per_call"]:.2f} |')
+    return '\n'.join(lines)
+
+
+def parse_versus(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """NAME=BUNDLE items -> {name: bundle}."""
+    bundles = {}
+    for item in items:
+        name, sep, path = item.partition('=')
+        if not sep or not name or not path:
+            parser.error(f'--versus wants NAME=BUNDLE, got {item!r}')
+        if name in bundles or name == 'ratios':
+            parser.error(f'--versus name {name!r} used twice or reserved')
+        if not Path(path).is_dir():
+            parser.error(f'--versus {name}: no bundle directory at {path}')
+        bundles[name] = path
+    return bundles
 
 
 def main() -> None:
@@ -30,10 +66,32 @@ def main() -> None:
     parser.add_argument('--refine-steps', type=int, default=None, help='k (default: bundle)')
     parser.add_argument('--threads', type=int, default=None,
                         help='inference threads (default: the bundle\'s planner config)')
+    parser.add_argument('--versus', action='append', default=[], metavar='NAME=BUNDLE',
+                        help='plan this bundle in turn with --bundle (repeatable)')
+    parser.add_argument('--paths', nargs='+', default=['eager', 'auto'],
+                        choices=('auto', 'onnx', 'cuda_graph', 'eager'),
+                        help='with --versus: the backends to compare on')
+    parser.add_argument('--name', default='trajectory_diffuser',
+                        help='with --versus: the name of --bundle in the table')
     parser.add_argument('--json', default=None, help='write the report to this file')
     args = parser.parse_args()
     if args.calls < 1 or args.warmup < 0:
         parser.error('--calls must be >= 1 and --warmup >= 0')
+
+    if args.versus:
+        if args.refine_steps is not None:
+            parser.error('--refine-steps applies to one bundle; not with --versus')
+        bundles = {args.name: args.bundle, **parse_versus(parser, args.versus)}
+        report = {'machine': machine(), 'device': args.device, 'calls': args.calls,
+                  'warmup': args.warmup, 'seed': args.seed,
+                  'paths': {path: interleave(bundles, args.device, path, args.calls,
+                                             args.warmup, args.seed, args.threads)
+                            for path in args.paths}}
+        print(f'{report["machine"]}; {args.calls} plans per bundle and path after '
+              f'{args.warmup} warm-up, interleaved')
+        print(versus_table(report))
+        write_json(report, args.json)
+        return
 
     overrides = {key: value for key, value in (('refine_steps', args.refine_steps),
                                                ('threads', args.threads)) if value is not None}
@@ -48,10 +106,15 @@ def main() -> None:
           f'{report["max_action_difference"]:.2e} (actions)')
     for reason in report['optimized']['fallbacks']:
         print(f'fallback: {reason}')
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
-        print(f'wrote {args.json}')
+    write_json(report, args.json)
+
+
+def write_json(report: dict, path: str | None) -> None:
+    """Write the report when a path is given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + '\n')
+        print(f'wrote {path}')
 
 
 if __name__ == '__main__':
