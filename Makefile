@@ -21,7 +21,7 @@ $(STAMP): setup.py Makefile
 		$(PY) -m pip install "torch==$(TORCH_VERSION)+cpu" || $(PY) -m pip install "torch==$(TORCH_VERSION)" \
 			--index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(PY) -m pip install -e '.[ros,dev,fast,bags]'
+	$(PY) -m pip install -e '.[ros,dev,fast,bags,data]'
 	touch $(STAMP)
 
 # The sim graph (bridge + planner over rclpy / Fast DDS, from launch/sim.launch.py) in lockstep,

@@ -66,6 +66,8 @@ setup(
         'fast': ['onnx>=1.16', 'onnxruntime>=1.18'],
         # training/bag_to_minari.py: ROS 2 bags (MCAP, sqlite3) read without a ROS install.
         'bags': ['rosbags>=0.10'],
+        # training/train_behavior.py: SAC behavior policies for the locomotion datasets.
+        'data': ['stable-baselines3>=2.3'],
     },
     zip_safe=True,
     maintainer='diffusion_planner_ros maintainers',

@@ -16,6 +16,12 @@ MAZE_ENVS = {
     'medium': 'PointMaze_Medium-v3',
     'large': 'PointMaze_Large-v3',
 }
+# Locomotion envs of the D4RL-style datasets (issue 6).
+LOCOMOTION_ENVS = {
+    'hopper': 'Hopper-v5',
+    'walker2d': 'Walker2d-v5',
+    'halfcheetah': 'HalfCheetah-v5',
+}
 
 
 def register_envs() -> None:
@@ -28,8 +34,8 @@ def register_envs() -> None:
 
 
 def resolve_env_id(name: str) -> str:
-    """Accept a short maze name (umaze, medium, large) or a full gymnasium id."""
-    return MAZE_ENVS.get(name, name)
+    """Accept a short name (umaze, medium, large, hopper, walker2d, ...) or a gymnasium id."""
+    return MAZE_ENVS.get(name, LOCOMOTION_ENVS.get(name, name))
 
 
 def is_goal_env(env_id: str) -> bool:

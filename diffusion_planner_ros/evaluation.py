@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from diffusion_planner_ros.data.behavior import BehaviorPolicy
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning.planner import BasePlanner
@@ -81,7 +83,18 @@ def run_policy_episode(policy: Policy, env, seed: int) -> EpisodeResult:
 
 
 def reference_policy(name: str, env, seed: int = 0) -> Policy:
-    """'random' (uniform actions) or 'scripted' (the controller that made the data)."""
+    """Return a reference policy: 'random', 'scripted', or a behavior policy's folder.
+
+    'random' draws uniform actions; 'scripted' is the maze controller that made the data; a
+    folder holds a behavior policy (data/behavior.py) whose actions are sampled, as in its data.
+    """
+    if name not in ('random', 'scripted') and Path(name).is_dir():
+        behavior = BehaviorPolicy.load(name)
+        if behavior.card.env_id != env.spec.id:
+            raise ValueError(f'behavior policy {name} was trained on {behavior.card.env_id}, '
+                             f'not {env.spec.id}')
+        rng = np.random.default_rng(seed)
+        return lambda state, goal: behavior.act(state[None], rng)[0]
     if name == 'random':
         space = env.action_space
         rng = np.random.default_rng(seed)
@@ -91,7 +104,8 @@ def reference_policy(name: str, env, seed: int = 0) -> Policy:
             raise ValueError(f'no scripted controller for {env.spec.id}')
         controller = WaypointController(MazeGrid.from_env(env))
         return lambda state, goal: controller(state, goal)
-    raise ValueError(f'unknown reference policy {name!r}: use random or scripted')
+    raise ValueError(f'unknown reference policy {name!r}: use random, scripted or the folder '
+                     'of a behavior policy')
 
 
 def evaluate(env_id: str, episodes: int, seed: int,

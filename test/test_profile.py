@@ -61,3 +61,31 @@ def test_profile_errors(tmp_path):
                    'actuators: [a]\n')
     with pytest.raises(ValueError, match='torque'):
         load_profile(bad)
+
+
+@pytest.mark.parametrize('name', ['hopper', 'walker2d'])
+def test_locomotion_profiles_rebuild_the_gymnasium_observation_with_clipped_velocities(name):
+    profile = load_profile(name)
+    env = make_env(profile.env_id)
+    env.reset(seed=0)
+    model, data = env.unwrapped.model, env.unwrapped.data
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        env.step(env.action_space.sample())
+        data.qvel[:] = 15.0 * rng.standard_normal(model.nv)  # some beyond the env's clip of 10
+        expected = env.unwrapped._get_obs()
+        joint_state = profile.joint_state_from_mujoco(model, data)
+        vector = profile.observation_from_joint_state(*joint_state)
+        assert np.allclose(vector, expected, atol=1e-12)
+    # Command order is MuJoCo's actuator order.
+    actuated = [model.joint(int(model.actuator_trnid[i, 0])).name for i in range(model.nu)]
+    assert profile.actuators == actuated
+    assert profile.control_period_s == pytest.approx(env.unwrapped.dt)
+
+
+def test_a_negative_observation_clip_is_refused(tmp_path):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('name: x\nenv_id: y\nobservation: [{joint: a, field: velocity, clip: -1}]\n'
+                   'actuators: [a]\n')
+    with pytest.raises(ValueError, match='clip of joint .a. must be >= 0'):
+        load_profile(bad)

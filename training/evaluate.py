@@ -6,6 +6,7 @@ Usage:
     python training/evaluate.py --bundle models/pointmaze_umaze --refine-steps 0   # prior only
     python training/evaluate.py --bundle runs/diffuser/bundle --warm-start-steps 2
     python training/evaluate.py --policy scripted --env umaze --episodes 100 --seed 1000
+    python training/evaluate.py --policy models/behavior/hopper-expert --env hopper
 """
 
 import argparse
@@ -37,7 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--bundle', help='bundle directory')
-    source.add_argument('--policy', choices=('random', 'scripted'), help='reference policy')
+    source.add_argument('--policy', help='reference policy: random, scripted, or the folder of a '
+                        'behavior policy (training/train_behavior.py)')
     parser.add_argument('--env', default=None, help='env for --policy (umaze, medium, ...)')
     parser.add_argument('--config', default=None,
                         help='YAML whose evaluation section holds the reference returns '
@@ -81,6 +83,8 @@ def main() -> None:
     else:
         if not args.env:
             parser.error('--policy needs --env')
+        if args.policy not in ('random', 'scripted') and not Path(args.policy).is_dir():
+            parser.error(f'--policy {args.policy!r} is not random, scripted or a policy folder')
         env_id, dataset_id, method = resolve_env_id(args.env), '', args.policy
     if args.config:
         evaluation = load_config(args.config).evaluation

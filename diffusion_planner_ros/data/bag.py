@@ -23,13 +23,13 @@ topic (any type: each message starts a new episode). Converting it:
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from diffusion_planner_ros.data.minari_io import local_dataset_exists, validate_dataset_id
+from diffusion_planner_ros.data.minari_io import (
+    local_dataset_exists, validate_dataset_id, write_dataset)
 from diffusion_planner_ros.robots import RobotProfile
 
 LOG = logging.getLogger(__name__)
@@ -351,9 +351,6 @@ def _spaces(profile: RobotProfile, segments: list[Segment], config: BagConversio
 def convert_bag(bag: str | Path, profile: RobotProfile, dataset_id: str,
                 config: BagConversionConfig | None = None) -> dict:
     """Convert a bag into the local Minari dataset ``dataset_id``; returns a summary."""
-    import minari
-    from minari.storage import get_dataset_path
-
     config = config or BagConversionConfig()
     validate_dataset_id(dataset_id)
     if local_dataset_exists(dataset_id):
@@ -371,19 +368,12 @@ def convert_bag(bag: str | Path, profile: RobotProfile, dataset_id: str,
     recording = read_bag(bag, profile, config)
     segments = check_segments(segment(recording, config, period, gap), recording, config)
     buffers = episode_buffers(segments, config)
-    target = Path(get_dataset_path(dataset_id))
-    try:
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=buffers, **_spaces(profile, segments, config),
-            algorithm_name='ros2-bag', author='diffusion_planner_ros',
-            author_email='maintainers@diffusion-planner-ros.invalid',
-            code_permalink='training/bag_to_minari.py in the diffusion_planner_ros repository',
-            description=(f'Converted from the ROS 2 bag {Path(bag).name} with profile '
-                         f'{profile.name}: states {config.state_topic}, commands '
-                         f'{config.command_topic}, period {period} s.'))
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
+    write_dataset(
+        dataset_id, buffers, **_spaces(profile, segments, config), algorithm_name='ros2-bag',
+        code_permalink='training/bag_to_minari.py in the diffusion_planner_ros repository',
+        description=(f'Converted from the ROS 2 bag {Path(bag).name} with profile '
+                     f'{profile.name}: states {config.state_topic}, commands '
+                     f'{config.command_topic}, period {period} s.'))
     return {'dataset_id': dataset_id, 'episodes': len(buffers),
             'steps': int(sum(len(s.actions) for s in segments)), 'period_s': period,
             'gap_s': gap, 'states': len(recording.state_t),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -121,3 +123,30 @@ def dataset_env_id(dataset) -> str:
     """Return the gymnasium id recorded in a Minari dataset, or '' if none."""
     spec = dataset.spec.env_spec
     return spec.id if spec is not None else ''
+
+
+def write_dataset(dataset_id: str, buffers: list, **metadata):
+    """Write episode buffers as the local Minari dataset ``dataset_id`` and return it.
+
+    An existing id is refused, and a write that fails part-way leaves no folder behind, so a
+    partial dataset never sits under the requested id. ``metadata`` goes to
+    minari.create_dataset_from_buffers (env or spaces, algorithm_name, description, ...).
+    """
+    import minari
+    from minari.storage import get_dataset_path
+
+    validate_dataset_id(dataset_id)
+    if local_dataset_exists(dataset_id):
+        raise ValueError(f'dataset {dataset_id} already exists; delete it first '
+                         f'(minari delete {dataset_id}) or choose another id')
+    if not buffers:
+        raise ValueError(f'no episodes to write as {dataset_id}')
+    metadata.setdefault('author', 'diffusion_planner_ros')
+    metadata.setdefault('author_email', 'maintainers@diffusion-planner-ros.invalid')
+    target = Path(get_dataset_path(dataset_id))
+    try:
+        return minari.create_dataset_from_buffers(dataset_id=dataset_id, buffer=buffers,
+                                                  **metadata)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise

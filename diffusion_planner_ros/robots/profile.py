@@ -22,11 +22,17 @@ class ObservationEntry:
 
     joint: str
     field: str
+    # Clip the value to [-clip, clip] as the env's observation does (gymnasium's Hopper and
+    # Walker2d clip velocities to 10); 0 leaves it as it is.
+    clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.field not in FIELDS:
             raise ValueError(f'observation field {self.field!r} of joint {self.joint!r} must be '
                              f'one of {FIELDS}')
+        if not self.clip >= 0.0:
+            raise ValueError(f'observation clip of joint {self.joint!r} must be >= 0, got '
+                             f'{self.clip}')
 
 
 @dataclass
@@ -81,7 +87,8 @@ class RobotProfile:
                            for e in self.observation], dtype=np.float64)
         if not np.all(np.isfinite(values)):
             raise ValueError(f'JointState has NaN or inf in profile joints: {values.tolist()}')
-        return values
+        clip = np.array([e.clip or np.inf for e in self.observation])
+        return np.clip(values, -clip, clip)
 
     def joint_state_from_mujoco(self, model, data) -> tuple[list, list, list]:
         """Names, positions and velocities of the profile's joints in a MuJoCo state."""
