@@ -135,7 +135,6 @@ def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'aut
         planner.warm_up()
         streams[name] = input_stream(planner, warmup + calls, seed)
     names = list(planners)
-    totals: dict[str, list[float]] = {name: [] for name in names}
     timings: dict[str, dict] = {name: {} for name in names}
     for call in range(warmup + calls):
         for name in names if call % 2 == 0 else names[::-1]:
@@ -147,7 +146,6 @@ def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'aut
                 continue
             for stage, ms in plan.timings_ms.items():
                 timings[name].setdefault(stage, []).append(ms)
-            totals[name].append(plan.timings_ms['total'])
     first = names[0]
     report = {name: {'bundle': str(bundles[name]), 'method': planners[name].method,
                      'backend': planners[name].backend,
@@ -158,8 +156,8 @@ def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'aut
         f'{name}/{first}': {
             'p50': (report[name]['stages_ms']['total']['p50']
                     / report[first]['stages_ms']['total']['p50']),
-            'median_per_call': float(np.median(np.asarray(totals[name])
-                                               / np.asarray(totals[first]))),
+            'median_per_call': float(np.median(np.asarray(timings[name]['total'])
+                                               / np.asarray(timings[first]['total']))),
         }
         for name in names[1:]}
     return report

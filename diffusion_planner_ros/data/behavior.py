@@ -75,16 +75,13 @@ class BehaviorPolicy:
         self.card = card
         self.weights = {name: np.asarray(value, dtype=np.float64)
                         for name, value in weights.items()}
-        self.layers = []
-        width = card.obs_dim
-        for index, hidden in enumerate(card.hidden):
-            self.layers.append(self._linear(f'latent_pi.{2 * index}', width, hidden))
-            width = hidden
-        self.mu = self._linear('mu', width, card.action_dim)
-        self.log_std = self._linear('log_std', width, card.action_dim)
-        extra = set(self.weights) - {f'{name}.{part}' for name in
-                                     [f'latent_pi.{2 * i}' for i in range(len(card.hidden))]
-                                     + ['mu', 'log_std'] for part in ('weight', 'bias')}
+        names = [f'latent_pi.{2 * index}' for index in range(len(card.hidden))]
+        self.layers = [self._linear(name, fan_in, fan_out) for name, fan_in, fan_out
+                       in zip(names, [card.obs_dim, *card.hidden], card.hidden)]
+        self.mu = self._linear('mu', card.hidden[-1], card.action_dim)
+        self.log_std = self._linear('log_std', card.hidden[-1], card.action_dim)
+        extra = set(self.weights) - {f'{name}.{part}' for name in [*names, 'mu', 'log_std']
+                                     for part in ('weight', 'bias')}
         if extra:
             raise ValueError(f'unexpected policy weights {sorted(extra)}')
         self.low = np.asarray(card.action_low, dtype=np.float64)
