@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffusion_planner_ros.data.behavior import BehaviorPolicy
+from diffusion_planner_ros.data.behavior import BehaviorPolicy, action_source
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning.planner import BasePlanner
@@ -89,12 +89,8 @@ def reference_policy(name: str, env, seed: int = 0) -> Policy:
     folder holds a behavior policy (data/behavior.py) whose actions are sampled, as in its data.
     """
     if name not in ('random', 'scripted') and Path(name).is_dir():
-        behavior = BehaviorPolicy.load(name)
-        if behavior.card.env_id != env.spec.id:
-            raise ValueError(f'behavior policy {name} was trained on {behavior.card.env_id}, '
-                             f'not {env.spec.id}')
-        rng = np.random.default_rng(seed)
-        return lambda state, goal: behavior.act(state[None], rng)[0]
+        act = action_source(env, BehaviorPolicy.load(name), np.random.default_rng(seed))
+        return lambda state, goal: act(state)
     if name == 'random':
         space = env.action_space
         rng = np.random.default_rng(seed)

@@ -13,11 +13,10 @@ medium-replay comes from train_behavior.py. The id defaults to dpr/<env>-<kind>-
 
 import argparse
 import time
-from pathlib import Path
 
 from diffusion_planner_ros.data.behavior import (KINDS, BehaviorPolicy, episode_returns,
-                                                 locomotion_dataset_id, rollout_episodes,
-                                                 write_locomotion_dataset)
+                                                 locomotion_dataset_id, policy_folder,
+                                                 rollout_episodes, write_locomotion_dataset)
 from diffusion_planner_ros.data.minari_io import local_dataset_exists, validate_dataset_id
 from diffusion_planner_ros.envs import resolve_env_id
 
@@ -49,7 +48,7 @@ def main() -> None:
               'medium-expert': ['medium', 'expert']}[args.kind]
     policies = []
     for label in labels:
-        folder = Path(args.policies) / f'{env_id.split("-")[0].lower()}-{label}'
+        folder = policy_folder(args.policies, env_id, label or 'random')
         try:
             policies.append(None if label is None else BehaviorPolicy.load(folder))
         except ValueError as error:

@@ -29,6 +29,11 @@ LOG_STD_RANGE = (-20.0, 2.0)
 KINDS = ('random', 'medium', 'expert', 'medium-expert')
 
 
+def policy_folder(root: str | Path, env_id: str, label: str) -> Path:
+    """Where a kept policy lives: <root>/<env>-<label>, e.g. models/behavior/hopper-medium."""
+    return Path(root) / f'{resolve_env_id(env_id).split("-")[0].lower()}-{label}'
+
+
 def locomotion_dataset_id(env: str, kind: str, version: int = 0) -> str:
     """Our id for a locomotion dataset, e.g. dpr/hopper-medium-expert-v0."""
     return f'dpr/{env.lower()}-{kind}-v{version}'
@@ -152,7 +157,7 @@ def rollout_episodes(env_id: str, policy: BehaviorPolicy | None, total_steps: in
     (truncated) at total_steps. Deterministic for a seed. Returns Minari EpisodeBuffers.
     """
     env = make_env(env_id)
-    act = _actions(env, policy, np.random.default_rng(seed))
+    act = action_source(env, policy, np.random.default_rng(seed))
     episodes, collected = [], 0
     with tqdm(total=total_steps, desc=desc or f'rollout {env.spec.id}', unit='step',
               disable=not progress) as bar:
@@ -181,7 +186,7 @@ def rollout_episodes(env_id: str, policy: BehaviorPolicy | None, total_steps: in
     return episodes
 
 
-def _actions(env, policy: BehaviorPolicy | None, rng: np.random.Generator):
+def action_source(env, policy: BehaviorPolicy | None, rng: np.random.Generator):
     """Observation -> action: the policy's sample, or uniform in the env's bounds for None."""
     if policy is None:
         low = env.action_space.low.astype(np.float64)
@@ -196,7 +201,7 @@ def run_episodes(env_id: str, policy: BehaviorPolicy | None, episodes: int,
                  seed: int) -> np.ndarray:
     """Return the returns of whole episodes (reset seeds seed, seed + 1, ...), actions sampled."""
     env = make_env(env_id)
-    act = _actions(env, policy, np.random.default_rng(seed))
+    act = action_source(env, policy, np.random.default_rng(seed))
     returns = np.zeros(episodes)
     for episode in range(episodes):
         observation, _ = env.reset(seed=seed + episode)

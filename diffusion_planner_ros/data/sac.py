@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_planner_ros.data.behavior import (BehaviorPolicy, PolicyCard, replay_episodes,
-                                                 run_episodes, write_locomotion_dataset)
+from diffusion_planner_ros.data.behavior import (BehaviorPolicy, PolicyCard, policy_folder,
+                                                 replay_episodes, run_episodes,
+                                                 write_locomotion_dataset)
 from diffusion_planner_ros.data.minari_io import local_dataset_exists, validate_dataset_id
 from diffusion_planner_ros.envs import make_env, resolve_env_id
 
@@ -87,9 +88,7 @@ def train_behavior(config: BehaviorTrainingConfig, out: str | Path, command: str
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    out = Path(out)
-    name = config.env_id.split('-')[0].lower()
-    folders = {label: out / f'{name}-{label}' for label in ('medium', 'expert')}
+    folders = {label: policy_folder(out, config.env_id, label) for label in ('medium', 'expert')}
     for folder in folders.values():
         if folder.exists():
             raise ValueError(f'{folder} exists; remove it or choose another --out')
