@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from diffusion_planner_ros.config import METHODS, load_config
+from diffusion_planner_ros.data.behavior import make_locomotion_dataset
 from diffusion_planner_ros.data.collect import CollectionConfig, collect_pointmaze
 from diffusion_planner_ros.data.minari_io import local_dataset_exists
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label, planner_settings,
@@ -113,6 +114,13 @@ def ensure_dataset(spec: dict, dataset_id: str, progress: bool) -> None:
     collect = dict(spec.get('collect') or {})
     if not collect:
         raise ValueError(f'dataset {dataset_id!r} is missing and the suite gives no collect entry')
+    if 'kind' in collect:
+        # Locomotion: rolled out from kept behavior policies (training/make_locomotion_dataset.py).
+        make_locomotion_dataset(
+            collect['env'], collect['kind'], int(collect['steps']), int(collect.get('seed', 0)),
+            collect.get('policies', 'models/behavior'), collect.get('dataset_id', dataset_id),
+            progress=progress)
+        return
     collect_pointmaze(CollectionConfig(
         env_id=collect['env'], dataset_id=collect.get('dataset_id', dataset_id),
         total_steps=int(collect['steps']), seed=int(collect.get('seed', 0))), progress=progress)

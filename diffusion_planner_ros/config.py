@@ -417,13 +417,38 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, then apply 'section.key=value' overrides."""
+def read_config_yaml(path: str | Path, _chain: tuple = ()) -> dict:
+    """Parse a config YAML; a top-level ``base: <file>`` is read first and updated key by key.
+
+    The base path is relative to the file naming it, so datasets that differ in a few keys
+    (hopper medium vs medium-expert) share one file for the rest.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f'config file {path} does not exist')
     with path.open() as stream:
         raw = yaml.safe_load(stream) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f'{path}: a config must be a mapping of sections')
+    base = raw.pop('base', None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ValueError(f'{path}: base {base!r} loops back to a config that names it')
+    merged = read_config_yaml(base_path, (*_chain, path.resolve()))
+    for section, values in raw.items():
+        values = {} if values is None else values
+        if not isinstance(values, dict) or not isinstance(merged.get(section) or {}, dict):
+            raise ValueError(f'{path}: section {section!r} must be a mapping')
+        merged[section] = {**(merged.get(section) or {}), **values}
+    return merged
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config (and its base), then apply 'section.key=value' overrides."""
+    path = Path(path)
+    raw = read_config_yaml(path)
     try:
         raw = apply_overrides(raw, overrides or [])
         return config_from_dict(raw)

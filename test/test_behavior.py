@@ -1,6 +1,7 @@
 """Behavior policies (SAC actors kept as safetensors + JSON) and D4RL-style locomotion datasets."""
 
 import json
+import signal
 import subprocess
 
 import minari
@@ -154,6 +155,28 @@ def test_train_behavior_keeps_medium_and_expert_and_replays_repeatably(tmp_path)
         np.testing.assert_array_equal(a, b)
 
 
+def test_stopping_train_behavior_keeps_the_best_policy_so_far(tmp_path):
+    args = ['training/train_behavior.py', '--env', 'hopper', '--steps', '1000000',
+            '--medium-return', '1e9', '--eval-every', '100', '--eval-episodes', '1',
+            '--learning-starts', '50', '--replay-dataset-id', '', '--out', str(tmp_path)]
+    process = subprocess.Popen([PYTHON, *args], cwd=REPO, env=script_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:
+            if 'eval return' in line:  # the first evaluation, at step 100
+                break
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    summary = json.loads(out[:out.rindex('}') + 1])
+    assert summary['stopped_at'] >= 100 and summary['medium'] is None
+    card = json.loads((tmp_path / 'hopper-expert' / 'card.json').read_text())
+    assert card['stopped_at'] == summary['stopped_at'] and card['train_steps'] >= 100
+    assert summary['expert']['return'] == card['eval_return']
+
+
 def test_make_locomotion_dataset_joins_medium_and_expert_and_names_bad_input(tmp_path):
     policies = tmp_path / 'policies'
     kept_policy(policies, 'medium', seed=0)
@@ -189,3 +212,17 @@ def test_make_locomotion_dataset_joins_medium_and_expert_and_names_bad_input(tmp
     bad = run(['training/evaluate.py', '--policy', 'greedy', '--env', 'hopper'], tmp_path,
               check=False)
     assert bad.returncode == 2 and 'not random, scripted or a policy folder' in bad.stderr
+
+
+def test_a_benchmark_suite_collects_locomotion_data_from_kept_policies(tmp_path, monkeypatch):
+    from diffusion_planner_ros.benchmark import ensure_dataset
+
+    monkeypatch.setenv('MINARI_DATASETS_PATH', str(tmp_path / 'datasets'))
+    spec = {'collect': {'env': 'hopper', 'kind': 'random', 'steps': 50, 'seed': 3}}
+    ensure_dataset(spec, 'dpr/hopper-random-v0', progress=False)
+    assert minari.load_dataset('dpr/hopper-random-v0').spec.total_steps == 50
+    spec = {'collect': {'env': 'hopper', 'kind': 'medium', 'steps': 50,
+                        'policies': str(tmp_path / 'none')}}
+    with pytest.raises(ValueError, match='train_behavior.py'):
+        ensure_dataset(spec, 'dpr/hopper-medium-v0', progress=False)
+    assert not (tmp_path / 'datasets' / 'dpr' / 'hopper-medium-v0').exists()

@@ -7,10 +7,31 @@ from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, UnetConf
 from conftest import REPO
 
 
-def test_shipped_configs_load():
-    config = load_config(REPO / 'config' / 'pointmaze_umaze.yaml')
+SHIPPED = sorted(p.name for p in (REPO / 'config').glob('*.yaml') if p.name != 'sim_params.yaml')
+
+
+@pytest.mark.parametrize('name', SHIPPED)
+def test_shipped_configs_load(name):
+    config = load_config(REPO / 'config' / name)
     assert config.data.horizon % config.unet.downsample_factor == 0
     assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_a_base_config_is_updated_key_by_key(tmp_path):
+    (tmp_path / 'base.yaml').write_text('data:\n  horizon: 16\n  history: 3\n'
+                                        'planner:\n  guidance_scale: 1.5\n')
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'sub' / 'child.yaml').write_text('base: ../base.yaml\ndata:\n  history: 2\n'
+                                                 'training:\n')
+    config = load_config(tmp_path / 'sub' / 'child.yaml', ['planner.refine_steps=3'])
+    assert (config.data.horizon, config.data.history) == (16, 2)
+    assert (config.planner.guidance_scale, config.planner.refine_steps) == (1.5, 3)
+    (tmp_path / 'base.yaml').write_text('base: sub/child.yaml\n')
+    with pytest.raises(ValueError, match='loops back'):
+        load_config(tmp_path / 'sub' / 'child.yaml')
+    (tmp_path / 'sub' / 'child.yaml').write_text('base: missing.yaml\n')
+    with pytest.raises(ValueError, match='missing.yaml does not exist'):
+        load_config(tmp_path / 'sub' / 'child.yaml')
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -7,13 +7,15 @@ Usage:
 
 Writes <out>/<env>-medium and <out>/<env>-expert (actor.safetensors + card.json) and the
 medium-replay Minari dataset (dpr/<env>-medium-replay-v0: the replay buffer up to the medium
-policy). --stop-at-medium stops there, which regenerates medium-replay without the expert's
+policy). Ctrl-C or SIGTERM ends the run early and keeps the best policy so far as the
+expert. --stop-at-medium stops there, which regenerates medium-replay without the expert's
 training. Needs the data extra: pip install 'diffusion_planner_ros[data]'.
 """
 
 import argparse
 import json
 import logging
+import signal
 import sys
 
 import torch
@@ -53,7 +55,8 @@ def main() -> None:
             stop_at_medium=args.stop_at_medium, seed=args.seed)
     except ValueError as error:
         parser.error(str(error))
-    # Train and keep.
+    # Train and keep. SIGTERM stops early like Ctrl-C: the best policy so far is kept as expert.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     summary = train_behavior(config, args.out, command=' '.join(['python', *sys.argv]),
                              progress=args.progress)
     print(json.dumps(summary, indent=2))

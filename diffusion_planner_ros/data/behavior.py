@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from diffusion_planner_ros.data.minari_io import validate_dataset_id, write_dataset
+from diffusion_planner_ros.data.minari_io import (local_dataset_exists, validate_dataset_id,
+                                                  write_dataset)
 from diffusion_planner_ros.envs import make_env, resolve_env_id
 
 POLICY_FORMAT = 'diffusion_planner_ros.behavior_policy'
@@ -35,8 +36,9 @@ def policy_folder(root: str | Path, env_id: str, label: str) -> Path:
 
 
 def locomotion_dataset_id(env: str, kind: str, version: int = 0) -> str:
-    """Our id for a locomotion dataset, e.g. dpr/hopper-medium-expert-v0."""
-    return f'dpr/{env.lower()}-{kind}-v{version}'
+    """Name our locomotion dataset, e.g. dpr/hopper-medium-expert-v0 (env hopper or Hopper-v5)."""
+    name = env.lower().rsplit('-v', 1)[0] if env[-1:].isdigit() and '-v' in env else env.lower()
+    return f'dpr/{name}-{kind}-v{version}'
 
 
 @dataclass
@@ -59,6 +61,9 @@ class PolicyCard:
     seed: int = 0
     # The command that made it.
     command: str = ''
+    # Steps at which that run was stopped by hand (0: it ran to its end); the command with
+    # --steps <stopped_at> reproduces the policy.
+    stopped_at: int = 0
 
     def __post_init__(self) -> None:
         if self.obs_dim < 1 or self.action_dim < 1 or not self.hidden:
@@ -67,6 +72,8 @@ class PolicyCard:
             raise ValueError(f'action bounds must have {self.action_dim} entries')
         if not all(low < high for low, high in zip(self.action_low, self.action_high)):
             raise ValueError('every action_low must be below its action_high')
+        if self.stopped_at < 0:
+            raise ValueError('stopped_at must be >= 0')
 
 
 class BehaviorPolicy:
@@ -273,6 +280,58 @@ def write_locomotion_dataset(dataset_id: str, env_id: str, episodes: list, algor
                          algorithm_name=algorithm, description=description,
                          code_permalink='training/make_locomotion_dataset.py and '
                                         'training/train_behavior.py in diffusion_planner_ros')
+
+
+def kind_policies(env_id: str, kind: str, policies_root: str | Path) -> list:
+    """Load the policies one dataset kind rolls out, in order (None = uniform random actions)."""
+    if kind not in KINDS:
+        raise ValueError(f'dataset kind {kind!r} must be one of {KINDS}')
+    env_id = resolve_env_id(env_id)
+    labels = {'random': [], 'medium': ['medium'], 'expert': ['expert'],
+              'medium-expert': ['medium', 'expert']}[kind]
+    policies = []
+    for label in labels:
+        folder = policy_folder(policies_root, env_id, label)
+        try:
+            policy = BehaviorPolicy.load(folder)
+        except ValueError as error:
+            raise ValueError(f'{error} (make it with training/train_behavior.py)') from None
+        if policy.card.env_id != env_id:
+            raise ValueError(f'{folder} was trained on {policy.card.env_id}, not {env_id}')
+        policies.append(policy)
+    return policies or [None]
+
+
+def make_locomotion_dataset(env_id: str, kind: str, steps: int, seed: int,
+                            policies_root: str | Path, dataset_id: str = '',
+                            progress: bool = True) -> dict:
+    """Roll out a kind's policies (steps each, seed + part) and write the dataset (D4RL recipe).
+
+    medium-expert is medium with ``seed`` followed by expert with ``seed + 1``, as D4RL joined
+    its medium and expert data. Returns the id, episode and step counts and the returns.
+    """
+    dataset_id = dataset_id or locomotion_dataset_id(env_id, kind)
+    env_id = resolve_env_id(env_id)
+    validate_dataset_id(dataset_id)
+    if local_dataset_exists(dataset_id):
+        raise ValueError(f'dataset {dataset_id} already exists; delete it first')
+    if steps < 1:
+        raise ValueError('steps must be >= 1')
+    policies = kind_policies(env_id, kind, policies_root)
+    episodes = []
+    for part, policy in enumerate(policies):
+        label = policy.card.label if policy else 'random'
+        episodes += rollout_episodes(env_id, policy, steps, seed + part, progress=progress,
+                                     desc=label)
+    sources = ', '.join(f'{policy.card.label} (eval return {policy.card.eval_return:.1f})'
+                        if policy else 'random actions' for policy in policies)
+    write_locomotion_dataset(dataset_id, env_id, episodes, f'SAC-{kind}',
+                             f'{kind} data for {env_id}: {steps} steps each of {sources}, '
+                             f'seed {seed}.')
+    returns = episode_returns(episodes)
+    return {'dataset_id': dataset_id, 'episodes': len(episodes),
+            'steps': sum(len(episode.actions) for episode in episodes),
+            'return_mean': float(returns.mean()), 'return_std': float(returns.std())}
 
 
 def episode_returns(episodes: list) -> np.ndarray:

@@ -83,7 +83,10 @@ def replay_buffer_episodes(buffer) -> list:
 
 def train_behavior(config: BehaviorTrainingConfig, out: str | Path, command: str = '',
                    progress: bool = False) -> dict:
-    """Train SAC, keep the medium and expert policies under out/<env>-<label>; return a summary."""
+    """Train SAC, keep the medium and expert policies under out/<env>-<label>; return a summary.
+
+    An interrupt (KeyboardInterrupt) stops training early; the best policy so far is still kept.
+    """
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -108,11 +111,11 @@ def train_behavior(config: BehaviorTrainingConfig, out: str | Path, command: str
             returns = run_episodes(config.env_id, policy, config.eval_episodes,
                                    seed=10_000 + config.seed)
             mean = float(np.mean(returns))
+            if mean > best['return']:
+                best.update({'return': mean, 'policy': policy})
             summary['evaluations'].append({'steps': self.num_timesteps, 'return': mean})
             LOG.info('SAC %s: %d steps, eval return %.1f', config.env_id,
                      self.num_timesteps, mean)
-            if mean > best['return']:
-                best.update({'return': mean, 'policy': policy})
             if summary['medium'] is None and mean >= config.medium_return:
                 keep(policy, 'medium', mean)
                 if config.replay_dataset_id:
@@ -137,8 +140,16 @@ def train_behavior(config: BehaviorTrainingConfig, out: str | Path, command: str
     env = make_env(config.env_id)
     model = SAC('MlpPolicy', env, seed=config.seed, buffer_size=config.total_steps,
                 learning_starts=config.learning_starts, device='cpu', verbose=0)
-    model.learn(config.total_steps, callback=KeepPolicies(), progress_bar=progress)
+    try:
+        model.learn(config.total_steps, callback=KeepPolicies(), progress_bar=progress)
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM, which the script turns into one) ends a long run early and still
+        # keeps the best policy evaluated so far as the expert.
+        LOG.warning('SAC stopped at %d steps; keeping the best policy so far',
+                    model.num_timesteps)
+        summary['stopped_at'] = int(model.num_timesteps)
     env.close()
     if not config.stop_at_medium and best['policy'] is not None:
+        best['policy'].card.stopped_at = summary.get('stopped_at', 0)
         keep(best['policy'], 'expert', best['return'])
     return summary
