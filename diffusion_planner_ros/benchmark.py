@@ -24,7 +24,7 @@ from diffusion_planner_ros.data.minari_io import local_dataset_exists
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label, planner_settings,
                                               summarize)
 from diffusion_planner_ros.pipeline import train_method
-from diffusion_planner_ros.planning import load_planner
+from diffusion_planner_ros.planning import SamplingDiverged, load_planner
 from diffusion_planner_ros.planning.bundle import derive_bundle
 
 REFERENCE_METHOD = 'decision_diffuser'
@@ -177,9 +177,16 @@ class SuiteRunner:
         bundle = self.bundle(dataset, name, seed)
         planner = load_planner(bundle, **entry.planner)
         evaluation = planner.bundle.config.evaluation
-        results = evaluate(planner.bundle.env_id, self.suite.episodes, self.suite.eval_seed,
-                           planner=planner, progress=self.progress,
-                           max_episode_steps=self.suite.max_episode_steps)
+        try:
+            results = evaluate(planner.bundle.env_id, self.suite.episodes, self.suite.eval_seed,
+                               planner=planner, progress=self.progress,
+                               max_episode_steps=self.suite.max_episode_steps)
+            outcome = {**summarize(results, evaluation.random_return,
+                                   evaluation.reference_return)}
+        except SamplingDiverged as error:
+            # A method whose sampler blows up is a result too: kept, tabulated as failed, and
+            # the suite goes on (delete the JSON to try again).
+            outcome = {'failed': str(error)}
         row = {
             'suite': self.suite.name,
             'dataset_name': dataset,
@@ -192,7 +199,7 @@ class SuiteRunner:
             'seed': self.suite.eval_seed,
             'diffusion_levels': planner.levels,
             **planner_settings(planner),
-            **summarize(results, evaluation.random_return, evaluation.reference_return),
+            **outcome,
             'random_return': evaluation.random_return,
             'reference_return': evaluation.reference_return,
             'machine': machine(),
@@ -213,8 +220,10 @@ class SuiteRunner:
                     if name not in self.suite.methods:
                         raise ValueError(f'suite {self.suite.name} has no method {name!r}')
                     rows.append(self.evaluate(dataset, name, seed))
-                    if self.progress:
-                        row = rows[-1]
+                    row = rows[-1]
+                    if self.progress and 'failed' in row:
+                        print(f'{dataset} {name} seed {seed}: failed: {row["failed"]}')
+                    elif self.progress:
                         print(f'{dataset} {name} seed {seed}: score '
                               f'{row["score_mean"]:.1f} +- {row["score_stderr"]:.1f}, '
                               f'plan p50 {row["plan_ms_p50"]:.1f} ms')
@@ -227,6 +236,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
     keys = sorted({(r['dataset_name'], r['name']) for r in rows})
     for dataset, name in keys:
         group = [r for r in rows if (r['dataset_name'], r['name']) == (dataset, name)]
+        failed = [r for r in group if 'failed' in r]
+        group = [r for r in group if 'failed' not in r]
+        if not group:
+            lines.append({'dataset': dataset, 'name': name, 'method': failed[0]['method'],
+                          'backend': failed[0].get('backend') or 'eager',
+                          'train_seeds': 0, 'failed_seeds': len(failed),
+                          'failed': failed[0]['failed']})
+            continue
         scale = 100.0 / (group[0]['reference_return'] - group[0]['random_return'])
         returns = np.concatenate([r['episode_returns'] for r in group])
         scores = (returns - group[0]['random_return']) * scale
@@ -245,12 +262,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
                                                           for r in group]))),
             'plan_ms_p50': float(np.median([r['plan_ms_p50'] for r in group])),
             'plan_ms_p99': float(np.median([r['plan_ms_p99'] for r in group])),
+            'failed_seeds': len(failed),
         })
     for line in lines:
         reference = [x for x in lines if x['dataset'] == line['dataset']
-                     and x['name'] == REFERENCE_METHOD]
+                     and x['name'] == REFERENCE_METHOD and 'failed' not in x]
         line['speedup_vs_dd'] = (reference[0]['plan_ms_p50'] / line['plan_ms_p50']
-                                 if reference and line['plan_ms_p50'] else None)
+                                 if reference and line.get('plan_ms_p50') else None)
     return lines
 
 
@@ -259,9 +277,14 @@ def markdown_table(lines: list[dict]) -> str:
     out = ['| dataset | method | backend | train seeds x episodes | score | success | '
            'plan p50 ms | plan p99 ms | speed-up vs DD |', '|---|---|---|---|---|---|---|---|---|']
     for x in lines:
+        if 'failed' in x:
+            out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | '
+                       f'{x["failed_seeds"]} failed | failed: {x["failed"]} | | | | |')
+            continue
         speed = f'{x["speedup_vs_dd"]:.1f}x' if x['speedup_vs_dd'] else '-'
+        failed = f' (+{x["failed_seeds"]} failed)' if x.get('failed_seeds') else ''
         out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | {x["train_seeds"]} x '
-                   f'{x["episodes"] // x["train_seeds"]} | {x["score_mean"]:.1f} +- '
+                   f'{x["episodes"] // x["train_seeds"]}{failed} | {x["score_mean"]:.1f} +- '
                    f'{x["score_stderr"]:.1f} | {x["success_rate"]:.2f} | '
                    f'{x["plan_ms_p50"]:.1f} | {x["plan_ms_p99"]:.1f} | {speed} |')
     return '\n'.join(out) + '\n'
@@ -286,7 +309,7 @@ def plot_score_latency(lines: list[dict], path: str | Path) -> Path:
     datasets = sorted({x['dataset'] for x in lines})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for x in (x for x in lines if x['dataset'] == dataset):
+        for x in (x for x in lines if x['dataset'] == dataset and 'failed' not in x):
             ax.errorbar(x['plan_ms_p50'], x['score_mean'], yerr=x['score_stderr'], fmt='o',
                         capsize=3)
             ax.annotate(x['name'], (x['plan_ms_p50'], x['score_mean']),

@@ -57,3 +57,26 @@ def test_committed_suites_parse():
     for name in ('quick', 'full', 'ablations'):
         suite = load_suite(REPO / 'config' / 'benchmark' / f'{name}.yaml')
         assert suite.datasets and suite.methods
+
+
+def test_a_diverging_method_is_tabulated_as_failed_and_the_suite_goes_on(tmp_path, monkeypatch):
+    from test_baselines import method_bundle
+
+    monkeypatch.setenv('MINARI_DATASETS_PATH', str(tmp_path / 'datasets'))
+    bundle = method_bundle(tmp_path / 'dmemm', 'dmemm')
+    config = str(REPO / 'config' / 'pointmaze_umaze.yaml')
+    path = tmp_path / 'suite.yaml'
+    path.write_text(yaml.safe_dump({
+        'episodes': 1, 'train_seeds': [0], 'max_episode_steps': 5,
+        'datasets': {'a': {'config': config}}, 'shipped': {'a': {'dmemm': str(bundle)}},
+        'methods': {'dmemm': {}, 'dmemm_blowup': {'bundle_of': 'dmemm',
+                                                  'planner': {'value_guidance_scale': 1e3}}}}))
+    runner = SuiteRunner(load_suite(path), tmp_path / 'out', progress=False)
+    rows = runner.run()
+    assert 'failed' not in rows[0] and 'value_guidance_scale' in rows[1]['failed']
+    lines = {x['name']: x for x in benchmark.aggregate(rows)}
+    assert lines['dmemm_blowup']['failed_seeds'] == 1 and lines['dmemm']['failed_seeds'] == 0
+    table = benchmark.markdown_table(list(lines.values()))
+    assert '| a | dmemm_blowup | eager | 1 failed | failed: dmemm sampling diverged' in table
+    # Kept: a second run reads the failure back instead of sampling again.
+    assert runner.evaluate('a', 'dmemm_blowup', 0)['failed'] == rows[1]['failed']

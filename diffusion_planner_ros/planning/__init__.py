@@ -7,7 +7,8 @@ from pathlib import Path
 from diffusion_planner_ros.planning.baselines import (BCPlanner, DecisionDiffuserPlanner,
                                                       JointDiffusionPlanner)
 from diffusion_planner_ros.planning.bundle import Bundle, load_bundle, read_method, save_bundle
-from diffusion_planner_ros.planning.planner import BasePlanner, Plan, TrajectoryDiffuserPlanner
+from diffusion_planner_ros.planning.planner import (BasePlanner, Plan, SamplingDiverged,
+                                                    TrajectoryDiffuserPlanner)
 
 PLANNERS = {method: cls for cls in (TrajectoryDiffuserPlanner, DecisionDiffuserPlanner,
                                     JointDiffusionPlanner, BCPlanner) for method in cls.methods}
@@ -24,6 +25,6 @@ def load_planner(path: str | Path, device: str | None = None,
     return planner_class(path).from_bundle(path, device, expected_env_id, **overrides)
 
 
-__all__ = ['BCPlanner', 'BasePlanner', 'Bundle', 'DecisionDiffuserPlanner',
+__all__ = ['BCPlanner', 'BasePlanner', 'Bundle', 'DecisionDiffuserPlanner', 'SamplingDiverged',
            'JointDiffusionPlanner', 'PLANNERS', 'Plan', 'TrajectoryDiffuserPlanner',
            'load_bundle', 'load_planner', 'planner_class', 'save_bundle']

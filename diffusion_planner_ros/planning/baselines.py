@@ -20,8 +20,8 @@ from diffusion_planner_ros.config import PlannerConfig
 from diffusion_planner_ros.diffusion import DDPMSchedule, draw_noise, sample
 from diffusion_planner_ros.diffusion.sampling import warm_start
 from diffusion_planner_ros.planning.bundle import Bundle
-from diffusion_planner_ros.planning.planner import (BasePlanner, Proposal, StageClock,
-                                                    TrajectoryDiffuserPlanner)
+from diffusion_planner_ros.planning.planner import (BasePlanner, Proposal, SamplingDiverged,
+                                                    StageClock, TrajectoryDiffuserPlanner)
 from diffusion_planner_ros.planning.stages import InverseStage, SampleStage
 
 
@@ -123,7 +123,7 @@ class JointDiffusionPlanner(BasePlanner):
                            device=self.device, **common)
         clock.mark('sample')
         if not torch.isfinite(plans).all():
-            raise RuntimeError(f'{self.method} sampling diverged: the guide\'s gradient grew '
+            raise SamplingDiverged(f'{self.method} sampling diverged: the guide\'s gradient grew '
                                f'without bound (value_guidance_scale '
                                f'{self.config.value_guidance_scale} is too large)')
         best = 0

@@ -26,6 +26,10 @@ from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
 from diffusion_planner_ros.planning.stages import InverseStage, PriorStage, RefineStage
 
 
+class SamplingDiverged(RuntimeError):
+    """A guided sampling chain produced NaN or inf: reported, never turned into actions."""
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present; 'cuda' without CUDA is an error."""
     if name == 'auto':
