@@ -123,9 +123,9 @@ class JointDiffusionPlanner(BasePlanner):
                            device=self.device, **common)
         clock.mark('sample')
         if not torch.isfinite(plans).all():
-            raise SamplingDiverged(f'{self.method} sampling diverged: the guide\'s gradient grew '
-                               f'without bound (value_guidance_scale '
-                               f'{self.config.value_guidance_scale} is too large)')
+            raise SamplingDiverged(f'{self.method} sampling diverged: the guide\'s gradient '
+                                   f'grew without bound (value_guidance_scale '
+                                   f'{self.config.value_guidance_scale} is too large)')
         best = 0
         if count > 1:
             best = int(torch.argmax(self.objective(plans, 0, condition)))
