@@ -111,10 +111,14 @@ def evaluate(env_id: str, episodes: int, seed: int,
              max_episode_steps: int | None = None) -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds seed, seed + 1, ... (one random goal each).
 
-    max_episode_steps shortens episodes (smoke runs); None keeps the env's own limit.
+    A returns-conditioned planner starts each episode at target_return (None: its config's) and
+    the target decreases by each reward received. max_episode_steps shortens episodes (smoke
+    runs); None keeps the env's own limit.
     """
     if (planner is None) == (policy_name is None):
         raise ValueError('pass exactly one of planner and policy_name')
+    if planner is not None and planner.condition_kind == 'returns' and target_return is None:
+        target_return = planner.config.target_return
     env = make_env(env_id, **({'max_episode_steps': max_episode_steps}
                               if max_episode_steps else {}))
     policy = reference_policy(policy_name, env, seed) if policy_name else None
@@ -159,7 +163,7 @@ def summarize(results: list[EpisodeResult], random_return: float,
 
 
 SETTINGS = ('refine_steps', 'guidance_scale', 'noise_scale', 'replan_every',
-            'value_guidance_scale', 'warm_start_steps', 'candidates')
+            'value_guidance_scale', 'warm_start_steps', 'candidates', 'target_return')
 
 
 def method_label(planner: BasePlanner) -> str:

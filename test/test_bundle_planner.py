@@ -168,3 +168,36 @@ def test_unknown_planner_option_and_cuda_without_gpu(bundle_dir):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match='no CUDA'):
             TrajectoryDiffuserPlanner.from_bundle(bundle_dir, device='cuda')
+
+
+def test_returns_conditioned_evaluation_starts_at_the_target_and_spends_rewards(tmp_path):
+    from diffusion_planner_ros.evaluation import evaluate
+
+    hopper = 'Hopper-v5'
+    config = ExperimentConfig(
+        data=DataConfig(dataset_id='test/hopper-v0', env_id=hopper, condition='returns',
+                        horizon=8, history=3, returns_scale=100.0),
+        prior=PriorConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),
+        unet=UnetConfig(dim=8, dim_mults=(1, 2), embed_dim=8, embed_hidden=16),
+        planner=PlannerConfig(refine_steps=2, device='cpu', target_return=300.0))
+    torch.manual_seed(0)
+    dims = Dims(11, 3, 1)
+    normalizers = {'states': Normalizer(-10 * np.ones(11), 10 * np.ones(11)),
+                   'actions': Normalizer(-np.ones(3), np.ones(3))}
+    save_bundle(tmp_path, config, hopper, dims, -np.ones(3), np.ones(3), normalizers,
+                build_models(config, dims))
+    planner = TrajectoryDiffuserPlanner.from_bundle(tmp_path)
+    seen, plan = [], planner.plan
+
+    def spy(state, goal=None, returns_to_go=None):
+        seen.append(returns_to_go)
+        return plan(state, goal=goal, returns_to_go=returns_to_go)
+
+    planner.plan = spy
+    for target, expected in ((None, 300.0), (120.0, 120.0)):
+        seen.clear()
+        result = evaluate(hopper, 1, 0, planner=planner, target_return=target,
+                          progress=False, max_episode_steps=6)[0]
+        assert seen[0] == expected and len(seen) == result.steps
+        # Each reward received is taken off the target before the next plan.
+        assert expected - seen[-1] < result.episode_return and np.all(np.diff(seen) < 0)

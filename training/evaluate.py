@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument('--noise-scale', type=float, default=None,
                         help='alpha of Algorithm 1, line 20 (0 = posterior mean only)')
     parser.add_argument('--replan-every', type=int, default=None)
-    parser.add_argument('--target-return', type=float, default=None)
+    parser.add_argument('--target-return', type=float, default=None,
+                        help='returns-conditioned bundles: the target at the start of an '
+                             'episode (it decreases by each reward; default: the bundle\'s)')
     parser.add_argument('--value-guidance-scale', type=float, default=None,
                         help='Diffuser/DMEMM: alpha on the objective\'s gradient')
     parser.add_argument('--warm-start-steps', type=int, default=None,
@@ -75,7 +77,8 @@ def main() -> None:
             ('noise_scale', args.noise_scale), ('replan_every', args.replan_every),
             ('value_guidance_scale', args.value_guidance_scale),
             ('warm_start_steps', args.warm_start_steps), ('candidates', args.candidates),
-            ('device', args.device), ('backend', args.backend))
+            ('target_return', args.target_return), ('device', args.device),
+            ('backend', args.backend))
             if value is not None}
         planner = load_planner(args.bundle, **overrides)
         env_id, evaluation = planner.bundle.env_id, planner.bundle.config.evaluation
@@ -88,13 +91,10 @@ def main() -> None:
         env_id, dataset_id, method = resolve_env_id(args.env), '', args.policy
     if args.config:
         evaluation = load_config(args.config).evaluation
-    target = args.target_return
-    if planner is not None and planner.condition_kind == 'returns' and target is None:
-        target = planner.config.target_return
 
     # Episodes.
     results = evaluate(env_id, args.episodes, args.seed, planner=planner,
-                       policy_name=args.policy, target_return=target,
+                       policy_name=args.policy,
                        progress=not args.no_progress)
     row = {
         'env': env_id,
