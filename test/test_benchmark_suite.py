@@ -54,7 +54,7 @@ def test_bad_dataset_entries_are_named(tmp_path, datasets, message):
 
 
 def test_committed_suites_parse():
-    for name in ('quick', 'full', 'ablations'):
+    for name in ('quick', 'full', 'ablations', 'hopper'):
         suite = load_suite(REPO / 'config' / 'benchmark' / f'{name}.yaml')
         assert suite.datasets and suite.methods
 
