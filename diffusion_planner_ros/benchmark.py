@@ -176,7 +176,9 @@ class SuiteRunner:
         entry = self.suite.methods[name]
         bundle = self.bundle(dataset, name, seed)
         planner = load_planner(bundle, **entry.planner)
-        evaluation = planner.bundle.config.evaluation
+        # Reference returns belong to the dataset's protocol, not to the weights: the suite's
+        # config file holds them (a bundle trained before they were measured still scores right).
+        evaluation = load_config(self.suite.datasets[dataset]['config']).evaluation
         try:
             results = evaluate(planner.bundle.env_id, self.suite.episodes, self.suite.eval_seed,
                                planner=planner, progress=self.progress,

@@ -7,6 +7,7 @@ import yaml
 
 from diffusion_planner_ros import benchmark
 from diffusion_planner_ros.benchmark import SuiteRunner, load_suite
+from diffusion_planner_ros.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,8 @@ def test_a_diverging_method_is_tabulated_as_failed_and_the_suite_goes_on(tmp_pat
     runner = SuiteRunner(load_suite(path), tmp_path / 'out', progress=False)
     rows = runner.run()
     assert 'failed' not in rows[0] and 'value_guidance_scale' in rows[1]['failed']
+    # The reference returns are the suite config's, not the (tiny) bundle's defaults.
+    assert rows[0]['reference_return'] == load_config(config).evaluation.reference_return != 1.0
     lines = {x['name']: x for x in benchmark.aggregate(rows)}
     assert lines['dmemm_blowup']['failed_seeds'] == 1 and lines['dmemm']['failed_seeds'] == 0
     table = benchmark.markdown_table(list(lines.values()))
