@@ -75,7 +75,9 @@ class PlannerNode(LifecycleNode):
         p('plan_rate_hz', 20.0, _float_param('replans per second', 0.1, 1000.0))
         p('control_rate_hz', 100.0, _float_param('commands per second', 1.0, 2000.0))
         p('state_timeout_s', 0.5, _float_param('zero command when the state is older', 0.01, 60.))
-        p('target_return', 0.0, ParameterDescriptor(description='returns-to-go target'))
+        p('target_return', math.nan, ParameterDescriptor(
+            description='returns-to-go target of a returns-conditioned bundle (NaN: the '
+                        "bundle's planner.target_return)"))
         p('refine_steps', 3, _int_param('diffusion refinement steps k (0 = prior only)', 0, 1000))
         p('guidance_scale', 1.2, _float_param('classifier-free guidance w', 0.0, 100.0))
         p('noise_scale', 0.5, _float_param('alpha of Algorithm 1 line 20 (0 = posterior mean)',
@@ -420,8 +422,8 @@ class PlannerNode(LifecycleNode):
                     self._publish_command(self.chunk.next())
                     continue
             try:
-                plan = self.planner.plan(observation, goal=goal,
-                                         returns_to_go=self._target_return)
+                target = None if math.isnan(self._target_return) else self._target_return
+                plan = self.planner.plan(observation, goal=goal, returns_to_go=target)
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
                 self.chunk.clear()
