@@ -97,6 +97,25 @@ def test_shipped_bundle_onnx_plans_match_eager_and_goal_inpainting_is_captured()
     assert_same_plans(plan_sequence(fast, 8), plan_sequence(eager, 8), atol=1e-4)
 
 
+def test_shipped_hopper_bundle_plans_alike_on_both_paths_and_keeps_the_hopper_up():
+    from diffusion_planner_ros.envs import make_env
+
+    planners = [load_planner('models/hopper_medium_expert', 'cpu', backend=backend)
+                for backend in ('eager', 'onnx')]
+    assert planners[1].backend == 'onnx' and planners[1].condition_kind == 'returns'
+    env = make_env('hopper')
+    observation, _ = env.reset(seed=1000)
+    target = planners[0].config.target_return
+    for _ in range(40):
+        eager, fast = (planner.plan(observation, returns_to_go=target) for planner in planners)
+        np.testing.assert_allclose(fast.refined_states, eager.refined_states, atol=1e-4)
+        np.testing.assert_allclose(fast.actions, eager.actions, atol=1e-4)
+        observation, reward, terminated, _, _ = env.step(eager.actions[0].astype(np.float32))
+        target -= reward
+        assert not terminated
+    env.close()
+
+
 def test_a_new_input_shape_is_captured_again_not_replayed():
     stage = refine_stage()
     fast = make_stage(stage, 'onnx')
