@@ -326,29 +326,72 @@ def plot_score_latency(lines: list[dict], path: str | Path) -> Path:
 
 def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
                       steps: int = 120, plan_at: int = 20) -> Path:
-    """Draw a Trajectory Diffuser episode on the maze: prior plan, refined plan, executed path."""
+    """Draw one Trajectory Diffuser plan beside what was executed: prior, refined, actual.
+
+    A maze bundle is drawn on the maze (x, y); any other env as its first two state dimensions
+    against time (hopper: torso height and angle) over the plan's horizon.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from diffusion_planner_ros.data.maze import MazeGrid
-    from diffusion_planner_ros.envs import make_env, split_observation
+    from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
     planner = load_planner(bundle, replan_every=1)
     env = make_env(planner.bundle.env_id)
-    grid = MazeGrid.from_env(env)
     observation, _ = env.reset(seed=seed)
+    returns_to_go = planner.config.target_return if planner.condition_kind == 'returns' else None
     executed, shown = [], None
-    for step in range(steps):
+    for step in range(max(steps, plan_at + planner.horizon)):
         state, goal = split_observation(observation)
-        executed.append(state[:2])
-        plan = planner.plan(state, goal=goal)
+        executed.append(state)
+        plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go)
         if step == plan_at:
             shown = plan
-        observation, _, terminated, truncated, _ = env.step(plan.action.astype(np.float32))
+        observation, reward, terminated, truncated, _ = env.step(
+            plan.action.astype(np.float32))
+        if returns_to_go is not None:
+            returns_to_go -= float(reward)
         if terminated or truncated:
             break
+    executed = np.array(executed)
+    refine_label = f'refined plan (k={planner.config.refine_steps})'
+    if is_goal_env(planner.bundle.env_id):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        _draw_maze(ax, env)
+        ax.plot(executed[:, 0], executed[:, 1], '-', color='0.5', label='executed path')
+        if shown is not None and shown.prior_states is not None:
+            ax.plot(shown.prior_states[:, 0], shown.prior_states[:, 1], 'o-', ms=3,
+                    color='tab:blue', label=f'prior plan (step {plan_at})')
+        if shown is not None:
+            ax.plot(shown.refined_states[:, 0], shown.refined_states[:, 1], 'o-', ms=3,
+                    color='tab:green', label=refine_label)
+        ax.plot(*goal, '*', color='tab:red', ms=14, label='goal')
+        ax.legend(fontsize=7, loc='best')
+    else:
+        fig, axes = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+        for dim, ax in enumerate(axes):
+            ax.plot(np.arange(len(executed)), executed[:, dim], '-', color='0.5',
+                    label='executed')
+            if shown is not None:
+                span = plan_at + np.arange(len(shown.refined_states))
+                if shown.prior_states is not None:
+                    ax.plot(span, shown.prior_states[:, dim], 'o-', ms=3, color='tab:blue',
+                            label=f'prior plan (step {plan_at})')
+                ax.plot(span, shown.refined_states[:, dim], 'o-', ms=3, color='tab:green',
+                        label=refine_label)
+            ax.set_ylabel(f'state[{dim}]')
+        axes[-1].set_xlabel('env step')
+        axes[0].legend(fontsize=7, loc='best')
     env.close()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    return _save(fig, path)
+
+
+def _draw_maze(ax, env) -> None:
+    """Walls of a PointMaze env as grey squares, axes fitted to the maze."""
+    import matplotlib.pyplot as plt
+
+    from diffusion_planner_ros.data.maze import MazeGrid
+    grid = MazeGrid.from_env(env)
     for row in range(grid.rows):
         for col in range(grid.cols):
             if not grid.free[row, col]:
@@ -356,20 +399,9 @@ def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
                 half = grid.scaling / 2
                 ax.add_patch(plt.Rectangle((x - half, y - half), grid.scaling, grid.scaling,
                                            color='0.3'))
-    executed = np.array(executed)
-    ax.plot(executed[:, 0], executed[:, 1], '-', color='0.5', label='executed path')
-    if shown is not None and shown.prior_states is not None:
-        ax.plot(shown.prior_states[:, 0], shown.prior_states[:, 1], 'o-', ms=3, color='tab:blue',
-                label=f'prior plan (step {plan_at})')
-    if shown is not None:
-        ax.plot(shown.refined_states[:, 0], shown.refined_states[:, 1], 'o-', ms=3,
-                color='tab:green', label=f'refined plan (k={planner.config.refine_steps})')
-    ax.plot(*goal, '*', color='tab:red', ms=14, label='goal')
     ax.set_aspect('equal')
     ax.set_xlim(-grid.x_center, grid.x_center)
     ax.set_ylim(-grid.y_center, grid.y_center)
-    ax.legend(fontsize=7, loc='best')
-    return _save(fig, path)
 
 
 def write_report(out: str | Path, suite: Suite, command: str) -> dict:
