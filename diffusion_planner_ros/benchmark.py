@@ -183,8 +183,7 @@ class SuiteRunner:
             results = evaluate(planner.bundle.env_id, self.suite.episodes, self.suite.eval_seed,
                                planner=planner, progress=self.progress,
                                max_episode_steps=self.suite.max_episode_steps)
-            outcome = {**summarize(results, evaluation.random_return,
-                                   evaluation.reference_return)}
+            outcome = summarize(results, evaluation.random_return, evaluation.reference_return)
         except SamplingDiverged as error:
             # A method whose sampler blows up is a result too: kept, tabulated as failed, and
             # the suite goes on (delete the JSON to try again).
