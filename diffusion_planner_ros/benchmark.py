@@ -22,7 +22,7 @@ from diffusion_planner_ros.data.behavior import make_locomotion_dataset
 from diffusion_planner_ros.data.collect import CollectionConfig, collect_pointmaze
 from diffusion_planner_ros.data.minari_io import local_dataset_exists
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label, planner_settings,
-                                              summarize)
+                                              run_planner_episode, summarize)
 from diffusion_planner_ros.pipeline import train_method
 from diffusion_planner_ros.planning import SamplingDiverged, load_planner
 from diffusion_planner_ros.planning.bundle import derive_bundle
@@ -334,24 +334,19 @@ def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
+    from diffusion_planner_ros.envs import is_goal_env, make_env
     planner = load_planner(bundle, replan_every=1)
-    env = make_env(planner.bundle.env_id)
-    observation, _ = env.reset(seed=seed)
-    returns_to_go = planner.config.target_return if planner.condition_kind == 'returns' else None
-    executed, shown = [], None
-    for step in range(max(steps, plan_at + planner.horizon)):
-        state, goal = split_observation(observation)
+    env = make_env(planner.bundle.env_id, max_episode_steps=max(steps, plan_at + planner.horizon))
+    executed, seen = [], {}
+
+    def watch(step, state, goal, plan):
         executed.append(state)
-        plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go)
+        seen['goal'] = goal
         if step == plan_at:
-            shown = plan
-        observation, reward, terminated, truncated, _ = env.step(
-            plan.action.astype(np.float32))
-        if returns_to_go is not None:
-            returns_to_go -= float(reward)
-        if terminated or truncated:
-            break
+            seen['plan'] = plan
+
+    run_planner_episode(planner, env, seed, on_step=watch)
+    shown, goal = seen.get('plan'), seen['goal']
     executed = np.array(executed)
     refine_label = f'refined plan (k={planner.config.refine_steps})'
     if is_goal_env(planner.bundle.env_id):

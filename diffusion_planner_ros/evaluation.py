@@ -38,12 +38,20 @@ class EpisodeResult:
 
 
 def run_planner_episode(planner: BasePlanner, env, seed: int,
-                        target_return: float | None = None) -> EpisodeResult:
-    """One episode with replanning every ``replan_every`` steps; the env picks the goal."""
+                        target_return: float | None = None,
+                        on_step: Callable | None = None) -> EpisodeResult:
+    """One episode with replanning every ``replan_every`` steps; the env picks the goal.
+
+    A returns-conditioned planner starts at target_return (None: its config's) and the target
+    decreases by each reward received (the paper's protocol). on_step(step, state, goal, plan),
+    if given, sees each state and the plan its action comes from.
+    """
     observation, info = env.reset(seed=seed)
     planner.reset()
     result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
-    returns_to_go = target_return
+    returns_to_go = None
+    if planner.condition_kind == 'returns':
+        returns_to_go = planner.config.target_return if target_return is None else target_return
     chunk, done = None, False
     while not done:
         state, goal = split_observation(observation)
@@ -54,6 +62,8 @@ def run_planner_episode(planner: BasePlanner, env, seed: int,
             result.plan_ms.append(plan.timings_ms['total'])
             for stage, values in result.stage_ms.items():
                 values.append(plan.timings_ms.get(stage))
+        if on_step is not None:
+            on_step(result.steps, state, goal, plan)
         observation, reward, terminated, truncated, info = env.step(
             chunk[index].astype(np.float32))
         result.episode_return += float(reward)
@@ -111,14 +121,11 @@ def evaluate(env_id: str, episodes: int, seed: int,
              max_episode_steps: int | None = None) -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds seed, seed + 1, ... (one random goal each).
 
-    A returns-conditioned planner starts each episode at target_return (None: its config's) and
-    the target decreases by each reward received. max_episode_steps shortens episodes (smoke
-    runs); None keeps the env's own limit.
+    target_return is a returns-conditioned planner's start (run_planner_episode). max_episode_steps
+    shortens episodes (smoke runs); None keeps the env's own limit.
     """
     if (planner is None) == (policy_name is None):
         raise ValueError('pass exactly one of planner and policy_name')
-    if planner is not None and planner.condition_kind == 'returns' and target_return is None:
-        target_return = planner.config.target_return
     env = make_env(env_id, **({'max_episode_steps': max_episode_steps}
                               if max_episode_steps else {}))
     policy = reference_policy(policy_name, env, seed) if policy_name else None
