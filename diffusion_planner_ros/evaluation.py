@@ -20,6 +20,7 @@ from diffusion_planner_ros.data.behavior import BehaviorPolicy, action_source
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning.planner import BasePlanner
+from diffusion_planner_ros.planning.receding import episode_target, ReturnsToGo
 
 Policy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
@@ -49,15 +50,13 @@ def run_planner_episode(planner: BasePlanner, env, seed: int,
     observation, info = env.reset(seed=seed)
     planner.reset()
     result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
-    returns_to_go = None
-    if planner.condition_kind == 'returns':
-        returns_to_go = planner.config.target_return if target_return is None else target_return
+    returns_to_go = ReturnsToGo(episode_target(planner, target_return))
     chunk, done = None, False
     while not done:
         state, goal = split_observation(observation)
         index = result.steps % planner.config.replan_every
         if index == 0:
-            plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go)
+            plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go.value)
             chunk = plan.actions
             result.plan_ms.append(plan.timings_ms['total'])
             for stage, values in result.stage_ms.items():
@@ -69,9 +68,7 @@ def run_planner_episode(planner: BasePlanner, env, seed: int,
         result.episode_return += float(reward)
         result.success |= bool(info.get('success', False))
         result.steps += 1
-        if returns_to_go is not None:
-            # The paper's protocol: the target decreases by the reward received.
-            returns_to_go -= float(reward)
+        returns_to_go.spend(reward)
         done = terminated or truncated
     return result
 

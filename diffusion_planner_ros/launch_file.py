@@ -68,7 +68,9 @@ class _Interpreter:
                     raise LaunchFileError(f'LaunchConfiguration {args[0]!r} is not declared')
                 return self.arguments[args[0]]
             if name == 'PathJoinSubstitution':
-                return str(Path(*[str(part) for part in args[0]]))
+                # A part that is a list of substitutions is their concatenation, as in launch.
+                return str(Path(*[''.join(map(str, part)) if isinstance(part, list)
+                                  else str(part) for part in args[0]]))
             if name == 'FindPackageShare':
                 if args[0] != PACKAGE:
                     raise LaunchFileError(f'FindPackageShare({args[0]!r}): only {PACKAGE}')

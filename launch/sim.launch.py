@@ -1,12 +1,16 @@
-"""Start the MuJoCo sim bridge and the planner (and RViz) for one robot profile.
+"""Start the MuJoCo sim bridge and the planner (and RViz) for one robot.
 
-    ros2 launch diffusion_planner_ros sim.launch.py
+    ros2 launch diffusion_planner_ros sim.launch.py                 # the PointMaze ball
+    ros2 launch diffusion_planner_ros sim.launch.py robot:=hopper   # gymnasium's Hopper-v5
     ros2 launch diffusion_planner_ros sim.launch.py use_sim:=false \
         state_topic:=/my_robot/joint_states command_topic:=/my_controller/commands
 
 The launch-equivalent runner (`sim_graph`, used by `make demo` where launch_ros is missing)
-reads this file, so keep to DeclareLaunchArgument, LaunchConfiguration, PathJoinSubstitution,
-FindPackageShare, IfCondition and Node.
+reads this file, so keep to DeclareLaunchArgument, LaunchConfiguration, PathJoinSubstitution
+(whose parts may be lists, joined into one part), FindPackageShare, IfCondition and Node.
+
+``robot:=<name>`` picks three files by name: the profile config/robots/<name>.yaml, the bundle
+models/<name> and the parameters config/sim/<name>.yaml; each can still be given on its own.
 """
 
 from launch import LaunchDescription
@@ -20,14 +24,18 @@ from launch_ros.substitutions import FindPackageShare
 def generate_launch_description():
     """Bridge + planner + RViz, remapped to the ros2_control topic names."""
     return LaunchDescription([
+        DeclareLaunchArgument('robot', default_value='pointmaze_umaze',
+                              description='pointmaze_umaze or hopper: picks profile, bundle '
+                                          'and params by name'),
         DeclareLaunchArgument('profile', default_value=PathJoinSubstitution(
             [FindPackageShare('diffusion_planner_ros'), 'config', 'robots',
-             'pointmaze_umaze.yaml']), description='robot profile YAML'),
+             [LaunchConfiguration('robot'), '.yaml']]), description='robot profile YAML'),
         DeclareLaunchArgument('bundle', default_value=PathJoinSubstitution(
-            [FindPackageShare('diffusion_planner_ros'), 'models', 'pointmaze_umaze']),
+            [FindPackageShare('diffusion_planner_ros'), 'models', LaunchConfiguration('robot')]),
             description='planner bundle directory'),
         DeclareLaunchArgument('params', default_value=PathJoinSubstitution(
-            [FindPackageShare('diffusion_planner_ros'), 'config', 'sim_params.yaml']),
+            [FindPackageShare('diffusion_planner_ros'), 'config', 'sim',
+             [LaunchConfiguration('robot'), '.yaml']]),
             description='ROS parameters YAML'),
         DeclareLaunchArgument('use_sim', default_value='true',
                               description='start the MuJoCo bridge (false: a real driver)'),
@@ -46,7 +54,9 @@ def generate_launch_description():
             remappings=[('joint_states', LaunchConfiguration('state_topic')),
                         ('commands', LaunchConfiguration('command_topic')),
                         ('robot_markers', '/robot_markers'),
-                        ('episode_goal', '/episode_goal')],
+                        ('episode_goal', '/episode_goal'),
+                        ('reward', '/reward'),
+                        ('episode_end', '/episode_end')],
             output='screen',
         ),
         Node(
@@ -59,6 +69,8 @@ def generate_launch_description():
             remappings=[('joint_states', LaunchConfiguration('state_topic')),
                         ('commands', LaunchConfiguration('command_topic')),
                         ('goal_pose', '/goal_pose'),
+                        ('reward', '/reward'),
+                        ('episode_end', '/episode_end'),
                         ('plan', '/plan'),
                         ('plan_markers', '/plan_markers')],
             output='screen',

@@ -86,6 +86,6 @@ def test_a_diverging_method_is_tabulated_as_failed_and_the_suite_goes_on(tmp_pat
 
 
 def test_example_plan_of_a_locomotion_bundle_is_drawn_against_time(tmp_path):
-    path = benchmark.plot_example_plan(REPO / 'models' / 'hopper_medium_expert',
+    path = benchmark.plot_example_plan(REPO / 'models' / 'hopper',
                                        tmp_path / 'hopper.png', steps=10, plan_at=2)
     assert path.stat().st_size > 10_000

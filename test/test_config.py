@@ -7,7 +7,7 @@ from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, UnetConf
 from conftest import REPO
 
 
-SHIPPED = sorted(p.name for p in (REPO / 'config').glob('*.yaml') if p.name != 'sim_params.yaml')
+SHIPPED = sorted(p.name for p in (REPO / 'config').glob('*.yaml'))
 
 
 @pytest.mark.parametrize('name', SHIPPED)

@@ -100,7 +100,7 @@ def test_shipped_bundle_onnx_plans_match_eager_and_goal_inpainting_is_captured()
 def test_shipped_hopper_bundle_plans_alike_on_both_paths_and_keeps_the_hopper_up():
     from diffusion_planner_ros.envs import make_env
 
-    planners = [load_planner('models/hopper_medium_expert', 'cpu', backend=backend)
+    planners = [load_planner('models/hopper', 'cpu', backend=backend)
                 for backend in ('eager', 'onnx')]
     assert planners[1].backend == 'onnx' and planners[1].condition_kind == 'returns'
     env = make_env('hopper')

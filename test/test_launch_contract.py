@@ -1,12 +1,15 @@
 """The launch file against setup.py, the params YAML and the topics the nodes really use."""
 
 import ast
+import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from diffusion_planner_ros.launch_file import LaunchFileError, read_launch_file
+from diffusion_planner_ros.robots import load_profile
 from conftest import REPO
 
 LAUNCH = REPO / 'launch' / 'sim.launch.py'
@@ -53,13 +56,24 @@ def test_every_node_runs_an_installed_console_script(launch):
         assert f'def {function}(' in (REPO / (module.replace('.', '/') + '.py')).read_text()
 
 
-def test_params_file_keys_match_node_names_and_declared_parameters(launch):
-    args, nodes = launch
+ROBOTS = sorted(p.stem for p in (REPO / 'config' / 'sim').glob('*.yaml'))
+
+
+def test_every_shipped_robot_has_profile_bundle_and_params():
+    assert set(ROBOTS) >= {'pointmaze_umaze', 'hopper'}
+    for robot in ROBOTS:
+        assert (REPO / 'config' / 'robots' / f'{robot}.yaml').is_file(), robot
+        assert (REPO / 'models' / robot / 'config.json').is_file(), robot
+
+
+@pytest.mark.parametrize('robot', ROBOTS)
+def test_params_file_keys_match_node_names_and_declared_parameters(robot):
+    args, nodes = read_launch_file(LAUNCH, REPO, {'robot': robot})
     params = yaml.safe_load((REPO / args['params'].replace(str(REPO) + '/', '')).read_text())
     ours = {n.name: n for n in nodes if n.package == 'diffusion_planner_ros'}
     assert set(params) == set(ours)
     for name, node in ours.items():
-        assert node.params_files and all(p.endswith('sim_params.yaml') for p in node.params_files)
+        assert node.params_files == [str(REPO / 'config' / 'sim' / f'{robot}.yaml')]
         declared = declared_parameters(NODE_SOURCES[name])
         given = set(params[name]['ros__parameters']) | set(node.parameters)
         assert given <= declared, given - declared
@@ -74,6 +88,10 @@ def test_remappings_name_topics_the_nodes_use(launch):
         for source, _ in node.remappings:
             assert source in used, f'{node.name} remaps {source!r} but uses {sorted(used)}'
         assert {'joint_states', 'commands'} <= {s for s, _ in node.remappings}
+    # A topic both nodes remap (state, commands, reward, episode_end) meets on one name.
+    ours = [dict(n.remappings) for n in nodes if n.package == 'diffusion_planner_ros']
+    for topic in set(ours[0]) & set(ours[1]):
+        assert ours[0][topic] == ours[1][topic], topic
 
 
 def test_launch_arguments_reach_the_nodes():
@@ -87,11 +105,28 @@ def test_launch_arguments_reach_the_nodes():
         read_launch_file(LAUNCH, REPO, {'use_sims': 'false'})
 
 
-def test_installed_data_files_cover_what_the_launch_file_finds():
+def test_robot_argument_picks_files_by_name_and_each_can_be_overridden():
+    args, _ = read_launch_file(LAUNCH, REPO, {'robot': 'hopper'})
+    assert args['profile'] == str(REPO / 'config' / 'robots' / 'hopper.yaml')
+    assert args['bundle'] == str(REPO / 'models' / 'hopper')
+    assert args['params'] == str(REPO / 'config' / 'sim' / 'hopper.yaml')
+    args, nodes = read_launch_file(LAUNCH, REPO, {'robot': 'hopper', 'bundle': '/my/bundle'})
+    planner = next(n for n in nodes if n.name == 'planner_node')
+    assert planner.parameters['bundle'] == '/my/bundle'
+    assert planner.parameters['profile'].endswith('hopper.yaml')
+
+
+@pytest.mark.parametrize('robot', ROBOTS)
+def test_installed_data_files_cover_what_the_launch_file_finds(robot):
     setup = (REPO / 'setup.py').read_text()
     for folder in ("glob('launch/*.py')", "tree('config')", "tree('models')"):
         assert folder in setup
-    args, _ = read_launch_file(LAUNCH, REPO)
+    args, _ = read_launch_file(LAUNCH, REPO, {'robot': robot})
     for key in ('profile', 'bundle', 'params'):
         assert (REPO / args[key].replace(str(REPO) + '/', '')).exists(), key
     assert (REPO / 'config' / 'sim.rviz').is_file()
+    # The robot's bundle was trained for its profile's env and commands its actuators.
+    profile = load_profile(args['profile'])
+    meta = json.loads((Path(args['bundle']) / 'config.json').read_text())
+    assert meta['env_id'] == profile.env_id
+    assert meta['dims']['action'] == len(profile.actuators)

@@ -20,7 +20,7 @@ def test_sim_launch_file_loads_and_declares_its_arguments():
     source = PythonLaunchDescriptionSource(str(REPO / 'launch' / 'sim.launch.py'))
     description = source.get_launch_description(launch.LaunchContext())
     names = {a.name for a in description.get_launch_arguments()}
-    assert {'profile', 'bundle', 'params', 'use_sim', 'use_rviz', 'state_topic',
+    assert {'robot', 'profile', 'bundle', 'params', 'use_sim', 'use_rviz', 'state_topic',
             'command_topic'} <= names
     nodes = [e for e in description.entities if isinstance(e, launch_ros.actions.Node)]
     assert len(nodes) == 3

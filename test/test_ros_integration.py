@@ -17,7 +17,7 @@ from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from conftest import PYTHON  # noqa: E402
+from conftest import PYTHON, REPO  # noqa: E402
 from ros_helpers import (BUNDLE, get_planner_parameter, planner_args, PROFILE,  # noqa: E402
                          RELIABLE, set_planner_parameter, spin_until, start, stop)
 
@@ -194,3 +194,29 @@ def test_nodes_refuse_bad_start_parameters_with_their_names(ros_env, tmp_path):
         text = log.read_text()
         assert 'cannot start:' in text and named in text, text[-2000:]
         assert 'Traceback' not in text
+
+
+def test_sim_graph_hopper_lockstep_matches_evaluate(ros_env, tmp_path):
+    # robot:=hopper picks the hopper profile, bundle and rates; in lockstep the planner spends
+    # the bridge's /reward off its returns-to-go target and starts afresh at /episode_end, so
+    # its episodes are evaluate.py's, return for return.
+    from diffusion_planner_ros.envs import make_env
+    from diffusion_planner_ros.evaluation import run_planner_episode
+    from diffusion_planner_ros.planning import load_planner
+
+    out = tmp_path / 'graph.json'
+    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), 'robot:=hopper',
+                             '--episodes', '2', '--steps', '80', '--json', str(out)],
+                            env=ros_env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert summary['robot'] == 'hopper' and summary['timed_out'] == 0, result.stdout[-3000:]
+    assert summary['episode_ends'] == ['episode_steps', 'episode_steps']
+    planner = load_planner(REPO / 'models' / 'hopper', 'cpu')
+    env = make_env('Hopper-v5', max_episode_steps=80)
+    offline = [run_planner_episode(planner, env, seed).episode_return
+               for seed in summary['seeds']]
+    env.close()
+    assert np.allclose(summary['episode_returns'], offline, rtol=1e-6, atol=1e-6), \
+        (summary['episode_returns'], offline)
+    assert 'score_mean' in summary and summary['success_rate'] == 1.0

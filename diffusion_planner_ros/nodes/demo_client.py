@@ -1,9 +1,11 @@
 """demo_client: drives episodes of the sim graph over ROS and measures them.
 
-For each episode it sends the episode's random goal on goal_pose, asks the bridge for a new
-episode (~/reset), counts the joint_states that follow, and scores them the way the env does
-(sparse reward 1 within 0.45 m of the goal). The goal comes from the env's own seeded reset, the
-same one the bridge makes, so a lockstep run sees the same episodes as training/evaluate.py.
+For each episode it sends the episode's random goal on goal_pose (goal envs: the maze), asks the
+bridge for a new episode (~/reset) and follows it until the bridge's ``episode_end`` or the
+step limit: the return is the sum of the bridge's ``reward`` messages (the env's own rewards);
+success is reaching the goal (within 0.45 m) in a goal env, not falling (no termination) in a
+locomotion env. The goal comes from the env's own seeded reset, the same one the bridge makes,
+so a lockstep run sees the same episodes as training/evaluate.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from diffusion_planner_ros.envs import make_env, split_observation
@@ -40,11 +43,17 @@ class EpisodeRecord:
     """What one episode over ROS produced."""
 
     seed: int
-    goal: list
+    goal: list | None
     states: int = 0
-    episode_return: float = 0.0
+    rewards: list = field(default_factory=list)
+    end: str = ''  # the bridge's episode_end reason
     success: bool = False
     timed_out: bool = False
+
+    @property
+    def episode_return(self) -> float:
+        """Return the sum of the episode's rewards."""
+        return float(sum(self.rewards))
 
 
 @dataclass
@@ -61,7 +70,8 @@ class DemoClient(Node):
     def __init__(self, profile: RobotProfile, seed: int,
                  reset_service: str = '/sim_bridge_node/reset',
                  state_topic: str = '/joint_states', goal_topic: str = '/goal_pose',
-                 command_topic: str = '/effort_controller/commands'):
+                 command_topic: str = '/effort_controller/commands',
+                 reward_topic: str = '/reward', end_topic: str = '/episode_end'):
         super().__init__('demo_client')
         self.profile, self.seed, self.state_topic = profile, seed, state_topic
         self.env = make_env(profile.env_id)
@@ -70,9 +80,12 @@ class DemoClient(Node):
         self.create_subscription(JointState, state_topic, self._on_state, 100)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.create_subscription(Float64MultiArray, command_topic, self._on_command, 100)
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(Float64, reward_topic, self._on_reward, reliable)
+        self.create_subscription(String, end_topic, self._on_end, reliable)
         self.command_times: list[float] = []
         self._record: EpisodeRecord | None = None
-        self._goal = None
+        self._goal, self._steps = None, 0
         self.diagnostics: dict = {}
 
     def _on_state(self, msg: JointState) -> None:
@@ -84,11 +97,20 @@ class DemoClient(Node):
                 msg.name, msg.position, msg.velocity)
         except ValueError:
             return
-        near = bool(np.linalg.norm(observation[:2] - self._goal) <= GOAL_RADIUS)
-        if record.states > 0:  # the first state is the reset state, before any step
-            record.episode_return += float(near)
-        record.success |= near
+        if self._goal is not None:
+            record.success |= bool(np.linalg.norm(observation[:2] - self._goal) <= GOAL_RADIUS)
         record.states += 1
+
+    def _on_reward(self, msg: Float64) -> None:
+        record = self._record
+        if record is not None and not record.end and len(record.rewards) < self._steps:
+            record.rewards.append(float(msg.data))
+
+    def _on_end(self, msg: String) -> None:
+        record = self._record
+        # 'reset' ends the episode before this one (the client asked for the new one).
+        if record is not None and msg.data != 'reset':
+            record.end = msg.data
 
     def _on_command(self, msg: Float64MultiArray) -> None:
         if self._record is not None:
@@ -133,24 +155,36 @@ class DemoClient(Node):
         # Matching is seen from this node; give the two nodes a moment to see each other too.
         self.spin_until(executor, lambda: False, 1.0)
 
-    def run_episode(self, executor, episode: int, steps: int, timeout_s: float) -> EpisodeRecord:
-        """Episode ``episode`` of the bridge (seed = seed + episode), ``steps`` env steps."""
+    def run_episode(self, executor, episode: int, steps: int, timeout_s: float,
+                    bridge_ends: bool = False) -> EpisodeRecord:
+        """Episode ``episode`` of the bridge (seed = seed + episode), ``steps`` env steps.
+
+        With ``bridge_ends`` the bridge ends the episode itself after ``steps`` (its
+        episode_steps), and the episode lasts until its episode_end; else until a termination
+        or ``steps`` states after the reset state.
+        """
         observation, _ = self.env.reset(seed=self.seed + episode)
         _, goal = split_observation(observation)
-        self._goal = goal
-        msg = PoseStamped()
-        msg.header.frame_id = self.profile.fixed_frame
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.pose.position.x, msg.pose.position.y = float(goal[0]), float(goal[1])
-        msg.pose.orientation.w = 1.0
-        self.goal_pub.publish(msg)
-        # Let the planner take the goal (and forget the last episode) before the reset state.
+        self._goal, self._steps = goal, steps
+        if goal is not None:
+            msg = PoseStamped()
+            msg.header.frame_id = self.profile.fixed_frame
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.pose.position.x, msg.pose.position.y = float(goal[0]), float(goal[1])
+            msg.pose.orientation.w = 1.0
+            self.goal_pub.publish(msg)
+        # Let the planner take the goal, or the last episode's end, before the reset state.
         self.spin_until(executor, lambda: False, 0.3)
-        record = EpisodeRecord(self.seed + episode, goal.tolist())
+        record = EpisodeRecord(self.seed + episode, None if goal is None else goal.tolist())
         self._record = record
         future = self.reset_client.call_async(Trigger.Request())
         self.spin_until(executor, future.done, 10.0)
-        record.timed_out = not self.spin_until(executor, lambda: record.states > steps,
-                                               timeout_s)
+        record.timed_out = not self.spin_until(
+            executor, lambda: record.end or (not bridge_ends and record.states > steps),
+            timeout_s)
+        # The last rewards may trail the last state on their own topic.
+        self.spin_until(executor, lambda: len(record.rewards) >= record.states - 1, 1.0)
+        if goal is None:
+            record.success = record.end != 'terminated' and not record.timed_out
         self._record = None
         return record

@@ -1,6 +1,8 @@
 """planner_node: receding-horizon Trajectory Diffuser planning over ROS 2.
 
-Subscribes ``joint_states`` and ``goal_pose``; publishes ``commands`` at control_rate_hz from the
+Subscribes ``joint_states`` and ``goal_pose``, and ``reward`` and ``episode_end`` where the robot
+reports them (a returns-conditioned bundle's target decreases by each reward, as in the paper,
+and starts again at each episode's end). Publishes ``commands`` at control_rate_hz from the
 current plan's action chunk, ``plan``, ``plan_markers`` and ``~/plan_latency_ms`` (one per plan)
 when someone listens, and /diagnostics. A lifecycle node (configure, activate, deactivate,
 cleanup); it drives itself to active unless ``autostart`` is false. Planning runs in a worker
@@ -34,14 +36,15 @@ from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64, Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads, LatencyStats,
-                                                     StampGate)
+from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
+                                                     episode_target, LatencyStats,
+                                                     ReturnsToGo, StampGate)
 from diffusion_planner_ros.nodes.runner import spin_node
 from diffusion_planner_ros.robots import Kinematics, load_profile
 
@@ -190,14 +193,20 @@ class PlannerNode(LifecycleNode):
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
         # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
         self._state_timeout_s = gp('state_timeout_s').value
-        self._target_return = gp('target_return').value
+        # The paper's protocol where the robot reports rewards (the sim bridge does): the
+        # returns-to-go target decreases by each reward and starts again at each episode's end.
+        self.returns_to_go = ReturnsToGo(episode_target(self.planner, gp('target_return').value))
         self._plan_budget_ms = 1e3 / gp('plan_rate_hz').value
         self._stamps = StampGate(stale_after_s=self._state_timeout_s)
         self.deadline_misses = 0
         self.rejected_states = 0
         self._lock = threading.Lock()
-        self._state = None          # (observation, receive time, sequence number)
+        self._state = None          # (observation, receive time, sequence number, episode step)
         self._state_sequence = 0
+        # Steps into the episode (distinct stamps since the last episode_end, the reset state
+        # being step 0), so a lockstep plan can wait for the reward of the step before it.
+        self._episode_step, self._last_stamp, self._episode = -1, None, 0
+        self._rewards_absent = False
         self._goal = None
         self._goal_version = 0
         self._history_stale = False
@@ -221,7 +230,12 @@ class PlannerNode(LifecycleNode):
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._entities = [
             self.command_pub, self.path_pub, self.marker_pub, self.timing_pub, self.diag_pub,
+            # The executor serves ready subscriptions in this order: a step's reward (sent
+            # before the state it led to) is spent before that state wakes the planner, and an
+            # episode's last state is taken before its end.
+            self.create_subscription(Float64, 'reward', self._on_reward, reliable),
             self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10),
+            self.create_subscription(String, 'episode_end', self._on_episode_end, reliable),
             self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10),
             self.create_timer(1.0, self._publish_diagnostics),
         ]
@@ -336,7 +350,8 @@ class PlannerNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(error))
         self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
         self._stamps.stale_after_s = self._state_timeout_s
-        self._target_return = new.get('target_return', self._target_return)
+        if 'target_return' in new:
+            self.returns_to_go.retarget(episode_target(self.planner, new['target_return']))
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             self._plan_budget_ms = 1e3 / plan_rate
             if not self.lockstep and self._active:
@@ -364,7 +379,10 @@ class PlannerNode(LifecycleNode):
             return
         with self._lock:
             self._state_sequence += 1
-            self._state = (observation, time.monotonic(), self._state_sequence)
+            if stamp != self._last_stamp:
+                self._episode_step, self._last_stamp = self._episode_step + 1, stamp
+            self._state = (observation, time.monotonic(), self._state_sequence,
+                           (self._episode, self._episode_step))
         if self.lockstep or self._plan_due.is_set():
             self._plan_due.clear()
             self._wake.set()
@@ -385,6 +403,22 @@ class PlannerNode(LifecycleNode):
         # plan, so a reset never lands in the middle of one.
         self.chunk.clear()
         self.get_logger().info(f'new goal {goal.round(3).tolist()}')
+
+    def _on_reward(self, msg: Float64) -> None:
+        if not math.isfinite(msg.data):
+            self._warn('reward:nan', f'dropped reward {msg.data}')
+            return
+        self.returns_to_go.spend(msg.data)
+
+    def _on_episode_end(self, msg: String) -> None:
+        # The next state starts a new episode: no actions of this one, no history, full target.
+        self.chunk.clear()
+        with self._lock:
+            self._history_stale = True
+            self._episode_step, self._last_stamp = -1, None
+            self._episode += 1
+            self.returns_to_go.reset()
+        self.get_logger().info(f'episode ended ({msg.data}): starting afresh')
 
     def _reject_state(self, problem: str) -> None:
         self.rejected_states += 1
@@ -408,7 +442,7 @@ class PlannerNode(LifecycleNode):
                 steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
-            observation, received, sequence = state
+            observation, received, sequence, episode_step = state
             if not self._active:
                 continue
             if self.lockstep:
@@ -421,15 +455,19 @@ class PlannerNode(LifecycleNode):
                     steps_since_plan += 1
                     self._publish_command(self.chunk.next())
                     continue
+            if self.lockstep and not self._await_rewards(*episode_step):
+                continue  # the state's episode ended while it waited
             try:
-                target = None if math.isnan(self._target_return) else self._target_return
-                plan = self.planner.plan(observation, goal=goal, returns_to_go=target)
+                plan = self.planner.plan(observation, goal=goal,
+                                         returns_to_go=self.returns_to_go.value)
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
                 self.chunk.clear()
                 self._publish_command(np.zeros(self.planner.action_dim))
                 self._warn('plan', f'planning failed, commanding zero: {error}')
                 continue
+            if self._episode != episode_step[0]:
+                continue  # planned from the last episode's state: no command for this one
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             self.chunk.replace(plan.actions, consumed=1)
             self._publish_command(plan.action)
@@ -443,6 +481,29 @@ class PlannerNode(LifecycleNode):
             if self.timing_pub.get_subscription_count():
                 self.timing_pub.publish(Float64(data=plan.timings_ms['total']))
             self._publish_plan(plan, goal)
+
+    def _await_rewards(self, episode: int, step: int, timeout_s: float = 0.5) -> bool:
+        """Wait until the rewards of the episode's steps so far are spent (lockstep only).
+
+        A step's reward goes out before the state it led to, but on its own topic, so it may
+        arrive after it; waiting for it makes a lockstep run plan with the target evaluate.py
+        uses. A robot that sends no rewards is noticed at the first wait and never waited for.
+        False when the state's episode ended meanwhile (the state is not planned on).
+        """
+        if self.returns_to_go.value is None or self._rewards_absent:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while self.returns_to_go.rewards < step and self._running:
+            if self._episode != episode:
+                return False
+            if time.monotonic() > deadline:
+                self._rewards_absent = True
+                self.get_logger().warning(
+                    f'no reward for step {step} within {timeout_s} s: planning without '
+                    'waiting for rewards from now on (the target stays where it is)')
+                return True
+            time.sleep(1e-4)
+        return self._episode == episode
 
     # Output --------------------------------------------------------------------------------
     def _on_control_tick(self) -> None:
@@ -517,6 +578,8 @@ class PlannerNode(LifecycleNode):
             'overhead_p99_ms': _fmt(self.overhead.percentile(99)),
             'deadline_misses': str(self.deadline_misses),
             'rejected_states': str(self.rejected_states),
+            'returns_to_go': _fmt(self.returns_to_go.value),
+            'rewards_received': str(self.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),
         }

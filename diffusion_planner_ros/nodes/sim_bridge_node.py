@@ -4,8 +4,11 @@ Publishes ``joint_states`` (the profile's joints, by name; effort = the command 
 actuated joint in the last step, 0 for the others), /clock and ``robot_markers`` (the robot, and
 the maze walls where there are some); applies the latest ``commands``
 (Float64MultiArray, one value per actuator in the profile's order) with zero-order hold, and
-zero after command_timeout_s. ``~/reset`` (std_srvs/Trigger) starts a new episode and publishes
-its goal on ``episode_goal``. Two modes: real time (one env step per env dt of wall time) and
+zero after command_timeout_s. Each step's reward goes out on ``reward`` (std_msgs/Float64) before
+the state it led to. An episode ends when the env terminates it (a fall), after episode_steps,
+or at ``~/reset``; ``episode_end`` (std_msgs/String: terminated, episode_steps or reset) says
+so, and the sim holds until ``~/reset`` starts the next one and publishes its goal on
+``episode_goal``. Two modes: real time (one env step per env dt of wall time) and
 lockstep (one env step per received command). Swap this node for a real driver by remapping.
 """
 
@@ -24,7 +27,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -40,6 +43,7 @@ except ImportError:
     TFMessage = None
 
 WARN_PERIOD_S = 2.0
+RESET_PAUSE_S = 0.1
 
 
 class SimBridgeNode(Node):
@@ -76,6 +80,8 @@ class SimBridgeNode(Node):
         self._applied = np.zeros(len(self.profile.actuators))
         self._last_warn: dict[str, float] = {}
         self.episode, self.sim_time, self.steps = 0, 0.0, 0
+        self.ended = False
+        self._reset_timer = None
         self.episode_steps = self.get_parameter('episode_steps').value
         self.goal = None
 
@@ -85,6 +91,9 @@ class SimBridgeNode(Node):
         self.clock_pub = self.create_publisher(Clock, '/clock', 10)
         self.marker_pub = self.create_publisher(MarkerArray, 'robot_markers', 10)
         self.goal_pub = self.create_publisher(PoseStamped, 'episode_goal', latched)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.reward_pub = self.create_publisher(Float64, 'reward', reliable)
+        self.end_pub = self.create_publisher(String, 'episode_end', reliable)
         self.tf_pub = self.create_publisher(TFMessage, '/tf', 10) if TFMessage else None
         self.create_subscription(Float64MultiArray, 'commands', self._on_command,
                                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -125,7 +134,7 @@ class SimBridgeNode(Node):
     def _reset_episode(self) -> None:
         observation, _ = self.env.reset(seed=self.get_parameter('seed').value + self.episode)
         _, self.goal = split_observation(observation)
-        self.steps = 0
+        self.steps, self.ended = 0, False
         with self._lock:
             self._command[:] = 0.0
             self._command_time = -math.inf
@@ -141,10 +150,27 @@ class SimBridgeNode(Node):
 
     def _on_reset(self, request, response):
         self.episode += 1
-        self._reset_episode()
         response.success = True
         response.message = f'episode {self.episode}'
+        if self.ended:
+            self._cancel_reset_timer()
+            self._reset_episode()
+            return response
+        # Ending a running episode: the end goes out first, and the next episode starts a pause
+        # later. Commands planned from the old episode's states meanwhile are dropped (the sim
+        # holds), and subscribers get the end, on its own topic, before the next first state.
+        self._end_episode('reset')
+        self._reset_timer = self.create_timer(RESET_PAUSE_S, self._on_reset_timer)
         return response
+
+    def _on_reset_timer(self) -> None:
+        self._cancel_reset_timer()
+        self._reset_episode()
+
+    def _cancel_reset_timer(self) -> None:
+        if self._reset_timer is not None:
+            self.destroy_timer(self._reset_timer)
+            self._reset_timer = None
 
     # Commands ------------------------------------------------------------------------------
     def _on_command(self, msg: Float64MultiArray) -> None:
@@ -172,20 +198,30 @@ class SimBridgeNode(Node):
         self._step(action)
 
     def _on_lockstep_watchdog(self) -> None:
-        holding = self.episode_steps and self.steps >= self.episode_steps
-        if not holding and time.monotonic() - self._last_publish > 1.0:
+        if not self.ended and time.monotonic() - self._last_publish > 1.0:
             self._warn('lockstep', 'no command for 1 s in lockstep: sending the state again')
             self._publish_state()
 
     def _step(self, action: np.ndarray) -> None:
-        if self.episode_steps and self.steps >= self.episode_steps:
+        if self.ended:
             return
-        # Step the bare env: episodes end by ~/reset or episode_steps, not gymnasium's limit.
-        self.env.unwrapped.step(action.astype(np.float32))
+        # Step the bare env: episodes end by a termination, ~/reset or episode_steps, not by
+        # gymnasium's time limit.
+        _, reward, terminated, _, _ = self.env.unwrapped.step(action.astype(np.float32))
         self._applied = action.astype(np.float64)
         self.steps += 1
         self.sim_time += self.dt
+        self.reward_pub.publish(Float64(data=float(reward)))
         self._publish_state()
+        if terminated:
+            self._end_episode('terminated')
+        elif self.episode_steps and self.steps >= self.episode_steps:
+            self._end_episode('episode_steps')
+
+    def _end_episode(self, reason: str) -> None:
+        self.ended = True
+        self.end_pub.publish(String(data=reason))
+        self.get_logger().info(f'episode {self.episode} ended after {self.steps} steps: {reason}')
 
     # Output --------------------------------------------------------------------------------
     def _stamp(self) -> Time:

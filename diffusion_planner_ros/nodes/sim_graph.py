@@ -25,9 +25,11 @@ import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
+from diffusion_planner_ros.evaluation import EpisodeResult, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
 from diffusion_planner_ros.nodes.demo_client import DemoClient
 from diffusion_planner_ros.nodes.lossy_relay import LossyRelay
+from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
 
 
@@ -148,7 +150,8 @@ def main(argv=None) -> None:
             raise RuntimeError(f'the planner does not listen on {lossy_topic}')
         for episode in range(1, args.episodes + 1):
             timeout = 120.0 if lockstep else demo_env_steps * 0.01 * 3 + 10
-            record = client.run_episode(executor, episode, demo_env_steps, timeout)
+            record = client.run_episode(executor, episode, demo_env_steps, timeout,
+                                        bridge_ends=lockstep)
             records.append(record)
             print(f'episode {episode}: seed {record.seed} success {record.success} return '
                   f'{record.episode_return:.0f} states {record.states}'
@@ -166,9 +169,13 @@ def main(argv=None) -> None:
         codes = stop_nodes(processes)
     summary = {
         'mode': 'lockstep' if lockstep else 'realtime',
+        'robot': launch_args['robot'],
         'episodes': len(records),
         'success_rate': float(np.mean([r.success for r in records])) if records else 0.0,
         'return_mean': float(np.mean([r.episode_return for r in records])) if records else 0.0,
+        'episode_returns': [r.episode_return for r in records],
+        'episode_ends': [r.end for r in records],
+        **_score(records, launch_args['bundle']),
         'timed_out': int(sum(r.timed_out for r in records)),
         'planner_diagnostics': diagnostics,
         'commands': rate,
@@ -178,7 +185,8 @@ def main(argv=None) -> None:
     if relay is not None:
         summary.update(drop_states=args.drop_states, **dropped)
     print(f'success rate {summary["success_rate"]:.3f} over {summary["episodes"]} episodes '
-          f'({summary["mode"]}), mean return {summary["return_mean"]:.1f}')
+          f'({summary["mode"]}), mean return {summary["return_mean"]:.1f}, normalised score '
+          f'{summary.get("score_mean", float("nan")):.1f}')
     for key in ('plan_latency_p50_ms', 'plan_latency_p99_ms', 'state_to_command_p50_ms',
                 'state_to_command_p99_ms', 'deadline_misses'):
         print(f'  {key}: {diagnostics.get(key, "n/a")}')
@@ -189,6 +197,17 @@ def main(argv=None) -> None:
         Path(args.json).write_text(json.dumps(summary, indent=2) + '\n')
     if any(code not in (0, -signal.SIGINT) for code in codes):
         raise SystemExit(f'a node exited with {codes}')
+
+
+def _score(records, bundle: str) -> dict:
+    """Normalised score against the bundle's reference returns (evaluate.py's figure)."""
+    if not records:
+        return {}
+    evaluation = read_config(bundle).evaluation
+    results = [EpisodeResult(r.seed, r.episode_return, r.success, len(r.rewards))
+               for r in records]
+    outcome = summarize(results, evaluation.random_return, evaluation.reference_return)
+    return {key: outcome[key] for key in ('score_mean', 'score_stderr')}
 
 
 def _bridge_seed(spec) -> int:

@@ -138,6 +138,15 @@ def read_method(path: str | Path) -> str:
     return method
 
 
+def read_config(path: str | Path) -> ExperimentConfig:
+    """Return the experiment config a bundle records, from its config.json alone."""
+    source = Path(path) / CONFIG_FILE
+    try:
+        return config_from_dict(_field(_read_json(source), 'config', dict, source))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'{source}: {error}') from error
+
+
 def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
                 expected_env_id: str | None = None) -> Bundle:
     """Load and check a bundle directory; every error names the file and what is wrong."""

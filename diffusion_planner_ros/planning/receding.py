@@ -6,6 +6,7 @@ chunk, so the command rate does not depend on the plan latency.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections import deque
@@ -63,6 +64,48 @@ class ActionChunk:
         """Forget the chunk (after a state timeout or a reset)."""
         with self._lock:
             self._actions, self._next = np.zeros((0, self.action_dim)), 0
+
+
+def episode_target(planner, target_return: float | None = None) -> float | None:
+    """Return the returns-to-go an episode starts at: target_return, else the planner's own.
+
+    None for a planner that is not returns-conditioned; a NaN target_return means unset.
+    """
+    if planner.condition_kind != 'returns':
+        return None
+    if target_return is None or math.isnan(target_return):
+        return planner.config.target_return
+    return float(target_return)
+
+
+class ReturnsToGo:
+    """The returns-to-go condition of one episode: the target, less each reward received.
+
+    This is the paper's evaluation protocol. ``value`` is None for a planner that is not
+    returns-conditioned (goal or unconditioned bundles), whatever it is given.
+    """
+
+    def __init__(self, target: float | None):
+        self.target = None if target is None else float(target)
+        self.spent, self.rewards = 0.0, 0
+
+    @property
+    def value(self) -> float | None:
+        """Return the target left for the rest of the episode."""
+        return None if self.target is None else self.target - self.spent
+
+    def spend(self, reward: float) -> None:
+        """Take one step's reward off the target."""
+        self.spent += float(reward)
+        self.rewards += 1
+
+    def retarget(self, target: float | None) -> None:
+        """Change the episode's target; what was spent stays spent."""
+        self.target = None if target is None else float(target)
+
+    def reset(self) -> None:
+        """Start the next episode at the target again."""
+        self.spent, self.rewards = 0.0, 0
 
 
 class LatencyStats:
