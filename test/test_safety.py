@@ -12,7 +12,7 @@ from test_bundle_planner import write_bundle
 from diffusion_planner_ros.data.minari_io import load_minari, read_episodes, validate_dataset_id
 from diffusion_planner_ros.envs import make_env
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import StampGate
+from diffusion_planner_ros.planning.receding import episode_target, ReturnsToGo, StampGate
 
 
 class RunsCode:
@@ -139,3 +139,26 @@ def test_stamp_gate_drops_stamps_out_of_order_and_in_the_future():
     assert 'older' in gate.check(0.5, now_s=100.3)
     assert gate.check(0.5, now_s=100.6) is None
     assert gate.check(0.51, now_s=100.61) is None
+
+
+def test_returns_to_go_spends_rewards_and_starts_again_at_the_target():
+    class Planner:
+        condition_kind = 'returns'
+        config = type('Config', (), {'target_return': 3000.0})()
+
+    assert episode_target(Planner()) == 3000.0
+    assert episode_target(Planner(), float('nan')) == 3000.0  # the node's "unset"
+    assert episode_target(Planner(), 2500.0) == 2500.0
+    Planner.condition_kind = 'goal'
+    assert episode_target(Planner(), 2500.0) is None
+    returns = ReturnsToGo(3000.0)
+    returns.spend(3.5)
+    returns.spend(1.5)
+    assert returns.value == 2995.0 and returns.rewards == 2
+    returns.retarget(2000.0)   # a new target mid-episode keeps what was spent
+    assert returns.value == 1995.0
+    returns.reset()
+    assert returns.value == 2000.0 and returns.rewards == 0
+    unconditioned = ReturnsToGo(None)
+    unconditioned.spend(1.0)
+    assert unconditioned.value is None
