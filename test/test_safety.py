@@ -12,7 +12,8 @@ from test_bundle_planner import write_bundle
 from diffusion_planner_ros.data.minari_io import load_minari, read_episodes, validate_dataset_id
 from diffusion_planner_ros.envs import make_env
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import episode_target, ReturnsToGo, StampGate
+from diffusion_planner_ros.planning.receding import (ActionChunk, episode_target, ReturnsToGo,
+                                                     StampGate)
 
 
 class RunsCode:
@@ -162,3 +163,19 @@ def test_returns_to_go_spends_rewards_and_starts_again_at_the_target():
     unconditioned = ReturnsToGo(None)
     unconditioned.spend(1.0)
     assert unconditioned.value is None
+
+
+def test_action_chunk_in_real_time_gives_the_action_of_the_step_under_way():
+    chunk = ActionChunk(1)
+    assert chunk.at(5.0, 0.01) is None
+    actions = np.arange(4.0)[:, None]   # (4, 1): action i for the i-th step after the state
+    chunk.replace(actions, start_s=10.0)
+    # A plan ready 12 ms after its state (period 8 ms) starts at action 1, not at action 0,
+    # which was due during the step the robot has already taken.
+    assert chunk.at(10.012, 0.008)[0] == 1.0
+    assert chunk.at(10.0, 0.008)[0] == 0.0
+    assert chunk.at(10.0161, 0.008)[0] == 2.0
+    assert chunk.at(11.0, 0.008)[0] == 3.0   # past the end: the last action holds
+    # Lockstep hands them out one per state instead.
+    chunk.replace(actions, consumed=1)
+    assert chunk.next()[0] == 1.0 and chunk.next()[0] == 2.0

@@ -469,8 +469,12 @@ class PlannerNode(LifecycleNode):
             if self._episode != episode_step[0]:
                 continue  # planned from the last episode's state: no command for this one
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
-            self.chunk.replace(plan.actions, consumed=1)
-            self._publish_command(plan.action)
+            if self.lockstep:
+                self.chunk.replace(plan.actions, consumed=1)
+                self._publish_command(plan.action)
+            else:
+                self.chunk.replace(plan.actions, start_s=received)
+                self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s))
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
             self.command_latency.add(state_to_command_ms)
@@ -519,7 +523,7 @@ class PlannerNode(LifecycleNode):
             self._warn('timeout', 'no fresh joint_states: commanding zero')
             self._publish_command(np.zeros(self.planner.action_dim))
             return
-        action = self.chunk.next()
+        action = self.chunk.at(time.monotonic(), self._control_period_s)
         if action is not None:
             self._publish_command(action)
 

@@ -34,22 +34,37 @@ def configure_threads(torch_threads: int,
 
 
 class ActionChunk:
-    """The current plan's actions, handed out one per control tick (thread-safe)."""
+    """The current plan's actions, handed out by step or by time (thread-safe).
+
+    In lockstep each received state takes the next action. In real time the action in force is
+    the one for the control step under way: action i covers [start + i T, start + (i + 1) T)
+    from the receive time of the state the plan started from, so a plan that took longer than
+    a period starts at the action for the step the robot is now in, not at one it has passed.
+    """
 
     def __init__(self, action_dim: int):
         self._lock = threading.Lock()
         self._actions = np.zeros((0, action_dim))
         self._next = 0
+        self._start_s = 0.0
         self.action_dim = action_dim
 
-    def replace(self, actions: np.ndarray, consumed: int = 0) -> None:
-        """Install a new chunk, of which ``consumed`` actions were already sent."""
+    def replace(self, actions: np.ndarray, consumed: int = 0, start_s: float = 0.0) -> None:
+        """Install a new chunk, of which ``consumed`` actions were sent, planned at start_s."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[1] != self.action_dim or not len(actions):
             raise ValueError(f'an action chunk must be (n >= 1, {self.action_dim}), '
                              f'got {actions.shape}')
         with self._lock:
-            self._actions, self._next = actions, consumed
+            self._actions, self._next, self._start_s = actions, consumed, start_s
+
+    def at(self, now_s: float, period_s: float) -> np.ndarray | None:
+        """Return the action for the control step under way at now_s (held past the end)."""
+        with self._lock:
+            if not len(self._actions):
+                return None
+            index = int((now_s - self._start_s) // period_s)
+            return self._actions[min(max(index, 0), len(self._actions) - 1)].copy()
 
     def next(self) -> np.ndarray | None:
         """Return the next action; past the end, hold the chunk's last one; None before any."""
