@@ -220,3 +220,49 @@ def test_sim_graph_hopper_lockstep_matches_evaluate(ros_env, tmp_path):
     assert np.allclose(summary['episode_returns'], offline, rtol=1e-6, atol=1e-6), \
         (summary['episode_returns'], offline)
     assert 'score_mean' in summary and summary['success_rate'] == 1.0
+
+
+def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_path):
+    from std_msgs.msg import Float64, String
+    from std_srvs.srv import Trigger
+
+    hopper = str(REPO / 'config' / 'robots' / 'hopper.yaml')
+    bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={hopper}', '-p',
+                                            'lockstep:=true'], ros_env, tmp_path, 'bridge')
+    rclpy.init()
+    node = Node('commander')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    states, rewards, ends = [], [], []
+    node.create_subscription(JointState, 'joint_states', states.append, 100)
+    node.create_subscription(Float64, 'reward', lambda m: rewards.append(m.data), RELIABLE)
+    node.create_subscription(String, 'episode_end', lambda m: ends.append(m.data), RELIABLE)
+    publisher = node.create_publisher(Float64MultiArray, 'commands', RELIABLE)
+    reset = node.create_client(Trigger, '/sim_bridge_node/reset')
+    try:
+        assert spin_until(executor, lambda: publisher.get_subscription_count() > 0
+                          and reset.service_is_ready(), 60), log.read_text()
+        spin_until(executor, lambda: False, 0.5)
+        # Full torque on every joint throws the hopper over within a few dozen steps.
+        for _ in range(200):
+            if ends:
+                break
+            count = len(states)
+            publisher.publish(Float64MultiArray(data=[1.0, 1.0, 1.0]))
+            spin_until(executor, lambda: len(states) > count or bool(ends), 5)
+        assert spin_until(executor, lambda: bool(ends), 5), log.read_text()[-2000:]
+        assert ends == ['terminated'] and 0 < len(rewards) < 200
+        # The sim holds: commands after the fall step nothing.
+        held, spent = len(states), len(rewards)
+        publisher.publish(Float64MultiArray(data=[1.0, 1.0, 1.0]))
+        spin_until(executor, lambda: False, 0.5)
+        assert len(states) == held and len(rewards) == spent
+        future = reset.call_async(Trigger.Request())
+        assert spin_until(executor, lambda: future.done() and len(states) > held, 10)
+        publisher.publish(Float64MultiArray(data=[0.0, 0.0, 0.0]))
+        assert spin_until(executor, lambda: len(rewards) == spent + 1, 5)  # stepping again
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        code = stop(bridge)
+    assert 'ended after' in log.read_text() and code == 0
