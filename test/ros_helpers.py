@@ -3,6 +3,7 @@
 The fixtures ros_env (a private domain on localhost) and driver live in conftest.py.
 """
 
+import json
 import os
 import subprocess
 import time
@@ -40,6 +41,16 @@ def stop(process):
     if process.poll() is None:
         process.send_signal(2)
     return process.wait(timeout=20)
+
+
+def run_sim_graph(args, env, tmp_path, timeout=400):
+    """Run sim_graph with ``args`` to the end; its output and its JSON summary."""
+    out = tmp_path / 'graph.json'
+    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), *args,
+                             '--json', str(out)], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout, json.loads(out.read_text())
 
 
 def planner_args(**launch):

@@ -6,7 +6,6 @@ figures come from training/fault_drill.py and training/soak.py (docs/reliability
 
 import json
 import math
-import os
 import signal
 import subprocess
 import time
@@ -27,8 +26,8 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from conftest import PYTHON, REPO  # noqa: E402
-from ros_helpers import (call_service, planner_args, PROFILE, RELIABLE, spin_until,  # noqa: E402
-                         start, stop)
+from ros_helpers import (call_service, planner_args, PROFILE, RELIABLE,  # noqa: E402
+                         run_sim_graph, spin_until, start, stop)
 
 FUZZ_MESSAGES = 10_000
 UMAZE_START = (-1.0, -1.0)   # a free cell of the U maze
@@ -251,14 +250,10 @@ def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
 
 
 def test_goals_reached_with_a_fifth_of_the_states_dropped(ros_env, tmp_path):
-    out = tmp_path / 'drop.json'
-    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), '--realtime',
-                             '--drop-states', '0.2', '--episodes', '2', '--json', str(out)],
-                            env=ros_env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads(out.read_text())
+    output, summary = run_sim_graph(['--realtime', '--drop-states', '0.2', '--episodes', '2'],
+                                    ros_env, tmp_path, timeout=300)
     assert summary['states_dropped'] > 0.1 * summary['states_relayed']
-    assert summary['success_rate'] >= 0.5, result.stdout[-2000:]
+    assert summary['success_rate'] >= 0.5, output[-2000:]
 
 
 def _lifecycle(node, executor, transition=None):

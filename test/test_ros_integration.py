@@ -3,10 +3,6 @@
 Each test runs in its own ROS domain limited to localhost, with bounded time.
 """
 
-import json
-import os
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -17,19 +13,15 @@ from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from conftest import PYTHON, REPO  # noqa: E402
+from conftest import REPO  # noqa: E402
 from ros_helpers import (BUNDLE, get_planner_parameter, planner_args, PROFILE,  # noqa: E402
-                         RELIABLE, set_planner_parameter, spin_until, start, stop)
+                         RELIABLE, run_sim_graph, set_planner_parameter, spin_until, start,
+                         stop)
 
 
 def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
-    out = tmp_path / 'graph.json'
-    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), '--episodes',
-                             '2', '--json', str(out)], env=ros_env, capture_output=True,
-                            text=True, timeout=400)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads(out.read_text())
-    assert summary['episodes'] == 2 and summary['timed_out'] == 0, result.stdout[-3000:]
+    output, summary = run_sim_graph(['--episodes', '2'], ros_env, tmp_path)
+    assert summary['episodes'] == 2 and summary['timed_out'] == 0, output[-3000:]
     assert summary['success_rate'] >= 0.5
     assert summary['seeds'] == [1000, 1001]
     assert float(summary['planner_diagnostics']['plan_latency_p50_ms']) > 0
@@ -204,13 +196,9 @@ def test_sim_graph_hopper_lockstep_matches_evaluate(ros_env, tmp_path):
     from diffusion_planner_ros.evaluation import run_planner_episode
     from diffusion_planner_ros.planning import load_planner
 
-    out = tmp_path / 'graph.json'
-    result = subprocess.run([os.path.join(os.path.dirname(PYTHON), 'sim_graph'), 'robot:=hopper',
-                             '--episodes', '2', '--steps', '80', '--json', str(out)],
-                            env=ros_env, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    summary = json.loads(out.read_text())
-    assert summary['robot'] == 'hopper' and summary['timed_out'] == 0, result.stdout[-3000:]
+    output, summary = run_sim_graph(['robot:=hopper', '--episodes', '2', '--steps', '80'],
+                                    ros_env, tmp_path)
+    assert summary['robot'] == 'hopper' and summary['timed_out'] == 0, output[-3000:]
     assert summary['episode_ends'] == ['episode_steps', 'episode_steps']
     planner = load_planner(REPO / 'models' / 'hopper', 'cpu')
     env = make_env('Hopper-v5', max_episode_steps=80)

@@ -201,7 +201,8 @@ class PlannerNode(LifecycleNode):
         self.deadline_misses = 0
         self.rejected_states = 0
         self._lock = threading.Lock()
-        self._state = None          # (observation, receive time, sequence number, episode step)
+        # (observation, receive time, sequence number, (episode number, step in the episode))
+        self._state = None
         self._state_sequence = 0
         # Steps into the episode (distinct stamps since the last episode_end, the reset state
         # being step 0), so a lockstep plan can wait for the reward of the step before it.
@@ -442,7 +443,7 @@ class PlannerNode(LifecycleNode):
                 steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
-            observation, received, sequence, episode_step = state
+            observation, received, sequence, (episode, step) = state
             if not self._active:
                 continue
             if self.lockstep:
@@ -455,7 +456,7 @@ class PlannerNode(LifecycleNode):
                     steps_since_plan += 1
                     self._publish_command(self.chunk.next())
                     continue
-            if self.lockstep and not self._await_rewards(*episode_step):
+            if self.lockstep and not self._await_rewards(episode, step):
                 continue  # the state's episode ended while it waited
             try:
                 plan = self.planner.plan(observation, goal=goal,
@@ -466,7 +467,7 @@ class PlannerNode(LifecycleNode):
                 self._publish_command(np.zeros(self.planner.action_dim))
                 self._warn('plan', f'planning failed, commanding zero: {error}')
                 continue
-            if self._episode != episode_step[0]:
+            if self._episode != episode:
                 continue  # planned from the last episode's state: no command for this one
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             if self.lockstep:
