@@ -22,7 +22,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from diffusion_planner_ros.envs import make_env, split_observation
+from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.robots import RobotProfile
 
 GOAL_RADIUS = 0.45
@@ -154,6 +154,12 @@ class DemoClient(Node):
                                f'{timeout_s:.0f} s')
         # Matching is seen from this node; give the two nodes a moment to see each other too.
         self.spin_until(executor, lambda: False, 1.0)
+        if not is_goal_env(self.profile.env_id):
+            # Without a goal the planner commands the bridge's first episode at once: let its
+            # first, slow plans (warm-up) pass before the first reset ends that episode, so no
+            # plan is still in flight across the reset's pauses.
+            self.spin_until(executor, lambda: int(self.diagnostics.get('plans', 0)) >= 20,
+                            timeout_s)
 
     def run_episode(self, executor, episode: int, steps: int, timeout_s: float,
                     bridge_ends: bool = False) -> EpisodeRecord:

@@ -81,7 +81,7 @@ class SimBridgeNode(Node):
         self._last_warn: dict[str, float] = {}
         self.episode, self.sim_time, self.steps = 0, 0.0, 0
         self.ended = False
-        self._reset_timer = None
+        self._reset_timer, self._reset_phases = None, []
         self.episode_steps = self.get_parameter('episode_steps').value
         self.goal = None
 
@@ -152,25 +152,32 @@ class SimBridgeNode(Node):
         self.episode += 1
         response.success = True
         response.message = f'episode {self.episode}'
+        if self._reset_phases[:1] == ['end']:
+            self._end_episode('reset')  # reset again within the pause: the end still goes out
+        self._cancel_reset_timer()
         if self.ended:
-            self._cancel_reset_timer()
             self._reset_episode()
             return response
-        # Ending a running episode: the end goes out first, and the next episode starts a pause
-        # later. Commands planned from the old episode's states meanwhile are dropped (the sim
-        # holds), and subscribers get the end, on its own topic, before the next first state.
-        self._end_episode('reset')
+        # Ending a running episode. The end and the states travel on different topics, so the
+        # sim holds at once (commands planned from its states are dropped), the end goes out a
+        # pause later, when the states already sent have arrived, and the next episode starts
+        # a pause after that: no subscriber takes a state into the wrong episode.
+        self.ended = True
+        self._reset_phases = ['end', 'start']
         self._reset_timer = self.create_timer(RESET_PAUSE_S, self._on_reset_timer)
         return response
 
     def _on_reset_timer(self) -> None:
+        if self._reset_phases.pop(0) == 'end':
+            self._end_episode('reset')
+            return
         self._cancel_reset_timer()
         self._reset_episode()
 
     def _cancel_reset_timer(self) -> None:
         if self._reset_timer is not None:
             self.destroy_timer(self._reset_timer)
-            self._reset_timer = None
+        self._reset_timer, self._reset_phases = None, []
 
     # Commands ------------------------------------------------------------------------------
     def _on_command(self, msg: Float64MultiArray) -> None:
@@ -221,7 +228,7 @@ class SimBridgeNode(Node):
     def _end_episode(self, reason: str) -> None:
         self.ended = True
         self.end_pub.publish(String(data=reason))
-        self.get_logger().info(f'episode {self.episode} ended after {self.steps} steps: {reason}')
+        self.get_logger().info(f'episode ended after {self.steps} steps: {reason}')
 
     # Output --------------------------------------------------------------------------------
     def _stamp(self) -> Time:
