@@ -81,7 +81,8 @@ class SimBridgeNode(Node):
         self._last_warn: dict[str, float] = {}
         self.episode, self.sim_time, self.steps = 0, 0.0, 0
         self.ended = False
-        self._reset_timer, self._reset_phases = None, []
+        # A reset of a running episode: its timer, and whether the end is still to go out.
+        self._reset_timer, self._end_pending = None, False
         self.episode_steps = self.get_parameter('episode_steps').value
         self.goal = None
 
@@ -152,7 +153,7 @@ class SimBridgeNode(Node):
         self.episode += 1
         response.success = True
         response.message = f'episode {self.episode}'
-        if self._reset_phases[:1] == ['end']:
+        if self._end_pending:
             self._end_episode('reset')  # reset again within the pause: the end still goes out
         self._cancel_reset_timer()
         if self.ended:
@@ -162,13 +163,13 @@ class SimBridgeNode(Node):
         # sim holds at once (commands planned from its states are dropped), the end goes out a
         # pause later, when the states already sent have arrived, and the next episode starts
         # a pause after that: no subscriber takes a state into the wrong episode.
-        self.ended = True
-        self._reset_phases = ['end', 'start']
+        self.ended, self._end_pending = True, True
         self._reset_timer = self.create_timer(RESET_PAUSE_S, self._on_reset_timer)
         return response
 
     def _on_reset_timer(self) -> None:
-        if self._reset_phases.pop(0) == 'end':
+        if self._end_pending:
+            self._end_pending = False
             self._end_episode('reset')
             return
         self._cancel_reset_timer()
@@ -177,7 +178,7 @@ class SimBridgeNode(Node):
     def _cancel_reset_timer(self) -> None:
         if self._reset_timer is not None:
             self.destroy_timer(self._reset_timer)
-        self._reset_timer, self._reset_phases = None, []
+        self._reset_timer, self._end_pending = None, False
 
     # Commands ------------------------------------------------------------------------------
     def _on_command(self, msg: Float64MultiArray) -> None:

@@ -141,8 +141,12 @@ def read_method(path: str | Path) -> str:
 def read_config(path: str | Path) -> ExperimentConfig:
     """Return the experiment config a bundle records, from its config.json alone."""
     source = Path(path) / CONFIG_FILE
+    return _config(_field(_read_json(source), 'config', dict, source), source)
+
+
+def _config(raw: dict, source: Path) -> ExperimentConfig:
     try:
-        return config_from_dict(_field(_read_json(source), 'config', dict, source))
+        return config_from_dict(raw)
     except (TypeError, ValueError) as error:
         raise ValueError(f'{source}: {error}') from error
 
@@ -178,10 +182,7 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     if recorded != method:
         raise ValueError(f'{source}: field method {method!r} disagrees with config.method.name '
                          f'{recorded!r}')
-    try:
-        config = config_from_dict(raw_config)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f'{source}: {error}') from error
+    config = _config(raw_config, source)
     # Bundles written before the method section existed record the method only at the top.
     config = replace(config, method=replace(config.method, name=method))
     files = weight_files(method)
