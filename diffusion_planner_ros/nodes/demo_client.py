@@ -86,6 +86,7 @@ class DemoClient(Node):
         self.command_times: list[float] = []
         self._record: EpisodeRecord | None = None
         self._goal, self._steps = None, 0
+        self._bridge_ended = False  # the bridge's first episode runs until the first reset
         self.diagnostics: dict = {}
 
     def _on_state(self, msg: JointState) -> None:
@@ -107,6 +108,7 @@ class DemoClient(Node):
             record.rewards.append(float(msg.data))
 
     def _on_end(self, msg: String) -> None:
+        self._bridge_ended = True
         record = self._record
         # 'reset' ends the episode before this one (the client asked for the new one).
         if record is not None and msg.data != 'reset':
@@ -182,9 +184,17 @@ class DemoClient(Node):
         # Let the planner take the goal, or the last episode's end, before the reset state.
         self.spin_until(executor, lambda: False, 0.3)
         record = EpisodeRecord(self.seed + episode, None if goal is None else goal.tolist())
-        self._record = record
+        ended, self._bridge_ended = self._bridge_ended, False
+        if ended:
+            # The bridge starts the next episode at once: its first state may beat the reply.
+            self._record = record
         future = self.reset_client.call_async(Trigger.Request())
         self.spin_until(executor, future.done, 10.0)
+        if not ended:
+            # A running episode holds at the reset and the next starts a pause later: let what
+            # the old one sent arrive first, so none of it counts for this one.
+            self.spin_until(executor, lambda: False, 0.05)
+            self._record = record
         record.timed_out = not self.spin_until(
             executor, lambda: record.end or (not bridge_ends and record.states > steps),
             timeout_s)
