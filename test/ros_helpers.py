@@ -107,6 +107,9 @@ def call_service(node, executor, service_type, name, request):
     client = node.create_client(service_type, name)
     try:
         assert spin_until(executor, client.service_is_ready, 60), f'{name} not available'
+        # Ready means the server sees the request writer; its reply writer may not be matched
+        # with this client yet, and a reply sent before that is lost (seen once in a full run).
+        spin_until(executor, lambda: False, 0.5)
         future = client.call_async(request)
         assert spin_until(executor, future.done, 10), f'{name} did not answer'
         return future.result()
