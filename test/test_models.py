@@ -5,6 +5,7 @@ import torch
 
 from diffusion_planner_ros.config import InverseDynamicsConfig, PriorConfig, UnetConfig
 from diffusion_planner_ros.models import InverseDynamics, TemporalUnet, TrajectoryPrior
+from diffusion_planner_ros.models.unet import ExpMish, with_exp_mish
 
 
 def small_prior(block_size=12) -> TrajectoryPrior:
@@ -63,6 +64,24 @@ def test_unet_shapes_and_condition_mask():
     dropped_b = unet(x, k, torch.randn(3, 2), torch.zeros(3))
     assert torch.allclose(dropped_a, dropped_b)
     assert not torch.allclose(out, dropped_a)
+
+
+def test_exp_mish_is_mish_to_float_precision():
+    x = torch.cat([torch.linspace(-100.0, 100.0, 40001), torch.tensor([0.0, 19.99, 20.0, 20.01])])
+    assert torch.allclose(ExpMish()(x), torch.nn.functional.mish(x), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(ExpMish()(torch.tensor([1e4, -1e4]))).all()
+
+
+def test_with_exp_mish_swaps_every_mish_in_a_copy_and_keeps_the_output():
+    torch.manual_seed(0)
+    unet = TemporalUnet(UnetConfig(dim=16, dim_mults=(1, 2, 4)), 4, 2, 16).eval()
+    swapped = with_exp_mish(unet)
+    kinds = {type(m) for m in swapped.modules()}
+    assert ExpMish in kinds and torch.nn.Mish not in kinds
+    assert any(isinstance(m, torch.nn.Mish) for m in unet.modules())  # the original is untouched
+    x, k, cond = torch.randn(2, 16, 4), torch.tensor([3, 70]), torch.randn(2, 2)
+    with torch.no_grad():
+        assert torch.allclose(swapped(x, k, cond), unet(x, k, cond), atol=1e-5)
 
 
 def test_unet_horizon_must_fit_the_downsampling():

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from diffusion_planner_ros.config import BACKENDS
+from diffusion_planner_ros.models.unet import with_exp_mish
 
 LOG = logging.getLogger(__name__)
 
@@ -175,17 +176,19 @@ class OnnxStage(CapturedStage):
         key = self._cache_key(inputs)
         if key not in _ONNX_CACHE:
             names = [f'input_{index}' for index in range(len(inputs))]
+            # The same function with Mish on exp: ONNX Runtime's Softplus kernel is slow.
+            module = with_exp_mish(self.module)
             buffer = io.BytesIO()
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter('ignore')
                 try:
                     # The TorchScript exporter: seconds per stage where torch.export takes tens.
-                    torch.onnx.export(self.module, tuple(inputs), buffer, input_names=names,
+                    torch.onnx.export(module, tuple(inputs), buffer, input_names=names,
                                       output_names=['output'], dynamo=False)
                 except Exception as error:  # noqa: BLE001 - deprecated since torch 2.9
                     LOG.info('TorchScript ONNX export failed (%s); using torch.export', error)
                     buffer = io.BytesIO()
-                    torch.onnx.export(self.module, tuple(inputs), buffer, input_names=names,
+                    torch.onnx.export(module, tuple(inputs), buffer, input_names=names,
                                       output_names=['output'], dynamo=True)
             _ONNX_CACHE[key] = buffer.getvalue()
         options = onnxruntime.SessionOptions()
