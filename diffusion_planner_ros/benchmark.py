@@ -21,6 +21,7 @@ from diffusion_planner_ros.config import METHODS, load_config
 from diffusion_planner_ros.data.behavior import make_locomotion_dataset
 from diffusion_planner_ros.data.collect import CollectionConfig, collect_pointmaze
 from diffusion_planner_ros.data.minari_io import local_dataset_exists
+from diffusion_planner_ros.envs import is_goal_env
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label, planner_settings,
                                               run_planner_episode, summarize)
 from diffusion_planner_ros.pipeline import train_method
@@ -245,6 +246,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                           'train_seeds': 0, 'failed_seeds': len(failed),
                           'failed': failed[0]['failed']})
             continue
+        group.sort(key=lambda r: r['train_seed'])
         scale = 100.0 / (group[0]['reference_return'] - group[0]['random_return'])
         returns = np.concatenate([r['episode_returns'] for r in group])
         scores = (returns - group[0]['random_return']) * scale
@@ -252,6 +254,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                                     * scale)) for r in group]
         lines.append({
             'dataset': dataset, 'name': name, 'method': group[0]['method'],
+            'env': group[0].get('env', ''),
             # Rows written before the fast paths existed ran eagerly.
             'backend': group[0].get('backend') or 'eager',
             'train_seeds': len(group), 'episodes': len(returns),
@@ -259,6 +262,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
             'score_stderr': float(scores.std(ddof=1) / np.sqrt(len(scores)))
             if len(scores) > 1 else 0.0,
             'seed_score_std': float(np.std(seed_means, ddof=1)) if len(group) > 1 else None,
+            # Each train seed's mean score, and the stderr of their mean: with few seeds and
+            # near-deterministic episodes (hopper), the spread between seeds is what matters.
+            'seed_scores': dict(zip((r['train_seed'] for r in group), seed_means)),
+            'seed_mean_stderr': (float(np.std(seed_means, ddof=1) / np.sqrt(len(group)))
+                                 if len(group) > 1 else None),
             'success_rate': float(np.mean(np.concatenate([r['episode_successes']
                                                           for r in group]))),
             'plan_ms_p50': float(np.median([r['plan_ms_p50'] for r in group])),
@@ -284,10 +292,28 @@ def markdown_table(lines: list[dict]) -> str:
             continue
         speed = f'{x["speedup_vs_dd"]:.1f}x' if x['speedup_vs_dd'] else '-'
         failed = f' (+{x["failed_seeds"]} failed)' if x.get('failed_seeds') else ''
+        # Only the mazes report success; a locomotion env has none to report.
+        success = (f'{x["success_rate"]:.2f}' if is_goal_env(x.get('env') or 'Maze')
+                   else '-')
         out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | {x["train_seeds"]} x '
                    f'{x["episodes"] // x["train_seeds"]}{failed} | {x["score_mean"]:.1f} +- '
-                   f'{x["score_stderr"]:.1f} | {x["success_rate"]:.2f} | '
+                   f'{x["score_stderr"]:.1f} | {success} | '
                    f'{x["plan_ms_p50"]:.1f} | {x["plan_ms_p99"]:.1f} | {speed} |')
+    return '\n'.join(out) + '\n'
+
+
+def seed_table(lines: list[dict]) -> str:
+    """Score per train seed and the mean +- stderr over seeds (markdown)."""
+    out = ['| dataset | method | train seeds | score per train seed | mean +- stderr over seeds |',
+           '|---|---|---|---|---|']
+    for x in lines:
+        if 'failed' in x:
+            continue
+        per_seed = ' / '.join(f'{score:.1f}' for score in x['seed_scores'].values())
+        seeds = ', '.join(str(seed) for seed in x['seed_scores'])
+        spread = (f'{x["score_mean"]:.1f} +- {x["seed_mean_stderr"]:.1f}'
+                  if x['seed_mean_stderr'] is not None else '-')
+        out.append(f'| {x["dataset"]} | {x["name"]} | {seeds} | {per_seed} | {spread} |')
     return '\n'.join(out) + '\n'
 
 
@@ -334,7 +360,7 @@ def plot_example_plan(bundle: str | Path, path: str | Path, seed: int = 1000,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from diffusion_planner_ros.envs import is_goal_env, make_env
+    from diffusion_planner_ros.envs import make_env
     planner = load_planner(bundle, replan_every=1)
     env = make_env(planner.bundle.env_id, max_episode_steps=max(steps, plan_at + planner.horizon))
     executed, seen = [], {}
@@ -407,12 +433,16 @@ def write_report(out: str | Path, suite: Suite, command: str) -> dict:
               f'Machine: {rows[0]["machine"] if rows else machine()}\n\n'
               f'Evaluation: {suite.episodes} episodes per train seed, env seeds '
               f'{suite.eval_seed}..{suite.eval_seed + suite.episodes - 1}.\n\n')
-    (out / 'table.md').write_text(header + markdown_table(lines))
+    pooled = ('The score column pools every episode of every train seed; its stderr leaves out '
+              'the spread between seeds, which the second table shows.\n\n')
+    (out / 'table.md').write_text(header + pooled + markdown_table(lines)
+                                  + '\n## Per train seed\n\n' + seed_table(lines))
     (out / 'table.json').write_text(json.dumps(lines, indent=2) + '\n')
     plots = {'score_latency': plot_score_latency(lines, out / 'score_vs_latency.png')}
     for dataset in sorted({x['dataset'] for x in lines}):
+        # A bundle trained in another checkout (runs/ is not committed) cannot be drawn here.
         td = [r for r in rows if r['dataset_name'] == dataset
-              and r['name'] == 'trajectory_diffuser']
+              and r['name'] == 'trajectory_diffuser' and Path(r['bundle']).is_dir()]
         if td:
             plots[f'example_{dataset}'] = plot_example_plan(
                 td[0]['bundle'], out / f'example_plan_{dataset}.png', suite.eval_seed,

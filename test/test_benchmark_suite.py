@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -55,7 +56,7 @@ def test_bad_dataset_entries_are_named(tmp_path, datasets, message):
 
 
 def test_committed_suites_parse():
-    for name in ('quick', 'full', 'ablations', 'hopper'):
+    for name in ('quick', 'full', 'ablations', 'hopper', 'hopper_ablations'):
         suite = load_suite(REPO / 'config' / 'benchmark' / f'{name}.yaml')
         assert suite.datasets and suite.methods
 
@@ -89,3 +90,24 @@ def test_example_plan_of_a_locomotion_bundle_is_drawn_against_time(tmp_path):
     path = benchmark.plot_example_plan(REPO / 'models' / 'hopper',
                                        tmp_path / 'hopper.png', steps=10, plan_at=2)
     assert path.stat().st_size > 10_000
+
+
+def test_seed_table_gives_each_train_seed_and_the_stderr_over_seeds():
+    def row(seed, returns):
+        return {'dataset_name': 'medium', 'name': 'td', 'method': 'trajectory_diffuser',
+                'env': 'Hopper-v5', 'backend': 'onnx', 'train_seed': seed,
+                'episode_returns': returns, 'episode_successes': [False] * len(returns),
+                'random_return': 0.0, 'reference_return': 100.0,
+                'plan_ms_p50': 9.0, 'plan_ms_p99': 12.0}
+
+    # Seeds listed out of order; seed 2 scores 30 and 50 (mean 40).
+    lines = benchmark.aggregate([row(2, [30.0, 50.0]), row(0, [80.0, 80.0]), row(1, [60.0, 60.0])])
+    line = lines[0]
+    assert list(line['seed_scores']) == [0, 1, 2]
+    assert line['seed_scores'] == {0: 80.0, 1: 60.0, 2: 40.0}
+    assert line['seed_mean_stderr'] == pytest.approx(20.0 / np.sqrt(3))
+    table = benchmark.seed_table(lines)
+    assert '| medium | td | 0, 1, 2 | 80.0 / 60.0 / 40.0 | 60.0 +- 11.5 |' in table
+    # Hopper reports no success: the pooled table says so instead of printing 0.00.
+    assert '| 3 x 2 | 60.0 +- ' in benchmark.markdown_table(lines)
+    assert '| - | 9.0 |' in benchmark.markdown_table(lines)
