@@ -5,7 +5,7 @@ import torch
 
 from diffusion_planner_ros.config import InverseDynamicsConfig, PriorConfig, UnetConfig
 from diffusion_planner_ros.models import InverseDynamics, TemporalUnet, TrajectoryPrior
-from diffusion_planner_ros.models.unet import ExpMish, with_exp_mish
+from diffusion_planner_ros.models.onnx_friendly import Conv1dAs2d, ExpMish, onnx_friendly
 
 
 def small_prior(block_size=12) -> TrajectoryPrior:
@@ -72,12 +72,23 @@ def test_exp_mish_is_mish_to_float_precision():
     assert torch.isfinite(ExpMish()(torch.tensor([1e4, -1e4]))).all()
 
 
-def test_with_exp_mish_swaps_every_mish_in_a_copy_and_keeps_the_output():
+@pytest.mark.parametrize('stride, padding, kernel', [(1, 2, 5), (2, 1, 3), (1, 0, 1)])
+def test_conv1d_as_2d_is_the_same_convolution(stride, padding, kernel):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 10, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        assert torch.allclose(Conv1dAs2d(conv)(x), conv(x), atol=1e-6)
+    with pytest.raises(ValueError, match='plain convolutions'):
+        Conv1dAs2d(torch.nn.Conv1d(6, 10, 3, groups=2))
+
+
+def test_onnx_friendly_rewrites_a_copy_and_keeps_the_output():
     torch.manual_seed(0)
     unet = TemporalUnet(UnetConfig(dim=16, dim_mults=(1, 2, 4)), 4, 2, 16).eval()
-    swapped = with_exp_mish(unet)
+    swapped = onnx_friendly(unet)
     kinds = {type(m) for m in swapped.modules()}
-    assert ExpMish in kinds and torch.nn.Mish not in kinds
+    assert {ExpMish, Conv1dAs2d} <= kinds and not {torch.nn.Mish, torch.nn.Conv1d} & kinds
     assert any(isinstance(m, torch.nn.Mish) for m in unet.modules())  # the original is untouched
     x, k, cond = torch.randn(2, 16, 4), torch.tensor([3, 70]), torch.randn(2, 2)
     with torch.no_grad():

@@ -9,7 +9,6 @@ condition of classifier-free guidance.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -32,32 +31,6 @@ class SinusoidalEmbedding(nn.Module):
         freqs = torch.exp(torch.arange(half, device=k.device) * -scale)
         angles = k.float()[:, None] * freqs[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-class ExpMish(nn.Module):
-    """Mish, x tanh(softplus(x)), written with exp and arithmetic only.
-
-    With n = e^x (e^x + 2), tanh(softplus(x)) = n / (n + 2). The same function as nn.Mish to
-    float rounding (x is clamped at 20 inside the exp, where both are x to float precision). The
-    ONNX path exports the U-Net with this in place of nn.Mish: ONNX Runtime's Softplus kernel is
-    scalar and took 12 us on 1024 floats here, against about 3 us for these six element-wise ops.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply Mish element-wise."""
-        e = torch.exp(torch.clamp(x, max=20.0))
-        n = e * (e + 2.0)
-        return x * (n / (n + 2.0))
-
-
-def with_exp_mish(module: nn.Module) -> nn.Module:
-    """Return a copy of ``module`` with every nn.Mish replaced by ExpMish (same weights)."""
-    module = copy.deepcopy(module)
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Mish):
-                setattr(parent, name, ExpMish())
-    return module
 
 
 class ConvBlock(nn.Sequential):

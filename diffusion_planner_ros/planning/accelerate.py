@@ -7,7 +7,8 @@ replaying it each tick:
 - ``cuda_graph``: the stage's kernels are recorded into a CUDA graph that reads static input
   buffers; a tick copies the inputs in and replays the graph. No host sync until a result is read.
 - ``onnx``: the stage is exported to ONNX and run by an ONNX Runtime CPU session (fused kernels,
-  no Python between ops).
+  no Python between ops). What is exported is a copy rewritten into the ops ONNX Runtime runs
+  fastest, the same function to float rounding (models/onnx_friendly.py).
 - ``eager``: the stage module itself, under inference mode.
 
 A stage is captured once per input signature (shapes, dtypes, device): a new signature, such as
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from diffusion_planner_ros.config import BACKENDS
-from diffusion_planner_ros.models.unet import with_exp_mish
+from diffusion_planner_ros.models.onnx_friendly import onnx_friendly
 
 LOG = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ class OnnxStage(CapturedStage):
         key = self._cache_key(inputs)
         if key not in _ONNX_CACHE:
             names = [f'input_{index}' for index in range(len(inputs))]
-            # The same function with Mish on exp: ONNX Runtime's Softplus kernel is slow.
-            module = with_exp_mish(self.module)
+            # The same function in the ops ONNX Runtime runs fastest (models/onnx_friendly.py).
+            module = onnx_friendly(self.module)
             buffer = io.BytesIO()
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter('ignore')
