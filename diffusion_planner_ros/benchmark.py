@@ -293,8 +293,8 @@ def markdown_table(lines: list[dict]) -> str:
         speed = f'{x["speedup_vs_dd"]:.1f}x' if x['speedup_vs_dd'] else '-'
         failed = f' (+{x["failed_seeds"]} failed)' if x.get('failed_seeds') else ''
         # Only the mazes report success; a locomotion env has none to report.
-        success = (f'{x["success_rate"]:.2f}' if is_goal_env(x.get('env') or 'Maze')
-                   else '-')
+        reports_success = not x.get('env') or is_goal_env(x['env'])
+        success = f'{x["success_rate"]:.2f}' if reports_success else '-'
         out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | {x["train_seeds"]} x '
                    f'{x["episodes"] // x["train_seeds"]}{failed} | {x["score_mean"]:.1f} +- '
                    f'{x["score_stderr"]:.1f} | {success} | '
