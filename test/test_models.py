@@ -5,7 +5,8 @@ import torch
 
 from diffusion_planner_ros.config import InverseDynamicsConfig, PriorConfig, UnetConfig
 from diffusion_planner_ros.models import InverseDynamics, TemporalUnet, TrajectoryPrior
-from diffusion_planner_ros.models.onnx_friendly import Conv1dAs2d, ExpMish, onnx_friendly
+from diffusion_planner_ros.models.onnx_friendly import (
+    Conv1dAs2d, ExpMish, GroupNormFullAffine, onnx_friendly)
 
 
 def small_prior(block_size=12) -> TrajectoryPrior:
@@ -83,12 +84,25 @@ def test_conv1d_as_2d_is_the_same_convolution(stride, padding, kernel):
         Conv1dAs2d(torch.nn.Conv1d(6, 10, 3, groups=2))
 
 
+def test_group_norm_full_affine_is_the_same_group_norm():
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 16)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 16, 8)
+    with torch.no_grad():
+        assert torch.allclose(GroupNormFullAffine(norm)(x), norm(x), atol=1e-5)
+    with pytest.raises(ValueError, match='affine'):
+        GroupNormFullAffine(torch.nn.GroupNorm(4, 16, affine=False))
+
+
 def test_onnx_friendly_rewrites_a_copy_and_keeps_the_output():
     torch.manual_seed(0)
     unet = TemporalUnet(UnetConfig(dim=16, dim_mults=(1, 2, 4)), 4, 2, 16).eval()
     swapped = onnx_friendly(unet)
     kinds = {type(m) for m in swapped.modules()}
-    assert {ExpMish, Conv1dAs2d} <= kinds and not {torch.nn.Mish, torch.nn.Conv1d} & kinds
+    assert {ExpMish, Conv1dAs2d, GroupNormFullAffine} <= kinds
+    assert not {torch.nn.Mish, torch.nn.Conv1d, torch.nn.GroupNorm} & kinds
     assert any(isinstance(m, torch.nn.Mish) for m in unet.modules())  # the original is untouched
     x, k, cond = torch.randn(2, 16, 4), torch.tensor([3, 70]), torch.randn(2, 2)
     with torch.no_grad():
