@@ -17,6 +17,22 @@ def test_shipped_configs_load(name):
     assert config_from_dict(config_to_dict(config)) == config
 
 
+# The paper's Table A6 returns-to-go targets and D4RL's expert reference returns.
+TABLE_A6 = {'hopper_medium_expert': 3700, 'hopper_medium': 3100, 'hopper_medium_replay': 3100,
+            'walker2d_medium_expert': 5100, 'walker2d_medium': 4200,
+            'walker2d_medium_replay': 4200}
+D4RL_EXPERT = {'hopper': 3234.3, 'walker2d': 4592.3}
+
+
+@pytest.mark.parametrize('name', sorted(TABLE_A6))
+def test_locomotion_targets_are_table_a6_in_our_units(name):
+    config = load_config(REPO / 'config' / f'{name}.yaml')
+    scaled = TABLE_A6[name] / D4RL_EXPERT[name.split('_')[0]] * config.evaluation.reference_return
+    assert config.planner.target_return == pytest.approx(scaled, abs=0.1)
+    assert config.data.horizon == (16 if name.startswith('hopper') else 32)
+    assert (config.planner.refine_steps, config.planner.guidance_scale) == (5, 1.2)
+
+
 def test_a_base_config_is_updated_key_by_key(tmp_path):
     (tmp_path / 'base.yaml').write_text('data:\n  horizon: 16\n  history: 3\n'
                                         'planner:\n  guidance_scale: 1.5\n')
