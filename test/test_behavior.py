@@ -226,3 +226,18 @@ def test_a_benchmark_suite_collects_locomotion_data_from_kept_policies(tmp_path,
     with pytest.raises(ValueError, match='train_behavior.py'):
         ensure_dataset(spec, 'dpr/hopper-medium-v0', progress=False)
     assert not (tmp_path / 'datasets' / 'dpr' / 'hopper-medium-v0').exists()
+
+
+@pytest.mark.parametrize('env', ['hopper', 'walker2d'])
+def test_committed_policies_fit_their_env_and_the_expert_outwalks_random(env):
+    returns = {}
+    for label in ('medium', 'expert'):
+        policy = BehaviorPolicy.load(REPO / 'models' / 'behavior' / f'{env}-{label}')
+        spaces = make_env(env)
+        assert policy.card.obs_dim == spaces.observation_space.shape[0]
+        assert policy.card.action_dim == spaces.action_space.shape[0]
+        returns[label] = episode_returns(rollout_episodes(env, policy, 300, seed=5))
+    returns['random'] = episode_returns(rollout_episodes(env, None, 300, seed=5))
+    # A policy that stays up earns several hundred in 300 steps; random actions fall at once.
+    for label in ('medium', 'expert'):
+        assert np.mean(returns[label]) > 5 * max(np.mean(returns['random']), 10.0), returns
