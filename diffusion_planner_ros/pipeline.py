@@ -86,7 +86,9 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
             log(f'{name}: resumed at step {trainer.step}')
         losses = trainer.train(setup.steps, train_cfg.seed, train_cfg.log_every,
                                train_cfg.checkpoint_every, progress=progress)
-        print(f'rank {context.rank} {name} checksum {parameter_checksum(trainer.model):.6f}')
+        # Flushed at once: a rank's buffered stdout can be lost when the launcher ends the job.
+        print(f'rank {context.rank} {name} checksum {parameter_checksum(trainer.model):.6f}',
+              flush=True)
         if context.is_main:
             weights_dir.mkdir(parents=True, exist_ok=True)
             final = trainer.final_model()
