@@ -230,10 +230,9 @@ def test_a_benchmark_suite_collects_locomotion_data_from_kept_policies(tmp_path,
 
 @pytest.mark.parametrize('env', ['hopper', 'walker2d'])
 def test_committed_policies_fit_their_env_and_the_expert_outwalks_random(env):
-    returns = {}
+    spaces, returns = make_env(env), {}
     for label in ('medium', 'expert'):
         policy = BehaviorPolicy.load(REPO / 'models' / 'behavior' / f'{env}-{label}')
-        spaces = make_env(env)
         assert policy.card.obs_dim == spaces.observation_space.shape[0]
         assert policy.card.action_dim == spaces.action_space.shape[0]
         returns[label] = episode_returns(rollout_episodes(env, policy, 300, seed=5))
