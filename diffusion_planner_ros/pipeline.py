@@ -94,8 +94,10 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
             final = trainer.final_model()
             save_file({k: v.detach().cpu().contiguous() for k, v in final.state_dict().items()},
                       str(weights_dir / f'{name}.safetensors'))
-            (weights_dir / f'{name}.losses.json').write_text(json.dumps(losses) + '\n')
-            log(f'{name}: final loss {losses[-1] if losses else float("nan"):.4f}')
+            # A checkpoint from before the history was kept resumes with none: keep the old curve.
+            if losses:
+                (weights_dir / f'{name}.losses.json').write_text(json.dumps(losses) + '\n')
+                log(f'{name}: final loss {losses[-1]:.4f}')
 
     # The bundle, once every network has weights.
     written = None

@@ -314,6 +314,8 @@ class ComponentTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.step = 0
+        # The logged losses since step 0; a checkpoint carries them across a resume.
+        self.losses: list[float] = []
 
     def _paths(self) -> tuple[Path, Path]:
         return (self.checkpoint_dir / f'{self.name}.safetensors',
@@ -333,7 +335,8 @@ class ComponentTrainer:
         tensors.update({f'optim.{k}': v for k, v in opt_tensors.items()})
         weights, meta = self._paths()
         save_file(tensors, str(weights))
-        meta.write_text(json.dumps({'step': self.step, 'optimizer': opt_meta}) + '\n')
+        meta.write_text(json.dumps({'step': self.step, 'optimizer': opt_meta,
+                                    'losses': self.losses}) + '\n')
 
     def try_resume(self) -> bool:
         """Load the checkpoint of this component if there is one."""
@@ -351,16 +354,18 @@ class ComponentTrainer:
             self.ema.model.load_state_dict(part('ema.'))
         _restore_optimizer(self.optimizer, part('optim.'), meta['optimizer'])
         self.step = int(meta['step'])
+        # Checkpoints written before the history was kept have none.
+        self.losses = [float(v) for v in meta.get('losses', [])]
         return True
 
     def train(self, steps: int, seed: int, log_every: int, checkpoint_every: int,
               progress: bool = True) -> list[float]:
-        """Run until ``steps`` gradient steps in total; returns the logged losses."""
+        """Run until ``steps`` gradient steps in total; returns the losses logged since step 0."""
         # Each rank and each resume point draws its own batches.
         rng = np.random.default_rng([seed, self.context.rank, self.step])
         torch.manual_seed(seed * 1009 + self.context.rank * 7919 + self.step)
         self.network.train()
-        losses, running = [], []
+        running = []
         bar = tqdm(total=steps, initial=self.step, desc=f'train {self.name}',
                    disable=not (progress and self.context.is_main))
         while self.step < steps:
@@ -377,14 +382,14 @@ class ComponentTrainer:
             running.append(loss.item())
             bar.update(1)
             if self.step % log_every == 0 or self.step == steps:
-                losses.append(float(np.mean(running)))
-                bar.set_postfix(loss=f'{losses[-1]:.4f}')
+                self.losses.append(float(np.mean(running)))
+                bar.set_postfix(loss=f'{self.losses[-1]:.4f}')
                 running = []
             if self.step % checkpoint_every == 0 or self.step == steps:
                 self.save_checkpoint()
         bar.close()
         self.network.eval()
-        return losses
+        return list(self.losses)
 
     def final_model(self) -> nn.Module:
         """Return the weights to ship: the EMA copy when there is one."""

@@ -83,6 +83,13 @@ def test_training_resumes_from_checkpoints(tiny_data, tmp_path):
     assert 'prior: resumed at step 10' in second
     meta = json.loads((tmp_path / 'run' / 'checkpoints' / 'prior.json').read_text())
     assert meta['step'] == 20
+    # The loss curve spans both runs (logged every 5 steps), not only the resumed part.
+    losses = json.loads((tmp_path / 'run' / 'weights' / 'prior.losses.json').read_text())
+    assert len(losses) == 4 and meta['losses'] == losses
+    # A run resumed at its last step trains nothing and keeps the curve.
+    third = run(args + steps(20, 0, 0), tmp_path)
+    assert 'prior: resumed at step 20' in third
+    assert json.loads((tmp_path / 'run' / 'weights' / 'prior.losses.json').read_text()) == losses
 
 
 def test_distributed_training_with_two_gloo_processes(tiny_data, tmp_path):
