@@ -102,7 +102,7 @@ def spin_until(executor, done, timeout_s):
     return done()
 
 
-def call_service(node, executor, service_type, name, request):
+def call_service(node, executor, service_type, name, request, timeout_s=10.0):
     # The first call may come while the node's process still imports torch: wait for it.
     client = node.create_client(service_type, name)
     try:
@@ -111,7 +111,7 @@ def call_service(node, executor, service_type, name, request):
         # with this client yet, and a reply sent before that is lost (seen once in a full run).
         spin_until(executor, lambda: False, 0.5)
         future = client.call_async(request)
-        assert spin_until(executor, future.done, 10), f'{name} did not answer'
+        assert spin_until(executor, future.done, timeout_s), f'{name} did not answer'
         return future.result()
     finally:
         node.destroy_client(client)

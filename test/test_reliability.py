@@ -259,8 +259,9 @@ def test_goals_reached_with_a_fifth_of_the_states_dropped(ros_env, tmp_path):
 def _lifecycle(node, executor, transition=None):
     if transition is not None:
         request = ChangeState.Request(transition=Transition(id=transition))
+        # Configuring loads the bundle and captures its stages: seconds, more on a busy machine.
         assert call_service(node, executor, ChangeState, '/planner_node/change_state',
-                            request).success
+                            request, timeout_s=60.0).success
     return call_service(node, executor, GetState, '/planner_node/get_state',
                         GetState.Request()).current_state.label
 

@@ -487,7 +487,7 @@ class PlannerNode(LifecycleNode):
                 self.timing_pub.publish(Float64(data=plan.timings_ms['total']))
             self._publish_plan(plan, goal)
 
-    def _await_rewards(self, episode: int, step: int, timeout_s: float = 0.5) -> bool:
+    def _await_rewards(self, episode: int, step: int, timeout_s: float = 2.0) -> bool:
         """Wait until the rewards of the episode's steps so far are spent (lockstep only).
 
         A step's reward goes out before the state it led to, but on its own topic, so it may

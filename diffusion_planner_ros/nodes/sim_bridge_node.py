@@ -43,7 +43,9 @@ except ImportError:
     TFMessage = None
 
 WARN_PERIOD_S = 2.0
-RESET_PAUSE_S = 0.1
+# Long enough for a subscriber starved of CPU for a while (a busy 2-core machine starved the
+# planner for 0.3 s in a full test run) to take the old episode's messages first.
+RESET_PAUSE_S = 0.5
 
 
 class SimBridgeNode(Node):
