@@ -53,6 +53,10 @@ class DataConfig:
     goal_state_dims: tuple = (0, 1)
     # Episodes holding NaN or inf refuse the dataset; true drops them (named in a warning).
     drop_nonfinite: bool = False
+    # Share of each batch of windows drawn from windows that begin at an episode's first
+    # state. A robot starts from rest; with uniform windows the start-up transient is a few
+    # percent of the data (docs/walker2d.md). 0 samples uniformly.
+    start_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset_id), 'data.dataset_id must name a Minari dataset')
@@ -67,6 +71,8 @@ class DataConfig:
         self.goal_state_dims = tuple(int(d) for d in self.goal_state_dims)
         _require(all(d >= 0 for d in self.goal_state_dims),
                  f'data.goal_state_dims {self.goal_state_dims} must be state indices')
+        _require(0.0 <= self.start_fraction <= 1.0,
+                 f'data.start_fraction {self.start_fraction} must be in [0, 1]')
 
 
 @dataclass

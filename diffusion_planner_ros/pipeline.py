@@ -47,8 +47,8 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
     minari_dataset = load_minari(config.data.dataset_id)
     env_id = config.data.env_id or dataset_env_id(minari_dataset)
     episodes = read_episodes(minari_dataset, config.data.drop_nonfinite)
-    data = SequenceDataset(episodes, config.data.condition,
-                           config.data.discount, config.data.returns_scale)
+    data = SequenceDataset(episodes, config.data.condition, config.data.discount,
+                           config.data.returns_scale, start_fraction=config.data.start_fraction)
     dims = Dims(data.obs_dim, data.action_dim, data.cond_dim)
     space = minari_dataset.spec.action_space
     log(f'{config.data.dataset_id}: {data.num_transitions} transitions, dims {dims}')

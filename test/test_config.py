@@ -70,6 +70,7 @@ def test_horizon_must_match_the_unet():
 @pytest.mark.parametrize('section,values,message', [
     ('data', {'condition': 'reward'}, 'data.condition'),
     ('data', {'discount': 1.5}, 'data.discount'),
+    ('data', {'start_fraction': -0.1}, 'data.start_fraction'),
     ('prior', {'n_embd': 130, 'n_head': 4}, 'multiple of prior.n_head'),
     ('training', {'condition_dropout': 1.0}, 'condition_dropout'),
     ('training', {'device': 'cuda:0'}, 'training.device'),

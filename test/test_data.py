@@ -109,6 +109,23 @@ def test_returns_windows_and_transitions(tiny_dataset):
     assert transitions['actions'].shape == (8, 2)
 
 
+def test_start_fraction_draws_that_share_of_windows_from_episode_starts(tiny_dataset):
+    episodes = read_episodes(load_minari('test/tiny-v0'))
+    firsts = {tuple(np.round(e.observations[0], 6)) for e in episodes}
+
+    def share_from_start(fraction):
+        data = SequenceDataset(episodes, 'returns', start_fraction=fraction)
+        states = data.normalizers[STATES].unnormalize(
+            data.sample_windows(np.random.default_rng(2), 40, 5)[STATES][:, 0].double().numpy())
+        return np.mean([tuple(np.round(s, 6)) in firsts for s in states])
+
+    assert share_from_start(1.0) == 1.0
+    assert share_from_start(0.5) >= 0.5
+    assert share_from_start(0.0) < 0.5
+    with pytest.raises(ValueError, match='start_fraction'):
+        SequenceDataset(episodes, 'returns', start_fraction=1.5)
+
+
 def test_goal_condition_needs_goal_data():
     from diffusion_planner_ros.data.minari_io import Episode
     episode = Episode(np.zeros((5, 3)), np.zeros((4, 1)), np.zeros(4), None, None)

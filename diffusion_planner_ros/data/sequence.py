@@ -57,9 +57,13 @@ class SequenceDataset:
     """Random windows and transitions from a list of episodes, normalised to [-1, 1]."""
 
     def __init__(self, episodes: list[Episode], condition: str, discount: float = 1.0,
-                 returns_scale: float = 1.0, normalizers: dict[str, Normalizer] | None = None):
+                 returns_scale: float = 1.0, normalizers: dict[str, Normalizer] | None = None,
+                 start_fraction: float = 0.0):
         if condition not in ('goal', 'returns'):
             raise ValueError(f'condition {condition!r} must be goal or returns')
+        if not 0.0 <= start_fraction <= 1.0:
+            raise ValueError(f'start_fraction {start_fraction} must be in [0, 1]')
+        self.start_fraction = start_fraction
         if condition == 'goal' and any(e.desired_goals is None for e in episodes):
             raise ValueError('goal conditioning needs observations with achieved_goal and '
                              'desired_goal (a goal-env dataset such as PointMaze)')
@@ -139,10 +143,19 @@ class SequenceDataset:
                        with_actions: bool = False) -> dict[str, torch.Tensor]:
         """Windows of ``length`` states and the condition at each of them.
 
-        with_actions adds the action after each state and the reward of each step.
+        with_actions adds the action after each state and the reward of each step. With a
+        start_fraction, that share of the batch (rounded) begins at an episode's first state.
         """
         pairs = self.window_starts(length, with_actions)
-        chosen = pairs[rng.integers(0, len(pairs), size=batch_size)]
+        from_start = round(self.start_fraction * batch_size)
+        chosen = pairs[rng.integers(0, len(pairs), size=batch_size - from_start)]
+        if from_start:
+            firsts = pairs[pairs[:, 1] == 0]
+            if len(firsts) == 0:
+                raise ValueError(f'no window of {length} states begins at an episode start; '
+                                 'set data.start_fraction to 0')
+            picks = rng.integers(0, len(firsts), size=from_start)
+            chosen = np.concatenate([chosen, firsts[picks]])
         states, conditions, actions, rewards = [], [], [], []
         for index, start in chosen:
             window = slice(start, start + length)
