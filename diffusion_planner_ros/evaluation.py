@@ -73,6 +73,50 @@ def run_planner_episode(planner: BasePlanner, env, seed: int,
     return result
 
 
+def restore_locomotion_state(env, observation: np.ndarray) -> None:
+    """Put a MuJoCo locomotion env into the state a recorded observation describes.
+
+    Hopper and Walker2d leave the x position out of the observation: qpos is (0, the
+    observation's first nq - 1 entries) and qvel the remaining nv (the env clips observed
+    velocities to +-10, so a state beyond that comes back clipped).
+    """
+    model = env.unwrapped.model
+    if observation.shape != (model.nq - 1 + model.nv,):
+        raise ValueError(f'observation of shape {observation.shape} is not (nq - 1 + nv,) = '
+                         f'({model.nq - 1 + model.nv},) for {env.spec.id}')
+    env.unwrapped.set_state(np.concatenate([[0.0], observation[:model.nq - 1]]),
+                            observation[model.nq - 1:])
+
+
+def run_planner_from_data(planner: BasePlanner, env, observations: np.ndarray, start: int,
+                          seed: int, target_return: float | None = None) -> EpisodeResult:
+    """Closed loop from step ``start`` of a recorded episode instead of from a reset.
+
+    The planner reads the recorded states before ``start`` as its history, the env is put into
+    the recorded state at ``start``, then the planner acts until the env ends the episode (its
+    time limit counts from here). Locomotion envs only (restore_locomotion_state).
+    """
+    if not 0 <= start < len(observations):
+        raise ValueError(f'start {start} is outside the recorded {len(observations)} states')
+    env.reset(seed=seed)
+    planner.reset()
+    returns_to_go = ReturnsToGo(episode_target(planner, target_return))
+    for past in observations[max(0, start - planner.history + 1):start]:
+        planner.plan(past, returns_to_go=returns_to_go.value)
+    restore_locomotion_state(env, observations[start])
+    observation = observations[start]
+    result = EpisodeResult(seed, 0.0, False, 0)
+    done = False
+    while not done:
+        action = planner.plan(observation, returns_to_go=returns_to_go.value).action
+        observation, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
+        result.episode_return += float(reward)
+        result.steps += 1
+        returns_to_go.spend(reward)
+        done = terminated or truncated
+    return result
+
+
 def run_policy_episode(policy: Policy, env, seed: int) -> EpisodeResult:
     """One episode of a plain policy (the reference controllers)."""
     observation, info = env.reset(seed=seed)

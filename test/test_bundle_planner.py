@@ -170,9 +170,8 @@ def test_unknown_planner_option_and_cuda_without_gpu(bundle_dir):
             TrajectoryDiffuserPlanner.from_bundle(bundle_dir, device='cuda')
 
 
-def test_returns_conditioned_evaluation_starts_at_the_target_and_spends_rewards(tmp_path):
-    from diffusion_planner_ros.evaluation import evaluate
-
+def tiny_hopper_planner(path):
+    """An untrained returns-conditioned Hopper planner (history 3) saved at path."""
     hopper = 'Hopper-v5'
     config = ExperimentConfig(
         data=DataConfig(dataset_id='test/hopper-v0', env_id=hopper, condition='returns',
@@ -184,9 +183,16 @@ def test_returns_conditioned_evaluation_starts_at_the_target_and_spends_rewards(
     dims = Dims(11, 3, 1)
     normalizers = {'states': Normalizer(-10 * np.ones(11), 10 * np.ones(11)),
                    'actions': Normalizer(-np.ones(3), np.ones(3))}
-    save_bundle(tmp_path, config, hopper, dims, -np.ones(3), np.ones(3), normalizers,
+    save_bundle(path, config, hopper, dims, -np.ones(3), np.ones(3), normalizers,
                 build_models(config, dims))
-    planner = TrajectoryDiffuserPlanner.from_bundle(tmp_path)
+    return TrajectoryDiffuserPlanner.from_bundle(path)
+
+
+def test_returns_conditioned_evaluation_starts_at_the_target_and_spends_rewards(tmp_path):
+    from diffusion_planner_ros.evaluation import evaluate
+
+    hopper = 'Hopper-v5'
+    planner = tiny_hopper_planner(tmp_path)
     seen, plan = [], planner.plan
 
     def spy(state, goal=None, returns_to_go=None):
@@ -201,3 +207,37 @@ def test_returns_conditioned_evaluation_starts_at_the_target_and_spends_rewards(
         assert seen[0] == expected and len(seen) == result.steps
         # Each reward received is taken off the target before the next plan.
         assert expected - seen[-1] < result.episode_return and np.all(np.diff(seen) < 0)
+
+
+def test_planning_from_a_recorded_state_restores_it_and_reads_the_history_first(tmp_path):
+    from diffusion_planner_ros.envs import make_env
+    from diffusion_planner_ros.evaluation import (restore_locomotion_state,
+                                                  run_planner_from_data)
+
+    env = make_env('Hopper-v5', max_episode_steps=5)
+    recorded = [env.reset(seed=3)[0]]
+    env.action_space.seed(3)
+    for _ in range(6):
+        recorded.append(env.step(env.action_space.sample())[0])
+    recorded = np.array(recorded)
+    env.reset(seed=4)
+    restore_locomotion_state(env, recorded[4])
+    data = env.unwrapped.data
+    assert np.allclose(data.qpos[1:], recorded[4][:5]) and np.allclose(data.qvel, recorded[4][5:])
+    with pytest.raises(ValueError, match='not \\(nq - 1 \\+ nv,\\)'):
+        restore_locomotion_state(env, recorded[4][:5])
+
+    planner = tiny_hopper_planner(tmp_path)
+    seen, plan = [], planner.plan
+
+    def spy(state, goal=None, returns_to_go=None):
+        seen.append(np.array(state))
+        return plan(state, goal=goal, returns_to_go=returns_to_go)
+
+    planner.plan = spy
+    result = run_planner_from_data(planner, env, recorded, 4, seed=0)
+    # History 3: the two recorded states before the start, then the start itself.
+    assert np.allclose(np.array(seen[:3]), recorded[2:5])
+    assert result.steps == 5 and len(seen) == 2 + result.steps
+    with pytest.raises(ValueError, match='outside the recorded 7 states'):
+        run_planner_from_data(planner, env, recorded, 7, seed=0)
