@@ -90,7 +90,7 @@ def restore_locomotion_state(env, observation: np.ndarray) -> None:
 
 def run_planner_from_data(planner: BasePlanner, env, observations: np.ndarray, start: int,
                           seed: int, target_return: float | None = None) -> EpisodeResult:
-    """Closed loop from step ``start`` of a recorded episode instead of from a reset.
+    """Run the planner from step ``start`` of a recorded episode instead of from a reset.
 
     The planner reads the recorded states before ``start`` as its history, the env is put into
     the recorded state at ``start``, then the planner acts until the env ends the episode (its
