@@ -51,6 +51,12 @@ def run_planner_episode(planner: BasePlanner, env, seed: int,
     planner.reset()
     result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
     returns_to_go = ReturnsToGo(episode_target(planner, target_return))
+    return _act_until_done(planner, env, observation, result, returns_to_go, on_step)
+
+
+def _act_until_done(planner: BasePlanner, env, observation, result: EpisodeResult,
+                    returns_to_go: ReturnsToGo, on_step: Callable | None = None) -> EpisodeResult:
+    """Plan every ``replan_every`` steps and act until the env ends the episode."""
     chunk, done = None, False
     while not done:
         state, goal = split_observation(observation)
@@ -93,8 +99,9 @@ def run_planner_from_data(planner: BasePlanner, env, observations: np.ndarray, s
     """Run the planner from step ``start`` of a recorded episode instead of from a reset.
 
     The planner reads the recorded states before ``start`` as its history, the env is put into
-    the recorded state at ``start``, then the planner acts until the env ends the episode (its
-    time limit counts from here). Locomotion envs only (restore_locomotion_state).
+    the recorded state at ``start``, then the planner acts as in run_planner_episode until the
+    env ends the episode (its time limit counts from here). Locomotion envs only
+    (restore_locomotion_state).
     """
     if not 0 <= start < len(observations):
         raise ValueError(f'start {start} is outside the recorded {len(observations)} states')
@@ -104,17 +111,8 @@ def run_planner_from_data(planner: BasePlanner, env, observations: np.ndarray, s
     for past in observations[max(0, start - planner.history + 1):start]:
         planner.plan(past, returns_to_go=returns_to_go.value)
     restore_locomotion_state(env, observations[start])
-    observation = observations[start]
     result = EpisodeResult(seed, 0.0, False, 0)
-    done = False
-    while not done:
-        action = planner.plan(observation, returns_to_go=returns_to_go.value).action
-        observation, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
-        result.episode_return += float(reward)
-        result.steps += 1
-        returns_to_go.spend(reward)
-        done = terminated or truncated
-    return result
+    return _act_until_done(planner, env, observations[start], result, returns_to_go)
 
 
 def run_policy_episode(policy: Policy, env, seed: int) -> EpisodeResult:

@@ -95,7 +95,7 @@ class SequenceDataset:
         else:
             self.returns = [(returns_to_go(e.rewards, discount) / returns_scale)
                             .astype(np.float32)[:, None] for e in episodes]
-        self._starts: dict[int, np.ndarray] = {}
+        self._starts: dict[tuple, np.ndarray] = {}
 
     @property
     def obs_dim(self) -> int:
@@ -139,6 +139,18 @@ class SequenceDataset:
             self._starts[key] = pairs
         return self._starts[key]
 
+    def _episode_start_windows(self, length: int, with_actions: bool) -> np.ndarray:
+        """Return the (episode, 0) pairs among window_starts(length, with_actions), kept once."""
+        key = ('first', length, with_actions)
+        if key not in self._starts:
+            pairs = self.window_starts(length, with_actions)
+            firsts = pairs[pairs[:, 1] == 0]
+            if len(firsts) == 0:
+                raise ValueError(f'no window of {length} states begins at an episode start; '
+                                 'set data.start_fraction to 0')
+            self._starts[key] = firsts
+        return self._starts[key]
+
     def sample_windows(self, rng: np.random.Generator, batch_size: int, length: int,
                        with_actions: bool = False) -> dict[str, torch.Tensor]:
         """Windows of ``length`` states and the condition at each of them.
@@ -150,10 +162,7 @@ class SequenceDataset:
         from_start = round(self.start_fraction * batch_size)
         chosen = pairs[rng.integers(0, len(pairs), size=batch_size - from_start)]
         if from_start:
-            firsts = pairs[pairs[:, 1] == 0]
-            if len(firsts) == 0:
-                raise ValueError(f'no window of {length} states begins at an episode start; '
-                                 'set data.start_fraction to 0')
+            firsts = self._episode_start_windows(length, with_actions)
             picks = rng.integers(0, len(firsts), size=from_start)
             chosen = np.concatenate([chosen, firsts[picks]])
         states, conditions, actions, rewards = [], [], [], []
