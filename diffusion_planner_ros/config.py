@@ -279,8 +279,10 @@ class PlannerConfig:
     value_guidance_scale: float = 0.1
     # DMEMM: lambda of Eq. 13, the weight of the transition log-likelihood in the guide.
     transition_guidance: float = 1.0
-    # Diffuser / DMEMM: replan from the previous plan noised to this many levels (Diffuser
-    # section 5.4); 0 samples every plan from pure noise over all levels.
+    # Replan from the previous plan noised to this many levels (Diffuser section 5.4); 0 makes
+    # every plan afresh. Diffuser / DMEMM: instead of pure noise. Trajectory Diffuser: the
+    # previous plan's states still ahead, extended by the prior, refined from this level
+    # instead of refine_steps. Assumes replan_every steps ran since the last plan.
     warm_start_steps: int = 0
     # Plans drawn per call; with more than one the objective (J, or the reward model) picks one.
     candidates: int = 1

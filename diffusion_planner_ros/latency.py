@@ -117,8 +117,11 @@ def compare_backends(bundle: str, device: str = 'cpu', calls: int = 500, warmup:
 
 def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'auto',
                calls: int = 100, warmup: int = 10, seed: int = 0, threads: int | None = None,
-               ) -> dict:
+               settings: dict[str, dict] | None = None) -> dict:
     """Time the bundles' plans one after the other, call by call, on one backend.
+
+    settings maps a name to planner options for that bundle only (warm_start_steps, say); one
+    bundle may then appear under two names.
 
     Every planner plans the same observation stream (it depends on the bundle's state bounds and
     ``seed`` only); the order alternates each call so that no method always runs first.
@@ -128,7 +131,9 @@ def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'aut
     if len(bundles) < 2:
         raise ValueError('interleave needs at least two bundles')
     overrides = {} if threads is None else {'threads': threads}
-    planners = {name: load_planner(path, device=device, backend=backend, **overrides)
+    settings = settings or {}
+    planners = {name: load_planner(path, device=device, backend=backend, **overrides,
+                                   **settings.get(name, {}))
                 for name, path in bundles.items()}
     streams = {}
     for name, planner in planners.items():
@@ -148,6 +153,7 @@ def interleave(bundles: dict[str, str], device: str = 'cpu', backend: str = 'aut
                 timings[name].setdefault(stage, []).append(ms)
     first = names[0]
     report = {name: {'bundle': str(bundles[name]), 'method': planners[name].method,
+                     'settings': settings.get(name, {}),
                      'backend': planners[name].backend,
                      'backend_reason': planners[name].backend_reason,
                      'stages_ms': stage_summary(timings[name])}

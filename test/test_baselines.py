@@ -270,6 +270,8 @@ def test_decision_diffuser_bundle_shares_trajectory_diffusers_networks(tmp_path)
         assert (derived / f'{name}.safetensors').read_bytes() == \
             (source / f'{name}.safetensors').read_bytes()
     assert type(load_planner(derived)) is DecisionDiffuserPlanner
+    with pytest.raises(ValueError, match='needs a prior to extend'):
+        load_planner(derived, warm_start_steps=2)
     with pytest.raises(ValueError, match='cannot be derived'):
         derive_bundle(source, 'diffuser', tmp_path / 'x')
 

@@ -241,3 +241,38 @@ def test_planning_from_a_recorded_state_restores_it_and_reads_the_history_first(
     assert result.steps == 5 and len(seen) == 2 + result.steps
     with pytest.raises(ValueError, match='outside the recorded 7 states'):
         run_planner_from_data(planner, env, recorded, 7, seed=0)
+
+
+# Trajectory Diffuser with warm start (a combination none of the papers tried) --------------
+def test_warm_start_keeps_the_previous_plan_ahead_and_extends_it_with_the_prior(tmp_path):
+    bundle = write_bundle(tmp_path / 'warm', tiny_config(replan_every=2, warm_start_steps=3))
+    planner = TrajectoryDiffuserPlanner.from_bundle(bundle)
+    cold = TrajectoryDiffuserPlanner.from_bundle(bundle, warm_start_steps=0)
+    first, reference = planner.plan(OBS, goal=GOAL), cold.plan(OBS, goal=GOAL)
+    # An episode's first plan has nothing to start from: the cold plan.
+    assert np.array_equal(first.refined_states, reference.refined_states)
+    moved = OBS + 0.05
+    second = planner.plan(moved, goal=GOAL)
+    # The state now, then the previous plan's states after the 2 executed steps, then the
+    # prior's 2 new states; refinement starts from that plan.
+    assert np.allclose(second.prior_states[0], moved, atol=1e-5)
+    assert np.allclose(second.prior_states[1:6], first.refined_states[3:8], atol=1e-5)
+    assert not np.allclose(second.prior_states[6:], first.refined_states[-1], atol=1e-3)
+    assert not np.allclose(second.refined_states, second.prior_states)
+    # A new goal or a reset starts afresh: the cold planner's plan for the same inputs (same
+    # history, same noise drawn so far).
+    cold.plan(moved, goal=GOAL)
+    other = np.array([-1.0, 0.5])
+    assert np.array_equal(planner.plan(moved, goal=other).refined_states,
+                          cold.plan(moved, goal=other).refined_states)
+    planner.reset()
+    cold.reset()
+    assert np.array_equal(planner.plan(OBS, goal=GOAL).refined_states,
+                          cold.plan(OBS, goal=GOAL).refined_states)
+
+
+def test_warm_start_levels_are_checked(bundle_dir):
+    with pytest.raises(ValueError, match='warm_start_steps 500 exceeds'):
+        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=500)
+    with pytest.raises(ValueError, match='warm_start_steps -1 must be >= 0'):
+        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=-1)

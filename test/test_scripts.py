@@ -174,8 +174,10 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
     derive_bundle(bundle, 'decision_diffuser', tmp_path / 'dd')
     report_path = tmp_path / 'versus.json'
     text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--versus',
-                f'dd={tmp_path / "dd"}', '--calls', '6', '--warmup', '1', '--paths', 'eager',
-                'onnx', '--json', str(report_path)], tmp_path)
+                f'dd={tmp_path / "dd"}', '--versus',
+                f'warm={bundle},warm_start_steps=2,replan_every=2', '--calls', '6',
+                '--warmup', '1', '--paths', 'eager', 'onnx', '--json', str(report_path)],
+               tmp_path)
     report = json.loads(report_path.read_text())
     assert set(report['paths']) == {'eager', 'onnx'}
     for path, run_report in report['paths'].items():
@@ -187,10 +189,15 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
                   for name in ('trajectory_diffuser', 'dd')]
         assert ratio['p50'] == pytest.approx(totals[1] / totals[0])
         assert ratio['median_per_call'] > 0.0
-    assert '| onnx | dd | onnx |' in text
+        # The same bundle under another name, with its own planner options.
+        assert run_report['warm']['settings'] == {'warm_start_steps': 2, 'replan_every': 2}
+        assert 'warm/trajectory_diffuser' in run_report['ratios']
+    assert '| onnx | dd | onnx |' in text and '| onnx | warm | onnx |' in text
 
     for versus, message in (('dd', 'NAME=BUNDLE'), (f'x={tmp_path / "none"}', 'no bundle'),
-                            (f'ratios={tmp_path / "dd"}', 'reserved')):
+                            (f'ratios={tmp_path / "dd"}', 'reserved'),
+                            (f'w={tmp_path / "dd"},warm', 'not key=value'),
+                            (f'w={tmp_path / "dd"},k=five', 'not a number')):
         result = subprocess.run([PYTHON, 'training/benchmark_latency.py', '--bundle',
                                  str(bundle), '--versus', versus], cwd=REPO,
                                 env=script_env(tmp_path), capture_output=True, text=True)

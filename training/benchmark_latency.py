@@ -7,9 +7,12 @@ Usage:
     python training/benchmark_latency.py --bundle models/pointmaze_umaze --device cuda
     python training/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus decision_diffuser=<bundle> --versus diffuser=<bundle> --calls 100
+    python training/benchmark_latency.py --bundle models/pointmaze_umaze \
+        --versus warm=models/pointmaze_umaze,warm_start_steps=5 --calls 100
 
 With --versus the bundles plan in turn, one call each, on each of --paths (default eager and
 auto), and the table gives each one's plan time over --bundle's measured in the same run.
+NAME=BUNDLE,key=value,... sets planner options for that entry only.
 
 Run it alone on the machine: another process on the same cores inflates every figure.
 """
@@ -37,19 +40,29 @@ def versus_table(report: dict) -> str:
     return '\n'.join(lines)
 
 
-def parse_versus(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
-    """NAME=BUNDLE items -> {name: bundle}."""
-    bundles = {}
+def parse_versus(parser: argparse.ArgumentParser,
+                 items: list[str]) -> tuple[dict[str, str], dict[str, dict]]:
+    """NAME=BUNDLE[,key=value...] items -> ({name: bundle}, {name: planner options})."""
+    bundles, settings = {}, {}
     for item in items:
-        name, sep, path = item.partition('=')
+        name, sep, rest = item.partition('=')
+        path, *options = rest.split(',')
         if not sep or not name or not path:
-            parser.error(f'--versus wants NAME=BUNDLE, got {item!r}')
+            parser.error(f'--versus wants NAME=BUNDLE[,key=value...], got {item!r}')
         if name in bundles or name == 'ratios':
             parser.error(f'--versus name {name!r} used twice or reserved')
         if not Path(path).is_dir():
             parser.error(f'--versus {name}: no bundle directory at {path}')
-        bundles[name] = path
-    return bundles
+        bundles[name], settings[name] = path, {}
+        for option in options:
+            key, sep, text = option.partition('=')
+            if not sep or not key:
+                parser.error(f'--versus {name}: option {option!r} is not key=value')
+            try:
+                settings[name][key] = json.loads(text)
+            except json.JSONDecodeError:
+                parser.error(f'--versus {name}: {key}={text!r} is not a number or true/false')
+    return bundles, settings
 
 
 def main() -> None:
@@ -81,11 +94,12 @@ def main() -> None:
     if args.versus:
         if args.refine_steps is not None:
             parser.error('--refine-steps applies to one bundle; not with --versus')
-        bundles = {args.name: args.bundle, **parse_versus(parser, args.versus)}
+        bundles, settings = parse_versus(parser, args.versus)
+        bundles = {args.name: args.bundle, **bundles}
         report = {'machine': machine(), 'device': args.device, 'calls': args.calls,
                   'warmup': args.warmup, 'seed': args.seed,
                   'paths': {path: interleave(bundles, args.device, path, args.calls,
-                                             args.warmup, args.seed, args.threads)
+                                             args.warmup, args.seed, args.threads, settings)
                             for path in args.paths}}
         print(f'{report["machine"]}; {args.calls} plans per bundle and path after '
               f'{args.warmup} warm-up, interleaved')

@@ -3,7 +3,9 @@
 Trajectory Diffuser per call (the paper's Algorithm 1 in appendix A.3): the prior rolls out H - 1
 states after the history; the diffuser noises that trajectory to level k and denoises it with
 classifier-free guidance, the current state written in after every step; inverse dynamics turns
-consecutive planned states into actions. Normalisation happens in BasePlanner, at the edge, never
+consecutive planned states into actions. With warm_start_steps > 0 (a combination none of the
+papers tried) a replan keeps the previous plan's states still ahead, the prior rolls out only
+the steps past its end, and the refiner starts from that level instead of k. Normalisation happens in BasePlanner, at the edge, never
 inside a network; the baselines (planning/baselines.py) share it. The three stages are modules
 (planning/stages.py) that run eagerly or captured (planning/accelerate.py), as the config says.
 """
@@ -23,7 +25,8 @@ from diffusion_planner_ros.config import PlannerConfig
 from diffusion_planner_ros.diffusion import DDPMSchedule, draw_noise
 from diffusion_planner_ros.planning.accelerate import choose_backend, make_stage
 from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
-from diffusion_planner_ros.planning.stages import InverseStage, PriorStage, RefineStage
+from diffusion_planner_ros.planning.stages import (InverseStage, PriorStage, RefineStage,
+                                                   WarmPriorStage)
 
 
 class SamplingDiverged(RuntimeError):
@@ -199,6 +202,8 @@ class BasePlanner:
         goal = np.zeros(width) if self.condition_kind == 'goal' else None
         with torch.no_grad():
             self._propose(states, conditions, goal)
+            if self.config.warm_start_steps:
+                self._propose(states, conditions, goal)  # a warm-started plan, captured too
         self.reset()
 
     def _check_vector(self, name: str, value, size: int) -> np.ndarray:
@@ -293,9 +298,16 @@ class TrajectoryDiffuserPlanner(BasePlanner):
 
     def _check_config(self, config: PlannerConfig) -> None:
         super()._check_config(config)
-        if config.refine_steps > self.levels:
-            raise ValueError(f'refine_steps {config.refine_steps} exceeds the diffuser\'s '
-                             f'{self.levels} trained levels')
+        for name in ('refine_steps', 'warm_start_steps'):
+            if getattr(config, name) > self.levels:
+                raise ValueError(f'{name} {getattr(config, name)} exceeds the diffuser\'s '
+                                 f'{self.levels} trained levels')
+
+    def reset(self) -> None:
+        """Forget the history and the previous plan (warm start)."""
+        super().reset()
+        self._previous = None   # (1, H, obs_dim) normalised, the last plan
+        self._previous_condition = None
 
     def _configured(self) -> None:
         """Resolve the backend and wrap the stage modules for it."""
@@ -308,8 +320,26 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         if self.config.refine_steps:
             modules['refine'] = RefineStage(self.diffuser, self.schedule, self.config.refine_steps,
                                             self.config.guidance_scale, self.config.noise_scale)
+        warm = self.config.warm_start_steps
+        if warm:
+            modules['warm_prior'] = WarmPriorStage(self.prior, self.horizon,
+                                                   self.config.replan_every,
+                                                   self.condition_kind == 'goal')
+            if warm != self.config.refine_steps:
+                modules['warm_refine'] = RefineStage(self.diffuser, self.schedule, warm,
+                                                     self.config.guidance_scale,
+                                                     self.config.noise_scale)
         modules['inverse'] = InverseStage(self.inverse_dynamics, self.config.replan_every)
         return modules
+
+    def _warm(self, conditions: torch.Tensor) -> bool:
+        """Whether this plan starts from the previous one: not at an episode's start, not
+        after the goal changed (the old plan heads for the old goal).
+        """
+        if not self.config.warm_start_steps or self._previous is None:
+            return False
+        return (self.condition_kind != 'goal'
+                or torch.equal(conditions[:, -1], self._previous_condition))
 
     @property
     def fallback_reasons(self) -> list[str]:
@@ -320,18 +350,26 @@ class TrajectoryDiffuserPlanner(BasePlanner):
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
         stages = self.stages  # one set for the whole plan, even if reconfigure runs meanwhile
         clock = StageClock(self.device)
-        # Planning stage (lines 8-12): autoregressive rollout of H - 1 states.
-        prior_plan = stages['prior'](states, conditions)  # (1, H, obs_dim)
+        # Planning stage (lines 8-12): autoregressive rollout of H - 1 states (warm: of the
+        # replan_every states past the previous plan's end).
+        if self._warm(conditions):
+            prior_plan = stages['warm_prior'](states, conditions, self._previous)
+            refine = stages.get('warm_refine', stages.get('refine'))
+        else:
+            prior_plan = stages['prior'](states, conditions)  # (1, H, obs_dim)
+            refine = stages.get('refine')
         clock.mark('prior')
 
         # Improve stage (lines 14-23).
         refined = prior_plan
-        if 'refine' in stages:
-            draws = draw_noise(prior_plan.shape, stages['refine'].module.steps, self._generator,
+        if refine is not None:
+            draws = draw_noise(prior_plan.shape, refine.module.steps, self._generator,
                                self.device)
-            refined = stages['refine'](prior_plan, conditions[:, -1], draws,
-                                       *self._goal_row(goal))
+            refined = refine(prior_plan, conditions[:, -1], draws, *self._goal_row(goal))
         clock.mark('refine')
+        if self.config.warm_start_steps:
+            # Copies: a captured stage may reuse its output buffer on the next call.
+            self._previous, self._previous_condition = refined.clone(), conditions[:, -1].clone()
 
         # Lines 24-25: actions from consecutive planned states.
         actions = stages['inverse'](refined)  # (replan_every, action_dim)
