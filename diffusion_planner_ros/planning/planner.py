@@ -5,9 +5,11 @@ states after the history; the diffuser noises that trajectory to level k and den
 classifier-free guidance, the current state written in after every step; inverse dynamics turns
 consecutive planned states into actions. With warm_start_steps > 0 (a combination none of the
 papers tried) a replan keeps the previous plan's states still ahead, the prior rolls out only
-the steps past its end, and the refiner starts from that level instead of k. Normalisation happens in BasePlanner, at the edge, never
-inside a network; the baselines (planning/baselines.py) share it. The three stages are modules
-(planning/stages.py) that run eagerly or captured (planning/accelerate.py), as the config says.
+the steps past its end, and the refiner starts from that level instead of k.
+
+Normalisation happens in BasePlanner, at the edge, never inside a network; the baselines
+(planning/baselines.py) share it. The stages are modules (planning/stages.py) that run eagerly
+or captured (planning/accelerate.py), as the config says.
 """
 
 from __future__ import annotations
@@ -333,8 +335,10 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         return modules
 
     def _warm(self, conditions: torch.Tensor) -> bool:
-        """Whether this plan starts from the previous one: not at an episode's start, not
-        after the goal changed (the old plan heads for the old goal).
+        """Say whether this plan starts from the previous one.
+
+        Not at an episode's start, and not after the goal changed (the old plan heads for the
+        old goal).
         """
         if not self.config.warm_start_steps or self._previous is None:
             return False

@@ -1,7 +1,8 @@
 """The planners' work as pure tensor functions, the unit the fast paths capture.
 
 Trajectory Diffuser's plan is three stages (prior, refine, inverse); Decision Diffuser's is two
-(sample, inverse). A warm-started Trajectory Diffuser plan swaps the prior stage for WarmPriorStage.
+(sample, inverse). A warm-started Trajectory Diffuser plan swaps its prior stage for
+WarmPriorStage.
 
 Each stage is an nn.Module whose forward takes and returns tensors only, with every planner knob
 (horizon, k, w, noise scale) fixed at construction and the sampler's noise passed in as a tensor.
