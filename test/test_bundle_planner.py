@@ -271,6 +271,11 @@ def test_warm_start_keeps_the_previous_plan_ahead_and_extends_it_with_the_prior(
                           cold.plan(OBS, goal=GOAL).refined_states)
 
 
+def test_candidates_without_a_critic_are_refused(bundle_dir):
+    with pytest.raises(ValueError, match='no critic to rank plans'):
+        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, candidates=4)
+
+
 def test_warm_start_levels_are_checked(bundle_dir):
     with pytest.raises(ValueError, match='warm_start_steps 500 exceeds'):
         TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=500)

@@ -300,6 +300,10 @@ class TrajectoryDiffuserPlanner(BasePlanner):
 
     def _check_config(self, config: PlannerConfig) -> None:
         super()._check_config(config)
+        if config.candidates > 1:
+            raise ValueError(f'candidates {config.candidates}: a {self.method} bundle has no '
+                             'critic to rank plans by; candidates applies to diffuser and dmemm '
+                             'bundles')
         for name in ('refine_steps', 'warm_start_steps'):
             if getattr(config, name) > self.levels:
                 raise ValueError(f'{name} {getattr(config, name)} exceeds the diffuser\'s '
