@@ -4,8 +4,9 @@ A suite names datasets (each with its experiment config and the command data tha
 dataset if it is missing), training seeds and methods. A method either trains (its config
 overrides in ``set``), reuses another method's bundle with different planner settings
 (``bundle_of``), or derives its bundle from another's networks (``derive_from``: Decision
-Diffuser from Trajectory Diffuser). Every run writes one JSON; the table and plots are made from
-all JSON files of the results folder, so an interrupted suite resumes where it stopped.
+Diffuser from Trajectory Diffuser), training the networks named in ``train`` on top (a
+critic). Every run writes one JSON; the table and plots are made from all JSON files of the
+results folder, so an interrupted suite resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from diffusion_planner_ros.config import METHODS, load_config
+from diffusion_planner_ros.config import METHODS, load_config, with_overrides
 from diffusion_planner_ros.data.behavior import make_locomotion_dataset
 from diffusion_planner_ros.data.collect import CollectionConfig, collect_pointmaze
 from diffusion_planner_ros.data.minari_io import local_dataset_exists
@@ -26,7 +27,7 @@ from diffusion_planner_ros.evaluation import (evaluate, machine, method_label, p
                                               run_planner_episode, summarize)
 from diffusion_planner_ros.pipeline import train_method
 from diffusion_planner_ros.planning import SamplingDiverged, load_planner
-from diffusion_planner_ros.planning.bundle import derive_bundle
+from diffusion_planner_ros.planning.bundle import derive_bundle, load_bundle
 
 REFERENCE_METHOD = 'decision_diffuser'
 
@@ -41,6 +42,7 @@ class MethodEntry:
     planner: dict = field(default_factory=dict)
     bundle_of: str = ''
     derive_from: str = ''
+    train: list = field(default_factory=list)  # with derive_from: networks trained on top
 
 
 @dataclass
@@ -72,11 +74,15 @@ def load_suite(path: str | Path) -> Suite:
     methods = {}
     for name, entry in (raw.get('methods') or {}).items():
         entry = dict(entry or {})
-        bad = sorted(set(entry) - {'method', 'set', 'planner', 'bundle_of', 'derive_from'})
+        bad = sorted(set(entry) - {'method', 'set', 'planner', 'bundle_of', 'derive_from',
+                                   'train'})
         if bad:
             raise ValueError(f'{path}: method {name!r} has unknown key(s) {bad}')
         methods[name] = MethodEntry(name=name, **entry)
     for entry in methods.values():
+        if entry.train and not entry.derive_from:
+            raise ValueError(f'{path}: method {entry.name!r} trains {entry.train} on top of a '
+                             'bundle: it needs derive_from')
         source = entry.bundle_of or entry.derive_from
         if source and source not in methods:
             raise ValueError(f'{path}: method {entry.name!r} refers to unknown {source!r}')
@@ -87,6 +93,9 @@ def load_suite(path: str | Path) -> Suite:
                                  f'one of {METHODS}')
         if entry.derive_from:
             entry.method = entry.method or entry.name
+            if entry.method not in METHODS:
+                raise ValueError(f'{path}: method {entry.name!r} derives {entry.method!r}, not '
+                                 f'one of {METHODS}')
     for dataset, spec in (raw.get('datasets') or {}).items():
         bad = sorted(set(spec or {}) - {'config', 'collect', 'set'})
         if bad or 'config' not in (spec or {}):
@@ -152,21 +161,33 @@ class SuiteRunner:
         bundle_dir = self.run_dir(dataset, name, seed) / 'bundle'
         if (bundle_dir / 'config.json').is_file():
             return bundle_dir
-        if entry.derive_from:
-            return derive_bundle(self.bundle(dataset, entry.derive_from, seed), entry.method,
-                                 bundle_dir)
         spec = self.suite.datasets[dataset]
+        if entry.derive_from:
+            source = self.bundle(dataset, entry.derive_from, seed)
+            if not entry.train:
+                return derive_bundle(source, entry.method, bundle_dir)
+            # The source's networks and config, the entry's networks trained on top.
+            start = load_bundle(source)
+            config = with_overrides(start.config, [*self.suite.common_set, *entry.set,
+                                                   f'method.name={entry.method}',
+                                                   f'training.seed={seed}'])
+            return self._train(config, spec, (dataset, name, seed), entry.train, start)
         # The dataset's own overrides for this method (e.g. longer training on a larger maze)
         # come after the method's, so they win.
         dataset_set = (spec.get('set') or {}).get(name, [])
         overrides = [*self.suite.common_set, *entry.set, *dataset_set,
                      f'method.name={entry.method}', f'training.seed={seed}']
-        config = load_config(spec['config'], overrides)
+        return self._train(load_config(spec['config'], overrides), spec, (dataset, name, seed))
+
+    def _train(self, config, spec: dict, run: tuple, only: list | None = None,
+               start_from=None) -> Path:
+        """Train a run's networks (``only`` those, the rest from ``start_from``); its bundle."""
         ensure_dataset(spec, config.data.dataset_id, self.progress)
-        written = train_method(config, self.run_dir(dataset, name, seed), bundle_dir,
-                               progress=self.progress)
+        run_dir = self.run_dir(*run)
+        written = train_method(config, run_dir, run_dir / 'bundle', only, self.progress,
+                               start_from)
         if written is None:
-            raise RuntimeError(f'training {name} on {dataset} (seed {seed}) wrote no bundle')
+            raise RuntimeError('training {1} on {0} (seed {2}) wrote no bundle'.format(*run))
         return written
 
     def evaluate(self, dataset: str, name: str, seed: int) -> dict:

@@ -24,6 +24,9 @@ BACKENDS = ('auto', 'eager', 'onnx', 'cuda_graph')
 # and sampled with reward + transition guidance; bc: an MLP policy.
 METHODS = ('trajectory_diffuser', 'decision_diffuser', 'diffuser', 'dmemm', 'bc')
 JOINT_METHODS = ('diffuser', 'dmemm')
+# Methods whose bundle may carry a critic to rank candidate plans (method.critic); Diffuser and
+# DMEMM rank by the objective their sampler is guided by.
+CRITIC_METHODS = ('trajectory_diffuser', 'decision_diffuser')
 
 
 def _require(ok: bool, message: str) -> None:
@@ -178,9 +181,16 @@ class MethodConfig:
     # ~1e4 and the modulation terms swamp the diffusion loss (measured: loss 6e2 -> 3e5 on the
     # tiny test set with K = 100), so by default only the low-noise levels modulate.
     modulation_levels: int = 10
+    # Trajectory / Decision Diffuser: also train a critic (the value network's down path and
+    # head, on clean state windows) that picks the best of planner.candidates plans, as the
+    # official Trajectory Diffuser code ranks its 32 candidates.
+    critic: bool = False
 
     def __post_init__(self) -> None:
         _require(self.name in METHODS, f'method.name {self.name!r} must be one of {METHODS}')
+        _require(not self.critic or self.name in CRITIC_METHODS,
+                 f'method.critic applies to {CRITIC_METHODS}, not {self.name} (Diffuser and '
+                 'DMEMM rank candidates by their guidance objective)')
         _require(self.transition_weight >= 0.0 and self.reward_weight >= 0.0,
                  'method.transition_weight and method.reward_weight must be >= 0')
         _require(self.modulation_terms >= 0,
@@ -227,6 +237,8 @@ class TrainConfig:
     inverse_dynamics_steps: int = 10000
     # Diffuser's return model J, DMEMM's transition ensemble and reward model (each), BC policy.
     value_steps: int = 10000
+    # The candidate-ranking critic (method.critic).
+    critic_steps: int = 3000
     dynamics_steps: int = 10000
     policy_steps: int = 10000
     batch_size: int = 32
@@ -244,7 +256,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ('prior_steps', 'diffuser_steps', 'inverse_dynamics_steps', 'value_steps',
-                     'dynamics_steps', 'policy_steps'):
+                     'critic_steps', 'dynamics_steps', 'policy_steps'):
             _require(getattr(self, name) >= 0, f'training.{name} must be >= 0')
         _require(self.batch_size >= 1, f'training.batch_size {self.batch_size} must be >= 1')
         _require(self.learning_rate > 0, 'training.learning_rate must be positive')
@@ -284,7 +296,8 @@ class PlannerConfig:
     # previous plan's states still ahead, extended by the prior, refined from this level
     # instead of refine_steps. Assumes replan_every steps ran since the last plan.
     warm_start_steps: int = 0
-    # Plans drawn per call; with more than one the objective (J, or the reward model) picks one.
+    # Plans drawn per call; with more than one, one is picked by the objective (Diffuser's J,
+    # DMEMM's reward and transition models) or the bundle's critic (method.critic).
     candidates: int = 1
     device: str = 'auto'
     # Stage execution: 'auto' (CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else
@@ -462,6 +475,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         return config_from_dict(raw)
     except (TypeError, ValueError) as error:
         raise ValueError(f'{path}: {error}') from error
+
+
+def with_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Return ``config`` with 'section.key=value' overrides applied (checked like a YAML's)."""
+    return config_from_dict(apply_overrides(config_to_dict(config), overrides))
 
 
 def config_to_dict(config: ExperimentConfig) -> dict:

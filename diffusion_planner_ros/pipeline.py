@@ -18,26 +18,31 @@ from diffusion_planner_ros.config import ExperimentConfig
 from diffusion_planner_ros.data.minari_io import dataset_env_id, load_minari, read_episodes
 from diffusion_planner_ros.data.sequence import SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule
-from diffusion_planner_ros.models import METHOD_COMPONENTS, Dims, build_models
-from diffusion_planner_ros.planning.bundle import save_bundle
+from diffusion_planner_ros.models import Dims, build_models, method_components
+from diffusion_planner_ros.planning.bundle import Bundle, save_bundle
 from diffusion_planner_ros.trainer import (ComponentTrainer, component_setups, init_distributed,
                                            parameter_checksum)
 
 
 def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Path | None = None,
-                 only: list[str] | None = None, progress: bool = True) -> Path | None:
+                 only: list[str] | None = None, progress: bool = True,
+                 start_from: Bundle | None = None) -> Path | None:
     """Train the networks of ``config.method.name`` (or ``only`` those); return the bundle path.
 
     Checkpoints go to <out>/checkpoints and a run resumes from them; final weights go to
     <out>/weights. The bundle is written once every network of the method has weights.
+    ``start_from`` supplies the networks not trained now, and its normalisation (for example a
+    shipped bundle that gets a critic: ``only=['critic']``).
     """
     out = Path(out)
     bundle_dir = Path(bundle_dir) if bundle_dir else out / 'bundle'
     method = config.method.name
-    components = METHOD_COMPONENTS[method]
+    components = method_components(config)
     unknown = sorted(set(only or ()) - set(components))
     if unknown:
         raise ValueError(f'{method} has no network(s) {unknown}; it has {list(components)}')
+    if start_from is not None and start_from.method != method:
+        raise ValueError(f'start_from holds a {start_from.method} bundle, not {method}')
     context, device = init_distributed(config.training.device)
     torch.manual_seed(config.training.seed)
     log = print if context.is_main else (lambda *args: None)
@@ -47,8 +52,11 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
     minari_dataset = load_minari(config.data.dataset_id)
     env_id = config.data.env_id or dataset_env_id(minari_dataset)
     episodes = read_episodes(minari_dataset, config.data.drop_nonfinite)
+    # Networks taken from a bundle were trained in its units: train the others in them too.
     data = SequenceDataset(episodes, config.data.condition, config.data.discount,
-                           config.data.returns_scale, start_fraction=config.data.start_fraction)
+                           config.data.returns_scale,
+                           start_from.normalizers if start_from is not None else None,
+                           start_fraction=config.data.start_fraction)
     dims = Dims(data.obs_dim, data.action_dim, data.cond_dim)
     space = minari_dataset.spec.action_space
     log(f'{config.data.dataset_id}: {data.num_transitions} transitions, dims {dims}')
@@ -57,6 +65,14 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
     models = {name: model.to(device) for name, model in build_models(config, dims).items()}
     weights_dir = out / 'weights'
     wanted = [name for name in components if not only or name in only]
+    if start_from is not None and context.is_main:
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        for name in set(components) & set(start_from.models) - set(wanted):
+            state = start_from.models[name].state_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                      str(weights_dir / f'{name}.safetensors'))
+    if context.world_size > 1:
+        dist.barrier()
     for name in components:
         path = weights_dir / f'{name}.safetensors'
         if name not in wanted and path.is_file():

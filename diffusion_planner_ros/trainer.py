@@ -1,9 +1,9 @@
 """Training of every method's networks: losses, EMA, checkpoints with resume, DDP.
 
-Trajectory Diffuser's prior, U-Net and inverse dynamics; Diffuser's joint state-action U-Net and
-return model J; DMEMM's transition ensemble, reward model and modulated U-Net (its Eq. 8-12);
-the BC policy. Checkpoints are safetensors (model, EMA, optimiser tensors) plus JSON (step,
-optimiser groups), so resuming never unpickles anything.
+Trajectory Diffuser's prior, U-Net, inverse dynamics and optional candidate critic; Diffuser's
+joint state-action U-Net and return model J; DMEMM's transition ensemble, reward model and
+modulated U-Net (its Eq. 8-12); the BC policy. Checkpoints are safetensors (model, EMA,
+optimiser tensors) plus JSON (step, optimiser groups), so resuming never unpickles anything.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from diffusion_planner_ros.data.sequence import (ACTIONS, CONDITIONS, NEXT_STATE
                                                  STATES, SequenceDataset)
 from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.diffusion.modulation import one_shot_denoise
-from diffusion_planner_ros.models import METHOD_COMPONENTS
+from diffusion_planner_ros.models import method_components
 
-COMPONENTS = ('prior', 'diffuser', 'inverse_dynamics', 'value', 'transition', 'reward', 'policy')
+COMPONENTS = ('prior', 'diffuser', 'inverse_dynamics', 'value', 'critic', 'transition', 'reward',
+              'policy')
 
 
 @dataclass
@@ -178,6 +179,19 @@ def value_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
     return F.mse_loss(model(x_t, t, batch[CONDITIONS][:, 0]), target)
 
 
+def critic_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                data: SequenceDataset) -> torch.Tensor:
+    """Regress a clean state window's normalised return: the candidate critic (level 0 only).
+
+    Plans are ranked once they are denoised, so the critic never sees noise; the target is the
+    one Diffuser's J regresses (the window's mean reward scaled into [0, 1]).
+    """
+    states = batch[STATES]  # (B, H, obs_dim)
+    levels = torch.zeros(states.shape[0], dtype=torch.long, device=states.device)
+    target = data.reward_weights(batch[REWARDS])  # (B,)
+    return F.mse_loss(model(states, levels, batch[CONDITIONS][:, 0]), target)
+
+
 def transition_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Gaussian NLL of the ensemble on (s, a, s') triples."""
     return model.nll(batch[STATES], batch[ACTIONS], batch[NEXT_STATES])
@@ -223,6 +237,8 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
         'value': lambda: ComponentSetup(
             partial(value_loss, schedule=schedule, obs_dim=obs_dim, data=data), joint_windows,
             train.value_steps),
+        'critic': lambda: ComponentSetup(
+            partial(critic_loss, data=data), joint_windows, train.critic_steps),
         'transition': lambda: ComponentSetup(
             transition_loss, partial(data.sample_transitions, batch_size=batch),
             train.dynamics_steps),
@@ -245,7 +261,7 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
         recipes['diffuser'] = lambda: ComponentSetup(
             partial(diffusion_loss, schedule=schedule, condition_dropout=train.condition_dropout),
             windows, train.diffuser_steps, train.ema_decay)
-    return {name: recipes[name]() for name in METHOD_COMPONENTS[method.name]}
+    return {name: recipes[name]() for name in method_components(config)}
 
 
 def frozen_call(model: nn.Module, *args) -> torch.Tensor:

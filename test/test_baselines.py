@@ -194,6 +194,39 @@ def test_each_methods_losses_decrease_on_a_tiny_dataset(method, tmp_path):
         assert losses[-1] < losses[0], (name, losses)
 
 
+def test_the_candidate_critic_learns_and_joins_the_bundle(tmp_path):
+    import dataclasses
+
+    from diffusion_planner_ros.models import Dims, build_models
+    torch.manual_seed(0)
+    base = method_config('trajectory_diffuser', steps=300)
+    config = dataclasses.replace(base, method=MethodConfig(critic=True))
+    data = SequenceDataset(tiny_episodes(), 'goal')
+    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
+    setups = component_setups(config, data, DDPMSchedule(config.schedule), models)
+    assert list(setups) == [*METHOD_COMPONENTS['trajectory_diffuser'], 'critic']
+    critic = setups['critic']
+    trainer = ComponentTrainer('critic', models['critic'], critic.loss_fn, critic.sample_batch,
+                               1e-3, torch.device('cpu'), tmp_path, DistributedContext())
+    losses = trainer.train(critic.steps, 0, 25, 10_000, progress=False)
+    assert losses[-1] < 0.5 * losses[0], losses
+    # A bundle of the config carries the critic, and a derived Decision Diffuser bundle too.
+    path = write_bundle(tmp_path / 'td', config)
+    assert (path / 'critic.safetensors').is_file()
+    derived = derive_bundle(path, 'decision_diffuser', tmp_path / 'dd')
+    assert (derived / 'critic.safetensors').is_file()
+    assert load_planner(derived, candidates=3).bundle.models['critic'] is not None
+    (path / 'critic.safetensors').unlink()
+    with pytest.raises(ValueError, match='missing critic.safetensors'):
+        load_planner(path)
+
+
+@pytest.mark.parametrize('method', ['diffuser', 'dmemm', 'bc'])
+def test_a_critic_is_refused_where_the_method_ranks_by_its_objective(method):
+    with pytest.raises(ValueError, match='method.critic applies to'):
+        MethodConfig(name=method, critic=True)
+
+
 def test_dmemm_modulation_terms_reach_the_noise_model_only():
     from diffusion_planner_ros.models import Dims, build_models
     from diffusion_planner_ros.trainer import dmemm_loss

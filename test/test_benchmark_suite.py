@@ -30,7 +30,7 @@ def test_dataset_overrides_follow_the_method_overrides(tmp_path, monkeypatch):
         'b': {'config': config, 'set': {'trajectory_diffuser': ['training.prior_steps=9']}}}))
     seen = {}
 
-    def fake_train(cfg, run_dir, bundle_dir, progress):
+    def fake_train(cfg, run_dir, bundle_dir, only, progress, start_from):
         seen[Path(run_dir).parts[-3]] = cfg
         return None
 
@@ -53,6 +53,48 @@ def test_dataset_overrides_follow_the_method_overrides(tmp_path, monkeypatch):
 def test_bad_dataset_entries_are_named(tmp_path, datasets, message):
     with pytest.raises(ValueError, match=message):
         load_suite(write_suite(tmp_path, datasets))
+
+
+def test_a_derived_entry_trains_its_networks_on_top_of_the_source_bundle(tmp_path,
+                                                                         monkeypatch):
+    from test_bundle_planner import write_bundle
+    source = write_bundle(tmp_path / 'shipped')
+    path = write_suite(tmp_path, {'a': {'config': str(REPO / 'config' / 'pointmaze_umaze.yaml')}},
+                       {'trajectory_diffuser': {},
+                        'rerank': {'derive_from': 'trajectory_diffuser',
+                                   'method': 'trajectory_diffuser', 'train': ['critic'],
+                                   'set': ['method.critic=true', 'training.critic_steps=11'],
+                                   'planner': {'candidates': 8}}})
+    raw = yaml.safe_load(path.read_text())
+    raw['shipped'] = {'a': {'trajectory_diffuser': str(source)}}
+    path.write_text(yaml.safe_dump(raw))
+    calls = []
+
+    def fake_train(cfg, run_dir, bundle_dir, only, progress, start_from):
+        calls.append((cfg, Path(run_dir), only, start_from))
+        return None
+
+    monkeypatch.setattr(benchmark, 'train_method', fake_train)
+    monkeypatch.setattr(benchmark, 'ensure_dataset', lambda *args: None)
+    runner = SuiteRunner(load_suite(path), tmp_path / 'out', progress=False)
+    with pytest.raises(RuntimeError, match='training rerank on a .seed 0. wrote no bundle'):
+        runner.bundle('a', 'rerank', 0)
+    (cfg, run_dir, only, start_from), = calls
+    # The source bundle's config (its tiny sizes), the entry's overrides, the source's networks.
+    assert cfg.unet.dim == 8 and cfg.method.critic and cfg.training.critic_steps == 11
+    assert only == ['critic'] and start_from.path == source
+    assert run_dir == tmp_path / 'out' / 'runs' / 'a' / 'rerank' / 'seed0'
+
+
+@pytest.mark.parametrize('entry, message', [
+    ({'train': ['critic']}, 'needs derive_from'),
+    ({'derive_from': 'trajectory_diffuser', 'method': 'magic'}, "derives 'magic'"),
+])
+def test_bad_derived_entries_are_named(tmp_path, entry, message):
+    config = str(REPO / 'config' / 'pointmaze_umaze.yaml')
+    with pytest.raises(ValueError, match=message):
+        load_suite(write_suite(tmp_path, {'a': {'config': config}},
+                               {'trajectory_diffuser': {}, 'x': entry}))
 
 
 def test_committed_suites_parse():

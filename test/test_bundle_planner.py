@@ -1,5 +1,6 @@
 """Bundle round trip, planner outputs, and the errors bad input gets."""
 
+import dataclasses
 import json
 import shutil
 
@@ -7,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, PlannerConfig,
-                                          PriorConfig, UnetConfig)
+from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, MethodConfig,
+                                          PlannerConfig, PriorConfig, UnetConfig)
 from diffusion_planner_ros.data.normalizer import Normalizer
-from diffusion_planner_ros.planning import TrajectoryDiffuserPlanner, load_bundle, save_bundle
-from diffusion_planner_ros.planning.bundle import Dims, build_models
+from diffusion_planner_ros.planning import (TrajectoryDiffuserPlanner, load_bundle, load_planner,
+                                            save_bundle)
+from diffusion_planner_ros.planning.bundle import Dims, build_models, derive_bundle
+from diffusion_planner_ros.planning.stages import RankStage
 
 ENV_ID = 'PointMaze_UMaze-v3'
 
@@ -274,6 +277,67 @@ def test_warm_start_keeps_the_previous_plan_ahead_and_extends_it_with_the_prior(
 def test_candidates_without_a_critic_are_refused(bundle_dir):
     with pytest.raises(ValueError, match='no critic to rank plans'):
         TrajectoryDiffuserPlanner.from_bundle(bundle_dir, candidates=4)
+
+
+class LastX(torch.nn.Module):
+    """A critic that scores a plan by its last state's first dimension (times sign)."""
+
+    def __init__(self, sign=1.0):
+        super().__init__()
+        self.sign = sign
+
+    def forward(self, plans, levels, condition):
+        assert torch.equal(levels, torch.zeros_like(levels))
+        return self.sign * plans[:, -1, 0]
+
+
+def test_rank_stage_keeps_the_plan_the_critic_scores_highest():
+    plans = torch.randn(5, 8, 4)
+    best = RankStage(LastX())(plans, torch.zeros(5, 2))
+    assert best.shape == (1, 8, 4)
+    assert torch.equal(best[0], plans[int(plans[:, -1, 0].argmax())])
+
+
+def critic_bundle(path, **planner):
+    config = tiny_config(**planner)
+    return write_bundle(path, dataclasses.replace(config, method=MethodConfig(critic=True)))
+
+
+@pytest.mark.parametrize('method', ['trajectory_diffuser', 'decision_diffuser'])
+def test_candidates_are_ranked_by_the_critic_on_every_path(method, tmp_path):
+    path = critic_bundle(tmp_path / 'td')
+    if method == 'decision_diffuser':
+        path = derive_bundle(path, method, tmp_path / 'dd')
+
+    def planner(sign, backend):
+        built = load_planner(path, candidates=4, backend=backend)
+        built.bundle.models['critic'] = LastX(sign)
+        built._configured()
+        return built
+
+    eager = planner(1.0, 'eager')
+    plans = [eager.plan(OBS + 0.05 * i, goal=GOAL) for i in range(3)]
+    assert all('rank' in plan.timings_ms for plan in plans)
+    assert 'rank' not in load_planner(path, backend='eager').plan(OBS, goal=GOAL).timings_ms
+    # The same four candidates (same seed), ranked the other way round.
+    lowest = planner(-1.0, 'eager').plan(OBS, goal=GOAL)
+    assert plans[0].refined_states[-1, 0] > lowest.refined_states[-1, 0]
+    onnx = planner(1.0, 'onnx')
+    for i, plan in enumerate(plans):
+        again = onnx.plan(OBS + 0.05 * i, goal=GOAL)
+        assert np.allclose(again.refined_states, plan.refined_states, atol=1e-4)
+        assert np.allclose(again.actions, plan.actions, atol=1e-4)
+    assert not onnx.fallback_reasons
+
+
+def test_candidates_need_noise_to_differ(tmp_path):
+    path = critic_bundle(tmp_path / 'td')
+    with pytest.raises(ValueError, match='refine_steps 0 would be copies'):
+        TrajectoryDiffuserPlanner.from_bundle(path, candidates=4, refine_steps=0)
+    warm = TrajectoryDiffuserPlanner.from_bundle(path, candidates=4, warm_start_steps=2,
+                                                 backend='eager')
+    first, second = warm.plan(OBS, goal=GOAL), warm.plan(OBS, goal=GOAL)
+    assert np.isfinite(second.refined_states).all() and first.actions.shape == (1, 2)
 
 
 def test_warm_start_levels_are_checked(bundle_dir):

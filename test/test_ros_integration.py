@@ -93,6 +93,8 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
             ('refine_steps', 500, 'trained levels'),      # the bundle has 100 levels
             ('refine_steps', -1, ''),                     # below the declared range
             ('warm_start_steps', 500, 'trained levels'),
+            ('candidates', 4, 'no critic to rank plans'),  # the shipped bundle has none
+            ('candidates', 0, 'must be >= 1'),
             ('guidance_scale', 'high', ''),               # wrong type
             ('plan_rate_hz', 1.0, 'plans 15 steps ahead'),  # 100 control steps per plan
             ('bundle', '/elsewhere', ''),                 # read-only
@@ -106,6 +108,7 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
         assert set_planner_parameter(node, executor, 'refine_steps', 2).successful
         assert get_planner_parameter(node, executor, 'refine_steps') == 2
         assert set_planner_parameter(node, executor, 'warm_start_steps', 2).successful
+        assert set_planner_parameter(node, executor, 'candidates', 1).successful
         assert set_planner_parameter(node, executor, 'plan_rate_hz', 50.0).successful
         assert planner.poll() is None
         # The node still commands after the changes (zero here: no state has come).

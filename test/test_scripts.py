@@ -72,6 +72,17 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
                  '--windows', '8', '--refine-steps', '0', '2'], tmp_path)
     rows = [line for line in check.splitlines() if re.match(r'\| \d+ \|', line)]
     assert [row.split('|')[1].strip() for row in rows] == ['0', '2']
+    # A critic added to the trained bundle; its other networks are taken as they are.
+    critic = tmp_path / 'critic'
+    out = run(['training/train.py', '--from-bundle', str(tmp_path / 'run' / 'bundle'),
+               '--only', 'critic', '--set', 'method.critic=true', '--set',
+               'training.critic_steps=20', '--out', str(critic), '--no-progress'], tmp_path)
+    assert 'sanity batch critic' in out and 'sanity batch prior' not in out
+    assert (critic / 'bundle' / 'prior.safetensors').read_bytes() == (
+        tmp_path / 'run' / 'bundle' / 'prior.safetensors').read_bytes()
+    run(['training/evaluate.py', '--bundle', str(critic / 'bundle'), '--episodes', '1',
+         '--candidates', '4', '--json', str(result), '--no-progress'], tmp_path)
+    assert json.loads(result.read_text())['candidates'] == 4
 
 
 def test_training_resumes_from_checkpoints(tiny_data, tmp_path):
@@ -121,7 +132,8 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
     out = tmp_path / 'bench'
     text = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
                 '--no-progress'], tmp_path, timeout=900)
-    suite_methods = ['trajectory_diffuser', 'prior_only', 'decision_diffuser', 'diffuser',
+    suite_methods = ['trajectory_diffuser', 'prior_only', 'decision_diffuser',
+                     'trajectory_diffuser_rerank', 'decision_diffuser_rerank', 'diffuser',
                      'diffuser_warm', 'dmemm', 'bc']
     for name in suite_methods:
         row = json.loads((out / 'results' / f'umaze_{name}_seed0.json').read_text())
@@ -140,6 +152,18 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
                                'diffuser.safetensors').read_bytes()
     assert json.loads((out / 'results' / 'umaze_diffuser_warm_seed0.json').read_text())[
         'warm_start_steps'] == 2
+    # Rerank: TD's networks unchanged plus a trained critic, which DD's derived bundle shares.
+    td, rerank = runs / 'trajectory_diffuser' / 'seed0', runs / 'trajectory_diffuser_rerank'
+    for name in ('prior', 'diffuser', 'inverse_dynamics'):
+        assert (rerank / 'seed0' / 'bundle' / f'{name}.safetensors').read_bytes() == (
+            td / 'bundle' / f'{name}.safetensors').read_bytes()
+    assert (rerank / 'seed0' / 'weights' / 'critic.losses.json').is_file()
+    assert not (rerank / 'seed0' / 'weights' / 'prior.losses.json').exists()
+    assert (runs / 'decision_diffuser_rerank' / 'seed0' / 'bundle' / 'critic.safetensors'
+            ).read_bytes() == (rerank / 'seed0' / 'bundle' / 'critic.safetensors').read_bytes()
+    for name in ('trajectory_diffuser_rerank', 'decision_diffuser_rerank'):
+        row = json.loads((out / 'results' / f'umaze_{name}_seed0.json').read_text())
+        assert row['candidates'] == 4
     for plot in ('score_vs_latency.png', 'example_plan_umaze.png'):
         assert (out / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     table = json.loads((out / 'table.json').read_text())

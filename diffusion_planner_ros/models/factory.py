@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from diffusion_planner_ros.config import JOINT_METHODS, ExperimentConfig
+from diffusion_planner_ros.config import CRITIC_METHODS, JOINT_METHODS, ExperimentConfig
 from diffusion_planner_ros.models.dynamics import GaussianEnsemble, RewardModel
 from diffusion_planner_ros.models.inverse_dynamics import InverseDynamics
 from diffusion_planner_ros.models.policy import BCPolicy
@@ -23,6 +23,13 @@ METHOD_COMPONENTS = {
     'dmemm': ('transition', 'reward', 'diffuser'),
     'bc': ('policy',),
 }
+
+
+def method_components(config: ExperimentConfig, method: str | None = None) -> tuple:
+    """Return the networks of ``method`` (default: the config's), with its critic if it has one."""
+    method = method or config.method.name
+    critic = ('critic',) if config.method.critic and method in CRITIC_METHODS else ()
+    return METHOD_COMPONENTS[method] + critic
 
 
 @dataclass
@@ -51,8 +58,10 @@ def build_models(config: ExperimentConfig, dims: Dims,
         'inverse_dynamics': lambda: InverseDynamics(config.inverse_dynamics, dims.obs,
                                                     dims.action),
         'value': lambda: ValueFunction(config.unet, channels, dims.condition, horizon),
+        # The same network on clean state plans: scores candidates at level 0.
+        'critic': lambda: ValueFunction(config.unet, dims.obs, dims.condition, horizon),
         'transition': lambda: GaussianEnsemble(config.dynamics, dims.obs, dims.action),
         'reward': lambda: RewardModel(config.dynamics, dims.obs, dims.action, dims.condition),
         'policy': lambda: BCPolicy(config.policy, dims.obs, dims.condition, dims.action),
     }
-    return {name: builders[name]() for name in METHOD_COMPONENTS[method]}
+    return {name: builders[name]() for name in method_components(config, method)}

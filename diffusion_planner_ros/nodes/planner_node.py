@@ -86,6 +86,9 @@ class PlannerNode(LifecycleNode):
         p('warm_start_steps', -1, _int_param(
             'replan from the previous plan noised to this many levels (0 = every plan afresh, '
             "-1 = the bundle's planner.warm_start_steps)", -1, 1000))
+        p('candidates', -1, _int_param(
+            'plans drawn per replan, the best kept by the bundle\'s critic or objective (1 = one '
+            "plan, -1 = the bundle's planner.candidates)", -1, 1024))
         p('noise_scale', 0.5, _float_param('alpha of Algorithm 1 line 20 (0 = posterior mean)',
                                            0.0, 10.0))
         p('backend', 'auto', ParameterDescriptor(
@@ -182,7 +185,8 @@ class PlannerNode(LifecycleNode):
             threads=gp('torch_threads').value,
             replan_every=self._replan_every(gp('control_rate_hz').value,
                                             gp('plan_rate_hz').value),
-            **self._warm_start(gp('warm_start_steps').value))
+            **self._bundle_or('warm_start_steps', gp('warm_start_steps').value),
+            **self._bundle_or('candidates', gp('candidates').value))
         if self.planner.action_dim != len(self.profile.actuators):
             raise ValueError(f'bundle has {self.planner.action_dim} actions but profile '
                              f'{self.profile.name!r} has {len(self.profile.actuators)} actuators')
@@ -310,12 +314,13 @@ class PlannerNode(LifecycleNode):
                     f'period ({1.0 / control_rate_hz:.4f} s)')
         return ''
 
-    @staticmethod
-    def _warm_start(levels: int, bundle_levels: int | None = None) -> dict:
-        """Planner option for the warm_start_steps parameter: -1 keeps the bundle's value."""
-        if levels >= 0:
-            return {'warm_start_steps': levels}
-        return {} if bundle_levels is None else {'warm_start_steps': bundle_levels}
+    def _bundle_or(self, name: str, value: int) -> dict:
+        """Planner option for an integer parameter whose -1 keeps the bundle's value."""
+        if value >= 0:
+            return {name: value}
+        if self.planner is None:
+            return {}  # configure: the bundle's value is the planner's default
+        return {name: getattr(self.planner.bundle.config.planner, name)}
 
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
@@ -354,9 +359,9 @@ class PlannerNode(LifecycleNode):
                    if name in new}
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             changes['replan_every'] = replan_every
-        if 'warm_start_steps' in new:
-            changes.update(self._warm_start(
-                new['warm_start_steps'], self.planner.bundle.config.planner.warm_start_steps))
+        for name in ('warm_start_steps', 'candidates'):
+            if name in new:
+                changes.update(self._bundle_or(name, new[name]))
         if changes:
             try:
                 # Captured stages are rebuilt; they capture again on the next plan.

@@ -1,7 +1,8 @@
 """The seed papers' other planners, on the same schedule, sampler, U-Net and bundle.
 
 - Decision Diffuser: Trajectory Diffuser without the prior; every plan is sampled from pure
-  noise over all K levels with classifier-free guidance, then inverse dynamics.
+  noise over all K levels with classifier-free guidance, then inverse dynamics. With candidates
+  > 1 (and a critic in the bundle) the critic picks one of that many plans.
 - Diffuser (and DMEMM, which samples the same way): [state, action] trajectories sampled from
   noise (or warm-started from the previous plan) with the current state inpainted in every step
   and the reverse-step mean moved along the gradient of an objective: Diffuser's learned return
@@ -41,16 +42,21 @@ class DecisionDiffuserPlanner(TrajectoryDiffuserPlanner):
             'sample': SampleStage(self.diffuser, self.schedule, self.config.guidance_scale,
                                   self.config.noise_scale),
             'inverse': InverseStage(self.inverse_dynamics, self.config.replan_every),
+            **self._rank_modules(),
         }
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
         stages = self.stages
         clock = StageClock(self.device)
-        draws = draw_noise((1, self.horizon, self.obs_dim), self.levels, self._generator,
-                           self.device)
-        plan = stages['sample'](states[0, -1], conditions[:, -1], draws,
-                                *self._goal_row(goal))  # (1, H, obs_dim)
+        condition = self._candidate_condition(conditions)  # (N, cond)
+        draws = draw_noise((condition.shape[0], self.horizon, self.obs_dim), self.levels,
+                           self._generator, self.device)
+        plan = stages['sample'](states[0, -1], condition, draws,
+                                *self._goal_row(goal))  # (N, H, obs_dim)
         clock.mark('sample')
+        if plan.shape[0] > 1:
+            plan = stages['rank'](plan, condition)  # (1, H, obs_dim) the critic's pick
+            clock.mark('rank')
         actions = stages['inverse'](plan)
         clock.mark('inverse')
         return Proposal(actions, plan[0], None, clock.stages())

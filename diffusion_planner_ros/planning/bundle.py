@@ -1,7 +1,8 @@
 """A bundle directory rebuilds the whole planner from its path.
 
 Files: config.json (experiment config, dims, env and dataset ids, action bounds, method),
-normalizer.json, and one safetensors file per network of the method (models.METHOD_COMPONENTS).
+normalizer.json, and one safetensors file per network of the method (models.method_components:
+the critic too where method.critic is set).
 Nothing is unpickled.
 """
 
@@ -20,7 +21,7 @@ from torch import nn
 from diffusion_planner_ros.config import (METHODS, ExperimentConfig, config_from_dict,
                                           config_to_dict)
 from diffusion_planner_ros.data.normalizer import Normalizer
-from diffusion_planner_ros.models import METHOD_COMPONENTS, Dims, build_models
+from diffusion_planner_ros.models import Dims, build_models, method_components
 
 BUNDLE_FORMAT = 'diffusion_planner_ros.bundle'
 BUNDLE_VERSION = 1
@@ -31,9 +32,9 @@ __all__ = ['Bundle', 'Dims', 'build_models', 'derive_bundle', 'load_bundle', 're
            'save_bundle', 'weight_files']
 
 
-def weight_files(method: str) -> dict[str, str]:
-    """Network name -> safetensors file name for a method's bundle."""
-    return {name: f'{name}.safetensors' for name in METHOD_COMPONENTS[method]}
+def weight_files(config: ExperimentConfig) -> dict[str, str]:
+    """Network name -> safetensors file name for a bundle of the config's method."""
+    return {name: f'{name}.safetensors' for name in method_components(config)}
 
 
 @dataclass
@@ -73,7 +74,7 @@ def save_bundle(path: str | Path, config: ExperimentConfig, env_id: str, dims: D
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + '\n')
     stats = {name: norm.to_dict() for name, norm in normalizers.items()}
     (path / NORMALIZER_FILE).write_text(json.dumps(stats, indent=2) + '\n')
-    for name, filename in weight_files(method).items():
+    for name, filename in weight_files(config).items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in models[name].state_dict().items()}
         save_file(tensors, str(path / filename), metadata={'model': name})
     return path
@@ -87,7 +88,7 @@ def derive_bundle(source: str | Path, method: str, path: str | Path) -> Path:
     config records the new method; nothing is retrained.
     """
     bundle = load_bundle(source)
-    missing = [n for n in METHOD_COMPONENTS[method] if n not in bundle.models]
+    missing = [n for n in method_components(bundle.config, method) if n not in bundle.models]
     if missing or (bundle.method in ('diffuser', 'dmemm')) != (method in ('diffuser', 'dmemm')):
         raise ValueError(f'a {method} bundle cannot be derived from the {bundle.method} bundle '
                          f'{source} (missing {missing or "compatible diffuser"})')
@@ -185,7 +186,7 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     config = _config(raw_config, source)
     # Bundles written before the method section existed record the method only at the top.
     config = replace(config, method=replace(config.method, name=method))
-    files = weight_files(method)
+    files = weight_files(config)
     missing = [f for f in files.values() if not (path / f).is_file()]
     if missing:
         raise ValueError(f'bundle {path} is missing {", ".join(missing)}')

@@ -3,9 +3,11 @@
 Trajectory Diffuser per call (the paper's Algorithm 1 in appendix A.3): the prior rolls out H - 1
 states after the history; the diffuser noises that trajectory to level k and denoises it with
 classifier-free guidance, the current state written in after every step; inverse dynamics turns
-consecutive planned states into actions. With warm_start_steps > 0 (a combination none of the
-papers tried) a replan keeps the previous plan's states still ahead, the prior rolls out only
-the steps past its end, and the refiner starts from that level instead of k.
+consecutive planned states into actions. With candidates > 1 the refiner draws that many
+plans from the one rollout and the bundle's critic picks one. With warm_start_steps > 0 (a
+combination none of the papers tried) a replan keeps the previous plan's states still ahead,
+the prior rolls out only the steps past its end, and the refiner starts from that level
+instead of k.
 
 Normalisation happens in BasePlanner, at the edge, never inside a network; the baselines
 (planning/baselines.py) share it. The stages are modules (planning/stages.py) that run eagerly
@@ -27,8 +29,8 @@ from diffusion_planner_ros.config import PlannerConfig
 from diffusion_planner_ros.diffusion import DDPMSchedule, draw_noise
 from diffusion_planner_ros.planning.accelerate import choose_backend, make_stage
 from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
-from diffusion_planner_ros.planning.stages import (InverseStage, PriorStage, RefineStage,
-                                                   WarmPriorStage)
+from diffusion_planner_ros.planning.stages import (InverseStage, PriorStage, RankStage,
+                                                   RefineStage, WarmPriorStage)
 
 
 class SamplingDiverged(RuntimeError):
@@ -300,10 +302,15 @@ class TrajectoryDiffuserPlanner(BasePlanner):
 
     def _check_config(self, config: PlannerConfig) -> None:
         super()._check_config(config)
-        if config.candidates > 1:
-            raise ValueError(f'candidates {config.candidates}: a {self.method} bundle has no '
-                             'critic to rank plans by; candidates applies to diffuser and dmemm '
-                             'bundles')
+        if config.candidates > 1 and 'critic' not in self.bundle.models:
+            raise ValueError(
+                f'candidates {config.candidates}: this {self.method} bundle has no critic to '
+                'rank plans by; add one with training/train.py --from-bundle BUNDLE --only '
+                'critic --set method.critic=true')
+        if config.candidates > 1 and self.method == 'trajectory_diffuser' \
+                and not config.refine_steps:
+            raise ValueError(f'candidates {config.candidates} with refine_steps 0 would be '
+                             'copies of one plan: the prior\'s rollout is deterministic')
         for name in ('refine_steps', 'warm_start_steps'):
             if getattr(config, name) > self.levels:
                 raise ValueError(f'{name} {getattr(config, name)} exceeds the diffuser\'s '
@@ -336,7 +343,17 @@ class TrajectoryDiffuserPlanner(BasePlanner):
                                                      self.config.guidance_scale,
                                                      self.config.noise_scale)
         modules['inverse'] = InverseStage(self.inverse_dynamics, self.config.replan_every)
-        return modules
+        return {**modules, **self._rank_modules()}
+
+    def _rank_modules(self) -> dict:
+        """Return the candidate-ranking stage when the config draws several plans."""
+        if self.config.candidates > 1:
+            return {'rank': RankStage(self.bundle.models['critic'])}
+        return {}
+
+    def _candidate_condition(self, conditions: torch.Tensor) -> torch.Tensor:
+        """Return the condition now once per candidate plan: (N, cond_dim)."""
+        return conditions[:, -1].expand(self.config.candidates, -1).contiguous()
 
     def _warm(self, conditions: torch.Tensor) -> bool:
         """Say whether this plan starts from the previous one.
@@ -368,13 +385,18 @@ class TrajectoryDiffuserPlanner(BasePlanner):
             refine = stages.get('refine')
         clock.mark('prior')
 
-        # Improve stage (lines 14-23).
+        # Improve stage (lines 14-23), on each candidate: they share the prior's rollout and
+        # differ by the refiner's noise.
         refined = prior_plan
         if refine is not None:
-            draws = draw_noise(prior_plan.shape, refine.module.steps, self._generator,
-                               self.device)
-            refined = refine(prior_plan, conditions[:, -1], draws, *self._goal_row(goal))
+            condition = self._candidate_condition(conditions)  # (N, cond)
+            plans = prior_plan.expand(len(condition), -1, -1).contiguous()  # (N, H, obs)
+            draws = draw_noise(plans.shape, refine.module.steps, self._generator, self.device)
+            refined = refine(plans, condition, draws, *self._goal_row(goal))
         clock.mark('refine')
+        if refined.shape[0] > 1:
+            refined = stages['rank'](refined, condition)  # (1, H, obs) the critic's pick
+            clock.mark('rank')
         if self.config.warm_start_steps:
             # Copies: a captured stage may reuse its output buffer on the next call.
             self._previous, self._previous_condition = refined.clone(), conditions[:, -1].clone()

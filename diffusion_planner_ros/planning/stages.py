@@ -2,7 +2,7 @@
 
 Trajectory Diffuser's plan is three stages (prior, refine, inverse); Decision Diffuser's is two
 (sample, inverse). A warm-started Trajectory Diffuser plan swaps its prior stage for
-WarmPriorStage.
+WarmPriorStage. With candidates, RankStage picks one plan before inverse dynamics.
 
 Each stage is an nn.Module whose forward takes and returns tensors only, with every planner knob
 (horizon, k, w, noise scale) fixed at construction and the sampler's noise passed in as a tensor.
@@ -119,6 +119,20 @@ class SampleStage(nn.Module):
         return sample(self.diffuser, self.schedule, draws.shape[1:], condition,
                       self.guidance_scale, constraints, noise_scale=self.noise_scale,
                       device=draws.device, draws=draws)
+
+
+class RankStage(nn.Module):
+    """Pick the candidate plan the critic scores highest (the official TD code's reranking)."""
+
+    def __init__(self, critic: nn.Module):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, plans: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Map plans (N, H, obs) under condition (N, cond) to the best one, (1, H, obs)."""
+        levels = torch.zeros(plans.shape[0], dtype=torch.long, device=plans.device)
+        best = self.critic(plans, levels, condition).argmax().reshape(1)  # (1,)
+        return plans.index_select(0, best)
 
 
 class InverseStage(nn.Module):
