@@ -183,11 +183,12 @@ class SuiteRunner:
                start_from=None) -> Path:
         """Train a run's networks (``only`` those, the rest from ``start_from``); its bundle."""
         ensure_dataset(spec, config.data.dataset_id, self.progress)
-        run_dir = self.run_dir(*run)
+        dataset, name, seed = run
+        run_dir = self.run_dir(dataset, name, seed)
         written = train_method(config, run_dir, run_dir / 'bundle', only, self.progress,
                                start_from)
         if written is None:
-            raise RuntimeError('training {1} on {0} (seed {2}) wrote no bundle'.format(*run))
+            raise RuntimeError(f'training {name} on {dataset} (seed {seed}) wrote no bundle')
         return written
 
     def evaluate(self, dataset: str, name: str, seed: int) -> dict:
