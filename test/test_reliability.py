@@ -346,8 +346,9 @@ def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum):
         assert node.commands[-1] != [0.0, 0.0]
         planner.send_signal(signum)
         assert planner.wait(timeout=20) == 0, log.read_text()[-2000:]
-        spin_until(executor, lambda: False, 0.5)
-        assert node.commands[-1] == [0.0, 0.0]
+        # The planner exits after the zero is acknowledged: nothing can overtake it.
+        assert spin_until(executor, lambda: node.commands[-1] == [0.0, 0.0], 2.0), \
+            node.commands[-3:]
     finally:
         if planner.poll() is None:
             planner.kill()
@@ -368,8 +369,8 @@ def test_bridge_applies_zero_on_signal(ros_env, recorder, tmp_path, signum):
         assert list(node.states[-1].effort) == [0.5, -0.5]
         bridge.send_signal(signum)
         assert bridge.wait(timeout=20) == 0, log.read_text()[-2000:]
-        spin_until(executor, lambda: False, 0.5)
-        assert list(node.states[-1].effort) == [0.0, 0.0]
+        assert spin_until(executor, lambda: list(node.states[-1].effort) == [0.0, 0.0], 2.0), \
+            node.states[-1]
     finally:
         if bridge.poll() is None:
             bridge.kill()

@@ -30,6 +30,7 @@ from geometry_msgs.msg import Point, PoseStamped
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.publisher import Publisher
@@ -45,7 +46,7 @@ from diffusion_planner_ros.planning import load_planner
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      episode_target, LatencyStats,
                                                      ReturnsToGo, StampGate)
-from diffusion_planner_ros.nodes.runner import spin_node
+from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.robots import Kinematics, load_profile
 
 WARN_PERIOD_S = 2.0
@@ -270,6 +271,9 @@ class PlannerNode(LifecycleNode):
             if self._active:
                 self._active = False
                 self._send(np.zeros(self.planner.action_dim))
+                # A publisher destroyed right after its last message can take that message
+                # with it: wait (bounded) until every reliable subscriber has acknowledged it.
+                self.command_pub.wait_for_all_acked(Duration(seconds=LAST_MESSAGE_ACK_S))
 
     def _release(self) -> None:
         """Stop the worker and destroy what configure created."""

@@ -18,6 +18,10 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+# How long a stopping node waits for its last message (the zero command, the state that shows
+# it) to be acknowledged before it destroys the publisher.
+LAST_MESSAGE_ACK_S = 1.0
+
 
 def spin_node(factory: Callable, args=None) -> None:
     """Create the node, spin it on a SingleThreadedExecutor, stop it safely.

@@ -23,6 +23,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -33,7 +34,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
-from diffusion_planner_ros.nodes.runner import spin_node
+from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.robots import load_profile
 
 try:  # No tf2_msgs wheel exists for machines without ROS; TF is published where it imports.
@@ -301,6 +302,9 @@ class SimBridgeNode(Node):
         self.env.unwrapped.step(zero.astype(np.float32))
         self._applied = zero
         self._publish_state()
+        # Destroying the publisher at once can lose that last state: wait (bounded) until every
+        # reliable subscriber has acknowledged it.
+        self.state_pub.wait_for_all_acked(Duration(seconds=LAST_MESSAGE_ACK_S))
         self.env.close()
 
 
