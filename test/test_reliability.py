@@ -329,6 +329,48 @@ def test_planner_stays_unconfigured_with_a_bad_bundle(driver, ros_env, tmp_path)
     assert 'cannot configure' in text and 'missing' in text and code == 0, text[-2000:]
 
 
+def test_lockstep_planner_commands_a_resent_state_once(ros_env, recorder, tmp_path):
+    # A lockstep bridge sends its state again after a second without a command: a planner
+    # slower than that must not answer both copies, or the bridge steps twice.
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true'], ros_env, tmp_path,
+                         'planner')
+    node, executor = recorder()
+
+    def send(stamp_s, copies=1):
+        msg = JointState(name=list(JOINTS), position=list(UMAZE_START), velocity=[0.0, 0.0])
+        msg.header.stamp = _stamp(stamp_s)
+        for _ in range(copies):
+            node.state_pub.publish(msg)
+            executor.spin_once(timeout_sec=0.005)
+
+    try:
+        assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 1
+                          and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
+        spin_until(executor, lambda: False, 1.0)
+        goal = PoseStamped()
+        goal.pose.position.x, goal.pose.position.y = FREE_GOALS[2]
+        node.goal_pub.publish(goal)
+        spin_until(executor, lambda: False, 0.3)
+        send(100.0)  # the first plan also learns that this robot sends no rewards
+        assert spin_until(executor, lambda: len(node.commands) == 1, 30), log.read_text()
+        # Three copies of the next step while it is planned or its command is on its way.
+        send(100.01, copies=3)
+        spin_until(executor, lambda: False, 1.0)
+        assert len(node.commands) == 2, log.read_text()[-2000:]
+        # The same step long after its command: the command looks lost and goes out again.
+        send(100.01)
+        assert spin_until(executor, lambda: len(node.commands) == 3, 10), log.read_text()
+        # An unstamped robot cannot mark a resend: each of its states is a step.
+        for count in (4, 5):
+            send(0.0)
+            assert spin_until(executor, lambda: len(node.commands) == count, 10), log.read_text()
+        assert planner.poll() is None
+    finally:
+        code = stop(planner)
+    assert code == 0, log.read_text()[-3000:]
+
+
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum):
     node, executor = driver

@@ -50,6 +50,9 @@ from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.robots import Kinematics, load_profile
 
 WARN_PERIOD_S = 2.0
+# Lockstep: a state sent again within this long of the command for it crossed that command
+# (or came while it was planned) and gets none; later, the command is taken as lost.
+LOCKSTEP_RESEND_GRACE_S = 0.5
 
 
 def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
@@ -403,10 +406,13 @@ class PlannerNode(LifecycleNode):
             return
         with self._lock:
             self._state_sequence += 1
-            if stamp != self._last_stamp:
+            # A stamped state that repeats the last stamp is the same step sent again (a
+            # lockstep bridge's watchdog): it keeps its step number.
+            resent = stamp != 0.0 and stamp == self._last_stamp
+            if not resent:
                 self._episode_step, self._last_stamp = self._episode_step + 1, stamp
             self._state = (observation, time.monotonic(), self._state_sequence,
-                           (self._episode, self._episode_step))
+                           (self._episode, self._episode_step), resent)
         if self.lockstep or self._plan_due.is_set():
             self._plan_due.clear()
             self._wake.set()
@@ -453,6 +459,9 @@ class PlannerNode(LifecycleNode):
     # Planning (worker thread) ------------------------------------------------------------------
     def _plan_loop(self) -> None:
         consumed_sequence, steps_since_plan, goal_version = 0, None, 0
+        # Lockstep: the (episode, step) last commanded and when, so a resent state gets no
+        # second command (the bridge would step twice) unless that command looks lost.
+        commanded, commanded_at = None, -math.inf
         while self._running:
             if not self._wake.wait(timeout=0.1):
                 continue
@@ -466,18 +475,22 @@ class PlannerNode(LifecycleNode):
                 steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
-            observation, received, sequence, (episode, step) = state
+            observation, received, sequence, (episode, step), resent = state
             if not self._active:
                 continue
             if self.lockstep:
                 if sequence == consumed_sequence:
                     continue
                 consumed_sequence = sequence
+                if (resent and commanded == (episode, step)
+                        and received - commanded_at < LOCKSTEP_RESEND_GRACE_S):
+                    continue  # sent again while its command was being planned or on its way
                 due = steps_since_plan is None or steps_since_plan >= \
                     self.planner.config.replan_every
                 if not due:
                     steps_since_plan += 1
                     self._publish_command(self.chunk.next())
+                    commanded, commanded_at = (episode, step), time.monotonic()
                     continue
             if self.lockstep and not self._await_rewards(episode, step):
                 continue  # the state's episode ended while it waited
@@ -496,6 +509,7 @@ class PlannerNode(LifecycleNode):
             if self.lockstep:
                 self.chunk.replace(plan.actions, consumed=1)
                 self._publish_command(plan.action)
+                commanded, commanded_at = (episode, step), time.monotonic()
             else:
                 self.chunk.replace(plan.actions, start_s=received)
                 self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s))
