@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffusion_planner_ros.config import (METHODS, ExperimentConfig, config_from_dict,
-                                          config_to_dict)
+from diffusion_planner_ros.config import (JOINT_METHODS, METHODS, ExperimentConfig,
+                                          config_from_dict, config_to_dict)
 from diffusion_planner_ros.data.normalizer import Normalizer
 from diffusion_planner_ros.models import Dims, build_models, method_components
 
@@ -89,7 +89,7 @@ def derive_bundle(source: str | Path, method: str, path: str | Path) -> Path:
     """
     bundle = load_bundle(source)
     missing = [n for n in method_components(bundle.config, method) if n not in bundle.models]
-    if missing or (bundle.method in ('diffuser', 'dmemm')) != (method in ('diffuser', 'dmemm')):
+    if missing or (bundle.method in JOINT_METHODS) != (method in JOINT_METHODS):
         raise ValueError(f'a {method} bundle cannot be derived from the {bundle.method} bundle '
                          f'{source} (missing {missing or "compatible diffuser"})')
     config = replace(bundle.config, method=replace(bundle.config.method, name=method))
