@@ -8,7 +8,7 @@ import pytest
 
 from conftest import PYTHON, REPO, script_env
 from diffusion_planner_ros.config import load_config
-from diffusion_planner_ros.planning.bundle import derive_bundle
+from diffusion_planner_ros.planning.bundle import derive_bundle, load_bundle
 from test_bundle_planner import write_bundle
 
 TINY_MODEL = [
@@ -83,6 +83,17 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
     run(['training/evaluate.py', '--bundle', str(critic / 'bundle'), '--episodes', '1',
          '--candidates', '4', '--json', str(result), '--no-progress'], tmp_path)
     assert json.loads(result.read_text())['candidates'] == 4
+    # A prior of another size trained on top: the bundle records it, the U-Net is the source's.
+    deeper = tmp_path / 'deeper'
+    run(['training/train.py', '--from-bundle', str(tmp_path / 'run' / 'bundle'), '--only',
+         'prior', '--set', 'prior.n_layer=2', '--set', 'training.prior_steps=10', '--out',
+         str(deeper), '--no-progress'], tmp_path)
+    assert load_bundle(deeper / 'bundle').config.prior.n_layer == 2
+    assert (deeper / 'bundle' / 'diffuser.safetensors').read_bytes() == (
+        tmp_path / 'run' / 'bundle' / 'diffuser.safetensors').read_bytes()
+    assert '| trajectory_diffuser | onnx |' in run(
+        ['training/evaluate.py', '--bundle', str(deeper / 'bundle'), '--episodes', '1',
+         '--no-progress'], tmp_path)
 
 
 def test_training_resumes_from_checkpoints(tiny_data, tmp_path):
