@@ -97,7 +97,10 @@ def test_warm_started_onnx_plans_match_eager(tmp_path):
     assert fast.backend == 'onnx' and not fast.fallback_reasons
     assert {'warm_prior', 'warm_refine'} <= set(fast.stages)
     plans = plan_sequence(fast)
-    assert_same_plans(plans, plan_sequence(eager), atol=1e-5)
+    # Each warm replan starts from the previous plan, so float32 rounding differences between
+    # the runtimes carry over: 7e-7 on the first plan, up to 6e-6 here and 1.02e-5 once in CI.
+    # A wrong warm stage is far off: warm level 1 instead of 2 moves the plans by 0.2 to 1.2.
+    assert_same_plans(plans, plan_sequence(eager), atol=1e-4)
     assert np.allclose(plans[1].prior_states[1:5], plans[0].refined_states[3:7], atol=1e-5)
 
 
