@@ -185,12 +185,20 @@ class MethodConfig:
     # head, on clean state windows) that picks the best of planner.candidates plans, as the
     # official Trajectory Diffuser code ranks its 32 candidates.
     critic: bool = False
+    # Trajectory / Decision Diffuser: train the states-only U-Net with DMEMM's objective (the
+    # fields above: Eq. 11 weighting, Eq. 9-10 modulation) instead of Eq. 6 alone, a
+    # combination neither paper tried. The modulation terms take their actions from the frozen
+    # inverse dynamics between consecutive denoised states; planning is unchanged.
+    dmemm_refiner: bool = False
 
     def __post_init__(self) -> None:
         _require(self.name in METHODS, f'method.name {self.name!r} must be one of {METHODS}')
         _require(not self.critic or self.name in CRITIC_METHODS,
                  f'method.critic applies to {CRITIC_METHODS}, not {self.name} (Diffuser and '
                  'DMEMM rank candidates by their guidance objective)')
+        _require(not self.dmemm_refiner or self.name in CRITIC_METHODS,
+                 f'method.dmemm_refiner applies to the states-only U-Nets of {CRITIC_METHODS}, '
+                 f'not {self.name} (DMEMM itself is method.name dmemm)')
         _require(self.transition_weight >= 0.0 and self.reward_weight >= 0.0,
                  'method.transition_weight and method.reward_weight must be >= 0')
         _require(self.modulation_terms >= 0,

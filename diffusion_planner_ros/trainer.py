@@ -2,7 +2,8 @@
 
 Trajectory Diffuser's prior, U-Net, inverse dynamics and optional candidate critic; Diffuser's
 joint state-action U-Net and return model J; DMEMM's transition ensemble, reward model and
-modulated U-Net (its Eq. 8-12); the BC policy. Checkpoints are safetensors (model, EMA,
+modulated U-Net (its Eq. 8-12), also as the objective of a states-only U-Net
+(method.dmemm_refiner); the BC policy. Checkpoints are safetensors (model, EMA,
 optimiser tensors) plus JSON (step, optimiser groups), so resuming never unpickles anything.
 """
 
@@ -74,8 +75,8 @@ def prior_loss(prior: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMSchedule,
-                   condition_dropout: float) -> torch.Tensor:
-    """Epsilon-prediction loss with condition dropout (paper Eq. 6).
+                   condition_dropout: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Epsilon-prediction loss with condition dropout (paper Eq. 6); weighted per window (B,).
 
     The first state is given at sampling time (it is the current state), so it is written into
     the noisy sample and left out of the loss.
@@ -90,7 +91,10 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: D
     keep = torch.bernoulli(torch.full((batch_size,), 1.0 - condition_dropout,
                                       device=x0.device))
     eps = model(x_t, t, condition, keep)
-    return F.mse_loss(eps[:, 1:], noise[:, 1:])
+    if weights is None:
+        return F.mse_loss(eps[:, 1:], noise[:, 1:])
+    per_window = (eps[:, 1:] - noise[:, 1:]).pow(2).flatten(1).mean(1)  # (B,)
+    return (per_window * weights).mean()
 
 
 def inverse_dynamics_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -150,22 +154,67 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
         return loss
     x0 = joint_trajectories(batch)
     condition = batch[CONDITIONS][:, 0]
-    top = min(method.modulation_levels or schedule.num_steps, schedule.num_steps)
-    levels = torch.randint(0, top, (x0.shape[0],), device=x0.device)
-    noise = torch.randn_like(x0)
 
     def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return unconditional(model, x, t, condition[rows])
 
-    tau = one_shot_denoise(epsilon, schedule, x0, levels, noise, method.modulation_terms)
+    tau = one_shot_denoise(epsilon, schedule, x0, *_modulation_draws(x0, schedule, method),
+                           method.modulation_terms)
     states, actions = tau[..., :obs_dim], tau[..., obs_dim:]  # (B, H, obs), (B, H, act)
+    return loss + modulation_loss(states, actions, condition, method, transition, reward)
+
+
+def dmemm_refiner_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                       schedule: DDPMSchedule, condition_dropout: float, method: MethodConfig,
+                       inverse_dynamics: nn.Module, transition: nn.Module, reward: nn.Module,
+                       data: SequenceDataset) -> torch.Tensor:
+    """Return DMEMM's objective (Eq. 11-12) for the states-only U-Net (dmemm_refiner).
+
+    Eq. 6 weighted per window as in Eq. 11, plus Eq. 9-10 on the one-shot denoised state
+    trajectory (Eq. 8 with the conditional noise model). Those terms need actions, which the
+    frozen inverse dynamics supplies between consecutive denoised states (paper Eq. 3).
+    """
+    weights = data.reward_weights(batch[REWARDS]) if method.reward_weighting else None
+    loss = diffusion_loss(model, batch, schedule, condition_dropout, weights)
+    if method.transition_weight == 0.0 and method.reward_weight == 0.0:
+        return loss
+    x0, condition = batch[STATES], batch[CONDITIONS][:, 0]  # (B, H, obs), (B, cond)
+
+    def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return model(x, t, condition[rows], torch.ones(x.shape[0], device=x.device))
+
+    states = one_shot_denoise(epsilon, schedule, x0, *_modulation_draws(x0, schedule, method),
+                              method.modulation_terms)
+    actions = frozen_call(inverse_dynamics, states[:, :-1], states[:, 1:])  # (B, H-1, act)
+    return loss + modulation_loss(states, actions, condition, method, transition, reward)
+
+
+def _modulation_draws(x0: torch.Tensor, schedule: DDPMSchedule,
+                      method: MethodConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Levels k (B,) of Eq. 9-10, from 1 .. modulation_levels, and the noise eps of Eq. 8."""
+    top = min(method.modulation_levels or schedule.num_steps, schedule.num_steps)
+    levels = torch.randint(0, top, (x0.shape[0],), device=x0.device)
+    return levels, torch.randn_like(x0)
+
+
+def modulation_loss(states: torch.Tensor, actions: torch.Tensor, condition: torch.Tensor,
+                    method: MethodConfig, transition: nn.Module,
+                    reward: nn.Module) -> torch.Tensor:
+    """lambda_tr L_tr - lambda_rd sum R (DMEMM Eq. 9-10, 12) on a denoised trajectory.
+
+    states (B, H, obs); actions (B, A, act) for the first A states (A = H or H - 1), condition
+    (B, cond). Both environment models stay frozen: gradients reach the trajectory only.
+    """
+    loss = states.new_zeros(())
+    steps = actions.shape[1]
     if method.transition_weight > 0.0:
-        means, _ = frozen_call(transition, states[:, :-1], actions[:, :-1])  # (E, B, H-1, obs)
+        last = states.shape[1] - 1
+        means, _ = frozen_call(transition, states[:, :-1], actions[:, :last])  # (E, B, H-1, obs)
         loss = loss + method.transition_weight * (
             (states[:, 1:] - means.mean(0)).pow(2).sum(-1).sum(-1).mean())
     if method.reward_weight > 0.0:
-        conditions = condition[:, None].expand(-1, states.shape[1], -1)  # (B, H, cond)
-        rewards = frozen_call(reward, states, actions, conditions)  # (B, H)
+        conditions = condition[:, None].expand(-1, steps, -1)  # (B, A, cond)
+        rewards = frozen_call(reward, states[:, :steps], actions, conditions)  # (B, A)
         loss = loss - method.reward_weight * rewards.sum(-1).mean()
     return loss
 
@@ -255,6 +304,13 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
     elif method.name == 'dmemm':
         recipes['diffuser'] = lambda: ComponentSetup(
             partial(dmemm_loss, schedule=schedule, obs_dim=obs_dim, method=method,
+                    transition=models['transition'], reward=models['reward'], data=data),
+            joint_windows, train.diffuser_steps, train.ema_decay)
+    elif method.dmemm_refiner:
+        recipes['diffuser'] = lambda: ComponentSetup(
+            partial(dmemm_refiner_loss, schedule=schedule,
+                    condition_dropout=train.condition_dropout, method=method,
+                    inverse_dynamics=models['inverse_dynamics'],
                     transition=models['transition'], reward=models['reward'], data=data),
             joint_windows, train.diffuser_steps, train.ema_decay)
     else:

@@ -23,12 +23,20 @@ METHOD_COMPONENTS = {
     'dmemm': ('transition', 'reward', 'diffuser'),
     'bc': ('policy',),
 }
+# With method.dmemm_refiner the states-only U-Net's loss calls the inverse dynamics and DMEMM's
+# environment models, so they are trained before it.
+DMEMM_REFINER_COMPONENTS = {
+    'trajectory_diffuser': ('prior', 'inverse_dynamics', 'transition', 'reward', 'diffuser'),
+    'decision_diffuser': ('inverse_dynamics', 'transition', 'reward', 'diffuser'),
+}
 
 
 def method_components(config: ExperimentConfig, method: str | None = None) -> tuple:
     """Return the networks of ``method`` (default: the config's), with its critic if it has one."""
     method = method or config.method.name
     critic = ('critic',) if config.method.critic and method in CRITIC_METHODS else ()
+    if config.method.dmemm_refiner and method in DMEMM_REFINER_COMPONENTS:
+        return DMEMM_REFINER_COMPONENTS[method] + critic
     return METHOD_COMPONENTS[method] + critic
 
 
