@@ -109,7 +109,7 @@ def run_planner_from_data(planner: BasePlanner, env, observations: np.ndarray, s
     planner.reset()
     returns_to_go = ReturnsToGo(episode_target(planner, target_return))
     for past in observations[max(0, start - planner.history + 1):start]:
-        planner.plan(past, returns_to_go=returns_to_go.value)
+        planner.observe(past, returns_to_go=returns_to_go.value)
     restore_locomotion_state(env, observations[start])
     result = EpisodeResult(seed, 0.0, False, 0)
     return _act_until_done(planner, env, observations[start], result, returns_to_go)

@@ -231,19 +231,47 @@ def test_planning_from_a_recorded_state_restores_it_and_reads_the_history_first(
         restore_locomotion_state(env, recorded[4][:5])
 
     planner = tiny_hopper_planner(tmp_path)
-    seen, plan = [], planner.plan
+    observed, seen, plan = [], [], planner.plan
 
     def spy(state, goal=None, returns_to_go=None):
         seen.append(np.array(state))
         return plan(state, goal=goal, returns_to_go=returns_to_go)
 
-    planner.plan = spy
+    def observe_spy(state, **condition):
+        observed.append(np.array(state))
+        observe(state, **condition)
+
+    planner.plan, observe = spy, planner.observe
+    planner.observe = observe_spy
     result = run_planner_from_data(planner, env, recorded, 4, seed=0)
-    # History 3: the two recorded states before the start, then the start itself.
-    assert np.allclose(np.array(seen[:3]), recorded[2:5])
-    assert result.steps == 5 and len(seen) == 2 + result.steps
+    # History 3: the two recorded states before the start are observed, not planned from;
+    # planning starts at the start itself.
+    assert np.allclose(np.array(observed), recorded[2:4])
+    assert np.allclose(seen[0], recorded[4]) and len(seen) == result.steps == 5
     with pytest.raises(ValueError, match='outside the recorded 7 states'):
         run_planner_from_data(planner, env, recorded, 7, seed=0)
+
+
+def test_an_observed_history_is_read_by_the_next_plan_and_leaves_warm_start_cold(bundle_dir):
+    run_up, now = [OBS - 0.2, OBS - 0.1], OBS
+    # Prior only: its plans are deterministic, so they show the history the prior read.
+    lived, observed, fresh = (TrajectoryDiffuserPlanner.from_bundle(
+        bundle_dir, refine_steps=0, backend='eager') for _ in range(3))
+    for state in run_up:
+        lived.plan(state, goal=GOAL)
+        observed.observe(state, goal=GOAL)
+    plan = observed.plan(now, goal=GOAL)
+    assert np.allclose(plan.refined_states, lived.plan(now, goal=GOAL).refined_states)
+    assert not np.allclose(plan.refined_states, fresh.plan(now, goal=GOAL).refined_states)
+    # With warm start, the first plan after an observed run-up starts cold: no plan was kept.
+    warm, cold = (TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=levels,
+                                                        backend='eager') for levels in (2, 0))
+    for planner in (warm, cold):
+        for state in run_up:
+            planner.observe(state, goal=GOAL)
+    assert np.array_equal(warm.plan(now, goal=GOAL).actions, cold.plan(now, goal=GOAL).actions)
+    with pytest.raises(ValueError, match='observation must have shape'):
+        warm.observe(OBS[:2], goal=GOAL)
 
 
 # Trajectory Diffuser with warm start (a combination none of the papers tried) --------------

@@ -254,15 +254,27 @@ class BasePlanner:
         full[dims] = 2.0 * (np.asarray(goal, dtype=np.float64) - low) / (high - low) - 1.0
         return torch.as_tensor(full, dtype=torch.float32, device=self.device)
 
-    @torch.no_grad()
-    def plan(self, observation, goal=None, returns_to_go=None) -> Plan:
-        """Plan from the current observation; returns the action and the plans."""
+    def _remember(self, observation, goal, returns_to_go) -> None:
+        """Check an observation and its condition, and append them to the history."""
         observation = self._check_vector('observation', observation, self.obs_dim)
         condition = self._condition(goal, returns_to_go)
-        start = time.perf_counter()
         state = self._states.normalize(observation)
         self._check_plausible(state)
         self._history.append((state, condition))
+
+    def observe(self, observation, goal=None, returns_to_go=None) -> None:
+        """Add an observation to the history without planning (a recorded run-up, say).
+
+        The checks are plan()'s. No noise is drawn and no plan is kept, so the next plan() is
+        the same as if the history had been lived, and a warm-started planner starts cold.
+        """
+        self._remember(observation, goal, returns_to_go)
+
+    @torch.no_grad()
+    def plan(self, observation, goal=None, returns_to_go=None) -> Plan:
+        """Plan from the current observation; returns the action and the plans."""
+        start = time.perf_counter()
+        self._remember(observation, goal, returns_to_go)
         # Pad an episode's first steps with its first entry.
         entries = [self._history[0]] * (self.history - len(self._history)) + list(self._history)
         states = self._tensor([s for s, _ in entries])[None]      # (1, h, obs_dim)
