@@ -120,8 +120,9 @@ class UnetConfig:
         _require(len(self.dim_mults) >= 1 and all(m >= 1 for m in self.dim_mults),
                  f'unet.dim_mults {self.dim_mults} must be positive integers')
         _require(self.kernel_size % 2 == 1, f'unet.kernel_size {self.kernel_size} must be odd')
-        _require(self.dim % self.groups == 0,
-                 f'unet.dim {self.dim} must be a multiple of unet.groups {self.groups}')
+        _require(self.groups >= 1, f'unet.groups {self.groups} must be at least 1')
+        _require(self.dim >= 1 and self.dim % self.groups == 0,
+                 f'unet.dim {self.dim} must be a positive multiple of unet.groups {self.groups}')
         _require(self.embed_dim >= 1 and self.embed_hidden >= 1,
                  'unet.embed_dim and unet.embed_hidden must be positive')
 

@@ -13,7 +13,8 @@ from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, MethodCo
 from diffusion_planner_ros.data.normalizer import Normalizer
 from diffusion_planner_ros.planning import (TrajectoryDiffuserPlanner, load_bundle, load_planner,
                                             save_bundle)
-from diffusion_planner_ros.planning.bundle import Dims, build_models, derive_bundle
+from diffusion_planner_ros.planning.bundle import (Dims, build_models, derive_bundle,
+                                                   untrained_bundle)
 from diffusion_planner_ros.planning.stages import RankStage
 
 ENV_ID = 'PointMaze_UMaze-v3'
@@ -373,3 +374,37 @@ def test_warm_start_levels_are_checked(bundle_dir):
         TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=500)
     with pytest.raises(ValueError, match='warm_start_steps -1 must be >= 0'):
         TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=-1)
+
+
+def test_untrained_bundle_has_fresh_networks_of_the_asked_sizes(bundle_dir, tmp_path):
+    dd = derive_bundle(bundle_dir, 'decision_diffuser', tmp_path / 'dd')
+    sizes = ['prior.n_layer=2', 'unet.dim_mults=[1, 2, 4]', 'data.horizon=12']
+    resized = load_bundle(untrained_bundle(bundle_dir, sizes, tmp_path / 'big'))
+    source = load_bundle(bundle_dir)
+    assert resized.method == 'trajectory_diffuser'
+    assert len(resized.models['prior'].blocks) == 2 and resized.config.unet.dim_mults == (1, 2, 4)
+    assert resized.config.planner == source.config.planner
+    assert resized.config.schedule == source.config.schedule
+    assert resized.normalizers['states'].to_dict() == source.normalizers['states'].to_dict()
+    # Freshly initialised: the inverse dynamics keeps its size but not its weights.
+    fresh = resized.models['inverse_dynamics'].state_dict()
+    trained = source.models['inverse_dynamics'].state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in trained)
+    plan = TrajectoryDiffuserPlanner.from_bundle(resized.path).plan(OBS, goal=GOAL)
+    assert plan.refined_states.shape == (12, 4) and np.all(np.isfinite(plan.actions))
+    # The same seed gives the same networks; a derived bundle keeps its own method.
+    again = load_bundle(untrained_bundle(bundle_dir, sizes, tmp_path / 'again'))
+    assert torch.equal(again.models['prior'].state_dict()['head_state.weight'],
+                       resized.models['prior'].state_dict()['head_state.weight'])
+    assert load_bundle(untrained_bundle(dd, sizes, tmp_path / 'dd_big')).method == \
+        'decision_diffuser'
+
+
+@pytest.mark.parametrize('sizes,message', [
+    (['planner.refine_steps=1'], 'not a size'), (['schedule.num_steps=10'], 'not a size'),
+    (['data.env_id=Hopper-v5'], 'not a size'), (['unet.dim=0'], 'unet.dim'),
+    (['prior.n_embd'], 'section.key=value')])
+def test_untrained_bundle_refuses_what_is_not_a_size(bundle_dir, tmp_path, sizes, message):
+    with pytest.raises(ValueError, match=message):
+        untrained_bundle(bundle_dir, sizes, tmp_path / 'x')
+    assert not (tmp_path / 'x').exists()

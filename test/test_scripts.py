@@ -237,3 +237,25 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
                                  str(bundle), '--versus', versus], cwd=REPO,
                                 env=script_env(tmp_path), capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_latency_benchmark_times_untrained_networks_of_other_sizes(tmp_path):
+    bundle = write_bundle(tmp_path / 'td')
+    derive_bundle(bundle, 'decision_diffuser', tmp_path / 'dd')
+    report_path = tmp_path / 'sizes.json'
+    sizes = ['prior.n_layer=2', 'unet.dim=16']
+    text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--versus',
+                f'dd={tmp_path / "dd"}', '--calls', '4', '--warmup', '1', '--paths', 'eager',
+                '--untrained', *sizes, '--json', str(report_path)], tmp_path)
+    report = json.loads(report_path.read_text())
+    assert report['untrained'] == sizes and 'untrained networks resized by' in text
+    run_report = report['paths']['eager']
+    # The report names the bundles asked for; the temporary resized copies are gone.
+    assert run_report['trajectory_diffuser']['bundle'] == str(bundle)
+    assert run_report['dd']['bundle'] == str(tmp_path / 'dd')
+    assert run_report['dd']['method'] == 'decision_diffuser'
+    assert run_report['ratios']['dd/trajectory_diffuser']['p50'] > 0.0
+    result = subprocess.run([PYTHON, 'training/benchmark_latency.py', '--bundle', str(bundle),
+                             '--untrained', 'planner.refine_steps=1'], cwd=REPO,
+                            env=script_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 2 and 'not a size' in result.stderr

@@ -9,20 +9,28 @@ Usage:
         --versus decision_diffuser=<bundle> --versus diffuser=<bundle> --calls 100
     python training/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus warm=models/pointmaze_umaze,warm_start_steps=5 --calls 100
+    python training/benchmark_latency.py --bundle models/pointmaze_umaze \
+        --versus decision_diffuser=<bundle> --untrained prior.n_embd=256 unet.dim=64
 
 With --versus the bundles plan in turn, one call each, on each of --paths (default eager and
 auto), and the table gives each one's plan time over --bundle's measured in the same run.
 NAME=BUNDLE,key=value,... sets planner options for that entry only.
+
+--untrained times every bundle rebuilt with freshly initialised networks of other sizes
+(planning.bundle.untrained_bundle, in a temporary folder): what a plan would cost with those
+networks, before training them. A plan's cost does not depend on the weights' values.
 
 Run it alone on the machine: another process on the same cores inflates every figure.
 """
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from diffusion_planner_ros.evaluation import machine
 from diffusion_planner_ros.latency import compare_backends, interleave, latency_table
+from diffusion_planner_ros.planning.bundle import untrained_bundle
 
 
 def versus_table(report: dict) -> str:
@@ -86,21 +94,47 @@ def main() -> None:
                         help='with --versus: the backends to compare on')
     parser.add_argument('--name', default='trajectory_diffuser',
                         help='with --versus: the name of --bundle in the table')
+    parser.add_argument('--untrained', nargs='+', default=[], metavar='SECTION.KEY=VALUE',
+                        help='time untrained networks of these sizes instead of the bundles\' '
+                             '(say prior.n_embd=256 unet.dim=64)')
     parser.add_argument('--json', default=None, help='write the report to this file')
     args = parser.parse_args()
     if args.calls < 1 or args.warmup < 0:
         parser.error('--calls must be >= 1 and --warmup >= 0')
+    with tempfile.TemporaryDirectory(prefix='untrained_') as scratch:
+        measure(parser, args, Path(scratch))
 
+
+def resized(parser: argparse.ArgumentParser, path: str, sizes: list[str], scratch: Path,
+            name: str) -> str:
+    """Return the bundle, or an untrained copy of it with ``sizes`` written under scratch."""
+    if not sizes:
+        return path
+    try:
+        return str(untrained_bundle(path, sizes, scratch / name))
+    except ValueError as error:
+        parser.error(f'--untrained: {error}')
+
+
+def measure(parser: argparse.ArgumentParser, args: argparse.Namespace, scratch: Path) -> None:
+    """Time the bundle (against --versus, if given), print the table and write the JSON."""
+    if args.versus and args.refine_steps is not None:
+        parser.error('--refine-steps applies to one bundle; not with --versus')
+    sources, settings = parse_versus(parser, args.versus)
+    sources = {args.name: args.bundle, **sources}
+    bundles = {name: resized(parser, path, args.untrained, scratch, f'bundle_{index}')
+               for index, (name, path) in enumerate(sources.items())}
+    if args.untrained:
+        print(f'untrained networks resized by {" ".join(args.untrained)}')
     if args.versus:
-        if args.refine_steps is not None:
-            parser.error('--refine-steps applies to one bundle; not with --versus')
-        bundles, settings = parse_versus(parser, args.versus)
-        bundles = {args.name: args.bundle, **bundles}
         report = {'machine': machine(), 'device': args.device, 'calls': args.calls,
-                  'warmup': args.warmup, 'seed': args.seed,
+                  'warmup': args.warmup, 'seed': args.seed, 'untrained': args.untrained,
                   'paths': {path: interleave(bundles, args.device, path, args.calls,
                                              args.warmup, args.seed, args.threads, settings)
                             for path in args.paths}}
+        for run in report['paths'].values():
+            for name, source in sources.items():
+                run[name]['bundle'] = source
         print(f'{report["machine"]}; {args.calls} plans per bundle and path after '
               f'{args.warmup} warm-up, interleaved')
         print(versus_table(report))
@@ -109,8 +143,9 @@ def main() -> None:
 
     overrides = {key: value for key, value in (('refine_steps', args.refine_steps),
                                                ('threads', args.threads)) if value is not None}
-    report = compare_backends(args.bundle, args.device, args.calls, args.warmup, args.seed,
-                              args.optimized, **overrides)
+    report = compare_backends(bundles[args.name], args.device, args.calls, args.warmup,
+                              args.seed, args.optimized, **overrides)
+    report.update(bundle=args.bundle, untrained=args.untrained)
 
     print(f'{report["bundle"]} ({report["method"]}) on {report["device"]}: {report["machine"]}')
     print(f'settings {report["settings"]}, {args.calls} plans after {args.warmup} warm-up')

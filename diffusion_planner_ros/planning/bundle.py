@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffusion_planner_ros.config import (JOINT_METHODS, METHODS, ExperimentConfig,
-                                          config_from_dict, config_to_dict)
+                                          config_from_dict, config_to_dict, with_overrides)
 from diffusion_planner_ros.data.normalizer import Normalizer
 from diffusion_planner_ros.models import Dims, build_models, method_components
 
@@ -28,8 +28,13 @@ BUNDLE_VERSION = 1
 CONFIG_FILE = 'config.json'
 NORMALIZER_FILE = 'normalizer.json'
 
+# What an untrained (timing-only) bundle may change: network sizes and the plan's length, never
+# the method, its noise schedule or the planner's settings.
+SIZE_SECTIONS = ('prior', 'unet', 'inverse_dynamics', 'dynamics', 'policy')
+SIZE_KEYS = ('data.horizon', 'data.history')
+
 __all__ = ['Bundle', 'Dims', 'build_models', 'derive_bundle', 'load_bundle', 'read_method',
-           'save_bundle', 'weight_files']
+           'save_bundle', 'untrained_bundle', 'weight_files']
 
 
 def weight_files(config: ExperimentConfig) -> dict[str, str]:
@@ -95,6 +100,30 @@ def derive_bundle(source: str | Path, method: str, path: str | Path) -> Path:
     config = replace(bundle.config, method=replace(bundle.config.method, name=method))
     return save_bundle(path, config, bundle.env_id, bundle.dims, bundle.action_low,
                        bundle.action_high, bundle.normalizers, bundle.models)
+
+
+def untrained_bundle(source: str | Path, sizes: list[str], path: str | Path,
+                     seed: int = 0) -> Path:
+    """Write a bundle like ``source`` with freshly initialised networks of other sizes.
+
+    For timing only. A plan's cost does not depend on the weights' values, so this tells what a
+    plan with networks of these sizes would cost before any is trained. The networks are
+    untrained, so never plan a robot with the result. ``sizes`` are 'section.key=value' overrides
+    of SIZE_SECTIONS or SIZE_KEYS (say prior.n_embd=256); the method, the environment, the
+    normalisers and the planner settings stay those of ``source``.
+    """
+    bundle = load_bundle(source)
+    for item in sizes:
+        key = item.partition('=')[0]
+        if key.partition('.')[0] not in SIZE_SECTIONS and key not in SIZE_KEYS:
+            raise ValueError(f'{item!r} is not a size: an untrained bundle takes overrides of '
+                             f'the sections {SIZE_SECTIONS} or of {SIZE_KEYS}')
+    config = with_overrides(bundle.config, sizes)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        models = build_models(config, bundle.dims, bundle.method)
+    return save_bundle(path, config, bundle.env_id, bundle.dims, bundle.action_low,
+                       bundle.action_high, bundle.normalizers, models)
 
 
 def _inside(path: Path) -> Path:
