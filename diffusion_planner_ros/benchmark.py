@@ -59,6 +59,38 @@ class Suite:
     shipped: dict = field(default_factory=dict)
     max_episode_steps: int | None = None
 
+    def train_overrides(self, dataset: str, name: str, seed: int) -> list[str]:
+        """Return the config overrides of a training entry's run on a dataset.
+
+        The dataset's own overrides for the method (e.g. longer training on a larger maze) come
+        after the method's, so they win.
+        """
+        entry = self.methods[name]
+        dataset_set = (self.datasets[dataset].get('set') or {}).get(name, [])
+        return [*self.common_set, *entry.set, *dataset_set, f'method.name={entry.method}',
+                f'training.seed={seed}']
+
+
+def check_run_configs(suite: Suite, path: Path) -> None:
+    """Build every training run's config once, so a bad override fails before any training.
+
+    A derived entry's overrides apply to its source bundle's config; they are checked against
+    the dataset's config, which has the same sections and types.
+    """
+    for dataset, spec in suite.datasets.items():
+        for entry in suite.methods.values():
+            if entry.bundle_of or (entry.derive_from and not entry.set):
+                continue
+            if entry.derive_from:
+                overrides = [*suite.common_set, *entry.set, f'method.name={entry.method}']
+            else:
+                overrides = suite.train_overrides(dataset, entry.name, suite.train_seeds[0])
+            try:
+                load_config(spec['config'], overrides)
+            except ValueError as error:
+                raise ValueError(f'{path}: method {entry.name!r} on dataset {dataset!r}: '
+                                 f'{error}') from None
+
 
 def load_suite(path: str | Path) -> Suite:
     """Read a suite YAML; every error names the file and the entry."""
@@ -114,6 +146,7 @@ def load_suite(path: str | Path) -> Suite:
                   max_episode_steps=raw.get('max_episode_steps'))
     if suite.episodes < 1 or not suite.train_seeds or not suite.datasets or not methods:
         raise ValueError(f'{path}: a suite needs episodes >= 1, train_seeds, datasets, methods')
+    check_run_configs(suite, path)
     return suite
 
 
@@ -172,12 +205,8 @@ class SuiteRunner:
                                                    f'method.name={entry.method}',
                                                    f'training.seed={seed}'])
             return self._train(config, spec, (dataset, name, seed), entry.train, start)
-        # The dataset's own overrides for this method (e.g. longer training on a larger maze)
-        # come after the method's, so they win.
-        dataset_set = (spec.get('set') or {}).get(name, [])
-        overrides = [*self.suite.common_set, *entry.set, *dataset_set,
-                     f'method.name={entry.method}', f'training.seed={seed}']
-        return self._train(load_config(spec['config'], overrides), spec, (dataset, name, seed))
+        config = load_config(spec['config'], self.suite.train_overrides(dataset, name, seed))
+        return self._train(config, spec, (dataset, name, seed))
 
     def _train(self, config, spec: dict, run: tuple, only: list | None = None,
                start_from=None) -> Path:

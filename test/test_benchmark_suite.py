@@ -55,6 +55,30 @@ def test_bad_dataset_entries_are_named(tmp_path, datasets, message):
         load_suite(write_suite(tmp_path, datasets))
 
 
+@pytest.mark.parametrize('methods, message', [
+    ({'trajectory_diffuser': {'set': ['unet.dim=0']}},
+     "'trajectory_diffuser' on dataset 'a'.*dim"),
+    ({'trajectory_diffuser': {'set': ['prior.depth=3']}}, 'depth'),
+    ({'trajectory_diffuser': {}, 'dd': {'derive_from': 'trajectory_diffuser',
+                                        'method': 'decision_diffuser',
+                                        'set': ['planner.refine_steps=-1']}}, "'dd'"),
+])
+def test_a_bad_override_is_named_when_the_suite_loads(tmp_path, methods, message):
+    config = str(REPO / 'config' / 'pointmaze_umaze.yaml')
+    datasets = {'a': {'config': config}, 'b': {'config': config}}
+    with pytest.raises(ValueError, match=message):
+        load_suite(write_suite(tmp_path, datasets, methods))
+    # Only on the dataset whose own overrides break it.
+    datasets['a']['set'] = {'trajectory_diffuser': ['training.prior_steps=zero']}
+    with pytest.raises(ValueError, match="on dataset 'a'.*prior_steps"):
+        load_suite(write_suite(tmp_path, datasets))
+
+
+def test_a_missing_dataset_config_is_named_when_the_suite_loads(tmp_path):
+    with pytest.raises(ValueError, match="on dataset 'a'.*nowhere.yaml does not exist"):
+        load_suite(write_suite(tmp_path, {'a': {'config': str(tmp_path / 'nowhere.yaml')}}))
+
+
 def test_a_derived_entry_trains_its_networks_on_top_of_the_source_bundle(tmp_path,
                                                                          monkeypatch):
     from test_bundle_planner import write_bundle
