@@ -60,10 +60,10 @@ class Suite:
     max_episode_steps: int | None = None
 
     def train_overrides(self, dataset: str, name: str, seed: int) -> list[str]:
-        """Return the config overrides of a training entry's run on a dataset.
+        """Return the config overrides of a run that trains networks on a dataset.
 
         The dataset's own overrides for the method (e.g. longer training on a larger maze) come
-        after the method's, so they win.
+        after the method's, so they win; a derived entry has none (load_suite refuses them).
         """
         entry = self.methods[name]
         dataset_set = (self.datasets[dataset].get('set') or {}).get(name, [])
@@ -81,10 +81,7 @@ def check_run_configs(suite: Suite, path: Path) -> None:
         for entry in suite.methods.values():
             if entry.bundle_of or (entry.derive_from and not entry.set):
                 continue
-            if entry.derive_from:
-                overrides = [*suite.common_set, *entry.set, f'method.name={entry.method}']
-            else:
-                overrides = suite.train_overrides(dataset, entry.name, suite.train_seeds[0])
+            overrides = suite.train_overrides(dataset, entry.name, suite.train_seeds[0])
             try:
                 load_config(spec['config'], overrides)
             except ValueError as error:
@@ -201,9 +198,8 @@ class SuiteRunner:
                 return derive_bundle(source, entry.method, bundle_dir)
             # The source's networks and config, the entry's networks trained on top.
             start = load_bundle(source)
-            config = with_overrides(start.config, [*self.suite.common_set, *entry.set,
-                                                   f'method.name={entry.method}',
-                                                   f'training.seed={seed}'])
+            config = with_overrides(start.config,
+                                    self.suite.train_overrides(dataset, name, seed))
             return self._train(config, spec, (dataset, name, seed), entry.train, start)
         config = load_config(spec['config'], self.suite.train_overrides(dataset, name, seed))
         return self._train(config, spec, (dataset, name, seed))
