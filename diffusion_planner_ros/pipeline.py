@@ -7,6 +7,7 @@ data -> networks -> one sanity batch each -> training loops with checkpoints -> 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
         raise ValueError(f'start_from holds a {start_from.method} bundle, not {method}')
     context, device = init_distributed(config.training.device)
     torch.manual_seed(config.training.seed)
-    log = print if context.is_main else (lambda *args: None)
+    # Flushed: a run's log file shows where it is while it runs.
+    log = partial(print, flush=True) if context.is_main else (lambda *args: None)
     log(f'{method}: device {device}, world size {context.world_size}, run folder {out}')
 
     # Data.
@@ -100,8 +102,10 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
                                    context, setup.ema_decay)
         if trainer.try_resume():
             log(f'{name}: resumed at step {trainer.step}')
+        # Without a bar (a log file, CI) each log_every steps leave a line instead.
         losses = trainer.train(setup.steps, train_cfg.seed, train_cfg.log_every,
-                               train_cfg.checkpoint_every, progress=progress)
+                               train_cfg.checkpoint_every, progress=progress,
+                               log=None if progress else log)
         # Flushed at once: a rank's buffered stdout can be lost when the launcher ends the job.
         print(f'rank {context.rank} {name} checksum {parameter_checksum(trainer.model):.6f}',
               flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
@@ -431,13 +432,19 @@ class ComponentTrainer:
         return True
 
     def train(self, steps: int, seed: int, log_every: int, checkpoint_every: int,
-              progress: bool = True) -> list[float]:
-        """Run until ``steps`` gradient steps in total; returns the losses logged since step 0."""
+              progress: bool = True,
+              log: Callable[[str], None] | None = None) -> list[float]:
+        """Run until ``steps`` gradient steps in total; returns the losses logged since step 0.
+
+        ``log`` gets one line per ``log_every`` steps (step, mean loss, seconds per step): the
+        record a run without a progress bar leaves in its log file.
+        """
         # Each rank and each resume point draws its own batches.
         rng = np.random.default_rng([seed, self.context.rank, self.step])
         torch.manual_seed(seed * 1009 + self.context.rank * 7919 + self.step)
         self.network.train()
         running = []
+        since = time.perf_counter()
         bar = tqdm(total=steps, initial=self.step, desc=f'train {self.name}',
                    disable=not (progress and self.context.is_main))
         while self.step < steps:
@@ -456,6 +463,11 @@ class ComponentTrainer:
             if self.step % log_every == 0 or self.step == steps:
                 self.losses.append(float(np.mean(running)))
                 bar.set_postfix(loss=f'{self.losses[-1]:.4f}')
+                if log is not None and self.context.is_main:
+                    now = time.perf_counter()
+                    log(f'{self.name} step {self.step}/{steps}: loss {self.losses[-1]:.4f}, '
+                        f'{(now - since) / len(running):.3f} s/step')
+                    since = now
                 running = []
             if self.step % checkpoint_every == 0 or self.step == steps:
                 self.save_checkpoint()

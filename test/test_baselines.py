@@ -194,6 +194,24 @@ def test_each_methods_losses_decrease_on_a_tiny_dataset(method, tmp_path):
         assert losses[-1] < losses[0], (name, losses)
 
 
+def test_a_run_without_a_progress_bar_logs_every_log_every_steps(tmp_path):
+    from diffusion_planner_ros.models import Dims, build_models
+    torch.manual_seed(0)
+    config = method_config('bc', steps=60)
+    data = SequenceDataset(tiny_episodes(), 'goal')
+    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
+    setup = component_setups(config, data, DDPMSchedule(config.schedule), models)['policy']
+    trainer = ComponentTrainer('policy', models['policy'], setup.loss_fn, setup.sample_batch,
+                               1e-3, torch.device('cpu'), tmp_path, DistributedContext())
+    lines = []
+    losses = trainer.train(60, 0, 25, 10_000, progress=False, log=lines.append)
+    # Steps 25 and 50, and the last step.
+    assert [line.split(':')[0] for line in lines] == [
+        'policy step 25/60', 'policy step 50/60', 'policy step 60/60']
+    for line, loss in zip(lines, losses):
+        assert f'loss {loss:.4f}' in line and line.endswith('s/step')
+
+
 def test_the_candidate_critic_learns_and_joins_the_bundle(tmp_path):
     import dataclasses
 
