@@ -7,8 +7,8 @@ data -> networks -> one sanity batch each -> training loops with checkpoints -> 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
+import sys
 
 import numpy as np
 import torch
@@ -23,6 +23,18 @@ from diffusion_planner_ros.models import Dims, build_models, method_components
 from diffusion_planner_ros.planning.bundle import Bundle, save_bundle
 from diffusion_planner_ros.trainer import (ComponentTrainer, component_setups, init_distributed,
                                            parameter_checksum)
+
+
+def write_line(text: str) -> None:
+    """Write one line to stdout in a single write and flush it.
+
+    The ranks of a distributed run share one stdout. print() writes the text and its newline
+    separately, which unbuffered (PYTHONUNBUFFERED, as under the tests) lets another rank's line
+    land in between. Flushed at once, so that a run's log file shows where it is and a rank's
+    last lines are not lost when the launcher ends the job.
+    """
+    sys.stdout.write(text + '\n')
+    sys.stdout.flush()
 
 
 def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Path | None = None,
@@ -46,8 +58,7 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
         raise ValueError(f'start_from holds a {start_from.method} bundle, not {method}')
     context, device = init_distributed(config.training.device)
     torch.manual_seed(config.training.seed)
-    # Flushed: a run's log file shows where it is while it runs.
-    log = partial(print, flush=True) if context.is_main else (lambda *args: None)
+    log = write_line if context.is_main else (lambda *args: None)
     log(f'{method}: device {device}, world size {context.world_size}, run folder {out}')
 
     # Data.
@@ -106,9 +117,7 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
         losses = trainer.train(setup.steps, train_cfg.seed, train_cfg.log_every,
                                train_cfg.checkpoint_every, progress=progress,
                                log=None if progress else log)
-        # Flushed at once: a rank's buffered stdout can be lost when the launcher ends the job.
-        print(f'rank {context.rank} {name} checksum {parameter_checksum(trainer.model):.6f}',
-              flush=True)
+        write_line(f'rank {context.rank} {name} checksum {parameter_checksum(trainer.model):.6f}')
         if context.is_main:
             weights_dir.mkdir(parents=True, exist_ok=True)
             final = trainer.final_model()

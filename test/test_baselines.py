@@ -1,6 +1,7 @@
 """The seed baselines: guided and warm-start sampling, DMEMM's Eq. 8, losses, bundles, planners."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -210,6 +211,30 @@ def test_a_run_without_a_progress_bar_logs_every_log_every_steps(tmp_path):
         'policy step 25/60', 'policy step 50/60', 'policy step 60/60']
     for line, loss in zip(lines, losses):
         assert f'loss {loss:.4f}' in line and line.endswith('s/step')
+
+
+def test_a_training_log_line_reaches_stdout_in_one_write(monkeypatch):
+    # Two ranks share stdout: a line written in two pieces can be torn by the other rank's line
+    # (the checksum test once read 'rank 1 prior checksum 125.756935prior').
+    from diffusion_planner_ros import pipeline
+
+    class Recorder:
+        def __init__(self):
+            self.writes, self.flushes = [], 0
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            self.flushes += 1
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, 'stdout', recorder)
+    pipeline.write_line('rank 1 prior checksum 125.756935')
+    pipeline.write_line('prior: final loss 0.0010')
+    assert recorder.writes == ['rank 1 prior checksum 125.756935\n',
+                               'prior: final loss 0.0010\n']
+    assert recorder.flushes == 2
 
 
 def test_the_candidate_critic_learns_and_joins_the_bundle(tmp_path):
