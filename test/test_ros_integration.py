@@ -3,6 +3,10 @@
 Each test runs in its own ROS domain limited to localhost, with bounded time.
 """
 
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,6 +18,8 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from conftest import REPO  # noqa: E402
+from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL  # noqa: E402
+from diffusion_planner_ros.nodes.sim_graph import stop_nodes  # noqa: E402
 from ros_helpers import (BUNDLE, get_planner_parameter, planner_args, PROFILE,  # noqa: E402
                          RELIABLE, run_sim_graph, set_planner_parameter, spin_until, start,
                          stop)
@@ -26,6 +32,33 @@ def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
     assert summary['seeds'] == [1000, 1001]
     assert float(summary['planner_diagnostics']['plan_latency_p50_ms']) > 0
     assert all(code == 0 for code in summary['exit_codes'])
+
+
+def test_sim_graph_shows_where_a_node_hangs_before_killing_it(tmp_path):
+    # A node that ignores SIGINT: stop_nodes asks for its stacks, then kills it; one that
+    # stops is left to exit on its own.
+    stubborn = ('import faulthandler, signal, time\n'
+                'signal.signal(signal.SIGINT, signal.SIG_IGN)\n'
+                f'faulthandler.register({int(DUMP_STACKS_SIGNAL)}, all_threads=True)\n'
+                'def hang_here():\n'
+                '    while True:\n'
+                '        time.sleep(0.05)\n'
+                'print("ready", flush=True)\n'
+                'hang_here()\n')
+    log = (tmp_path / 'stubborn.log').open('w')
+    hung = subprocess.Popen([sys.executable, '-c', stubborn], stdout=subprocess.PIPE,
+                            stderr=log, text=True)
+    polite = subprocess.Popen(
+        [sys.executable, '-c', 'import signal, sys, time\n'
+         'signal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n'
+         'print("ready", flush=True)\n'
+         'time.sleep(60)\n'], stdout=subprocess.PIPE, text=True)
+    assert hung.stdout.readline().strip() == 'ready'
+    assert polite.stdout.readline().strip() == 'ready'
+    codes = stop_nodes([hung, polite], timeout=1.0)
+    log.close()
+    assert codes == [-signal.SIGKILL, 0]
+    assert 'in hang_here' in (tmp_path / 'stubborn.log').read_text()
 
 
 def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path):
@@ -74,9 +107,15 @@ def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
         node.commands.clear()
         assert spin_until(executor, lambda: len(node.commands) >= 20, 30)
         assert all(c == [0.0, 0.0] for c in node.commands)
+        # Asked for its stacks (what sim_graph does before it kills a hung node), the node
+        # prints them and goes on commanding.
+        planner.send_signal(DUMP_STACKS_SIGNAL)
+        node.commands.clear()
+        assert spin_until(executor, lambda: len(node.commands) >= 20, 30)
     finally:
         code = stop(planner)
     text = log.read_text()
+    assert 'in spin_node' in text, text[-3000:]
     assert 'no fresh joint_states: commanding zero' in text
     # The node says which path plans and why (ONNX Runtime is the CPU default).
     assert 'backend onnx (CPU with onnxruntime)' in text

@@ -8,6 +8,7 @@ land inside a pybind11 call of the executor and surface as an unrelated RuntimeE
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -21,6 +22,8 @@ from rclpy.signals import SignalHandlerOptions
 # How long a stopping node waits for its last message (the zero command, the state that shows
 # it) to be acknowledged before it destroys the publisher.
 LAST_MESSAGE_ACK_S = 1.0
+# The signal on which a node prints every thread's stack to stderr (and goes on).
+DUMP_STACKS_SIGNAL = signal.SIGUSR1
 
 
 def spin_node(factory: Callable, args=None) -> None:
@@ -30,6 +33,8 @@ def spin_node(factory: Callable, args=None) -> None:
     profile) prints one line that names the problem and exits with status 2.
     """
     stop = threading.Event()
+    # A supervisor about to kill a node that does not stop asks first where it hangs.
+    faulthandler.register(DUMP_STACKS_SIGNAL, all_threads=True)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())

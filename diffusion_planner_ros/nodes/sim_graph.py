@@ -29,6 +29,7 @@ from diffusion_planner_ros.evaluation import EpisodeResult, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
 from diffusion_planner_ros.nodes.demo_client import DemoClient
 from diffusion_planner_ros.nodes.lossy_relay import LossyRelay
+from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
 
@@ -63,18 +64,28 @@ def start_nodes(specs, extra_params: dict) -> list[subprocess.Popen]:
     return processes
 
 
-def stop_nodes(processes: list[subprocess.Popen]) -> list[int]:
-    """SIGINT (the nodes command zero on the way out), then wait; kill what hangs."""
+def stop_nodes(processes: list[subprocess.Popen], timeout: float = 15.0) -> list[int]:
+    """SIGINT (the nodes command zero on the way out), then wait; kill what hangs.
+
+    A node still running after ``timeout`` seconds prints its threads' stacks before it is
+    killed, so a hang at shutdown shows where it is.
+    """
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
     codes = []
     for process in processes:
         try:
-            codes.append(process.wait(timeout=15))
+            codes.append(process.wait(timeout=timeout))
         except subprocess.TimeoutExpired:
-            process.kill()
-            codes.append(process.wait())
+            print(f'sim_graph: {process.args[0]} did not stop within {timeout:g} s of SIGINT; '
+                  'its stacks follow, then SIGKILL', flush=True)
+            process.send_signal(DUMP_STACKS_SIGNAL)
+            try:
+                codes.append(process.wait(timeout=2))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
     return codes
 
 
