@@ -72,6 +72,9 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
                  '--windows', '8', '--refine-steps', '0', '2'], tmp_path)
     rows = [line for line in check.splitlines() if re.match(r'\| \d+ \|', line)]
     assert [row.split('|')[1].strip() for row in rows] == ['0', '2']
+    steer = re.search(r"another window's condition: position RMS ([0-9.]+) \(the data's \d+ "
+                      r"steps move ([0-9.]+)\)", check)
+    assert steer and float(steer.group(2)) > 0, check
     # A critic added to the trained bundle; its other networks are taken as they are.
     critic = tmp_path / 'critic'
     out = run(['training/train.py', '--from-bundle', str(tmp_path / 'run' / 'bundle'),
