@@ -64,6 +64,7 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
                 'refine_ms_p50'):
         assert key in row
     assert row['episodes'] == 1 and row['dataset'] == 'test/e2e-v0'
+    assert row['bundle'] == str(tmp_path / 'run' / 'bundle') and 'CPU' in row['machine']
     assert 0.0 <= row['success_rate'] <= 1.0 and row['plan_ms_p50'] > 0
     prior_only = run(['training/evaluate.py', '--bundle', str(tmp_path / 'run' / 'bundle'),
                       '--episodes', '1', '--refine-steps', '0', '--no-progress'], tmp_path)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from diffusion_planner_ros.config import BACKENDS, EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
-from diffusion_planner_ros.evaluation import (evaluate, method_label, planner_settings,
-                                              summarize)
+from diffusion_planner_ros.evaluation import (evaluate, machine, method_label,
+                                              planner_settings, summarize)
 from diffusion_planner_ros.planning import load_planner
 
 COLUMNS = ('env', 'method', 'backend', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',
@@ -100,11 +100,13 @@ def main() -> None:
         'env': env_id,
         'dataset': dataset_id,
         'method': method,
+        'bundle': args.bundle or '',
         **planner_settings(planner),
         'seed': args.seed,
         **summarize(results, evaluation.random_return, evaluation.reference_return),
         'random_return': evaluation.random_return,
         'reference_return': evaluation.reference_return,
+        'machine': machine(),
     }
     print_table(row)
     if args.json:
