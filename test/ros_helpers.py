@@ -24,6 +24,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from conftest import PYTHON, REPO  # noqa: E402
 from diffusion_planner_ros.envs import make_env, split_observation  # noqa: E402
 from diffusion_planner_ros.launch_file import read_launch_file  # noqa: E402
+from diffusion_planner_ros.nodes.sim_graph import stop_nodes  # noqa: E402
 
 PROFILE = str(REPO / 'config' / 'robots' / 'pointmaze_umaze.yaml')
 BUNDLE = str(REPO / 'models' / 'pointmaze_umaze')
@@ -38,9 +39,8 @@ def start(executable, args, env, tmp_path, name):
 
 
 def stop(process):
-    if process.poll() is None:
-        process.send_signal(2)
-    return process.wait(timeout=20)
+    """Stop one node as sim_graph does: a hang shows its stacks in the node's log, then -9."""
+    return stop_nodes([process], timeout=20)[0]
 
 
 def run_sim_graph(args, env, tmp_path, timeout=400):

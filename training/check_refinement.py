@@ -61,23 +61,23 @@ def main() -> None:
                           {0: truth[:, 0]}, generator, noise_scale)
             error = plan - truth
             action = inverse(plan[:, 0], plan[:, 1])
-            print(f'| {k} | {error[..., goal_dims].pow(2).mean().sqrt():.4f} '
-                  f'| {error[..., other].pow(2).mean().sqrt():.4f} '
-                  f'| {(action - true_action).pow(2).mean().sqrt():.4f} |')
+            print(f'| {k} | {rms(error[..., goal_dims]):.4f} | {rms(error[..., other]):.4f} '
+                  f'| {rms(action - true_action):.4f} |')
         # How much the condition steers the prior: the same histories rolled out toward each
         # other window's condition (a prior that ignores its goal gives ~0 here).
         swapped = torch.roll(conditions, shifts=1, dims=0)  # (B, history + horizon - 1, cond)
         moved, _ = bundle.models['prior'].rollout(
             states[:, :history], swapped[:, :history], horizon - 1,
             hold_condition=config.data.condition == 'goal')
-        shift = (moved - rolled)[..., goal_dims].pow(2).mean().sqrt()
+        shift = rms((moved - rolled)[..., goal_dims])
+        motion = rms(truth[:, 1:, goal_dims] - truth[:, :1, goal_dims])
         print(f'prior rollout, own against another window\'s condition: position RMS {shift:.4f}'
-              f' (the data\'s {horizon - 1} steps move {motion(truth, goal_dims):.4f})')
+              f' (the data\'s {horizon - 1} steps move {motion:.4f})')
 
 
-def motion(truth: torch.Tensor, dims: list) -> float:
-    """RMS of how far the true states move from the window's current state."""
-    return float((truth[:, 1:, dims] - truth[:, :1, dims]).pow(2).mean().sqrt())
+def rms(values: torch.Tensor) -> float:
+    """Root mean square over all entries."""
+    return float(values.pow(2).mean().sqrt())
 
 
 if __name__ == '__main__':
