@@ -22,7 +22,9 @@ from diffusion_planner_ros.nodes.sim_graph import share_directory
 FIGURES = (('bridge_killed', 'zero_after_kill_s'), ('bridge_killed', 'zero_after_last_state_s'),
            ('bridge_restarted', 'resume_after_fresh_state_s'),
            ('planner_killed', 'zero_applied_after_kill_s'),
-           ('planner_killed', 'zero_applied_after_last_command_s'))
+           ('planner_killed', 'zero_applied_after_last_command_s'),
+           ('planner_killed', 'zero_applied_after_last_command_sim_s'),
+           ('planner_killed', 'largest_state_gap_s'))
 
 
 def main() -> None:

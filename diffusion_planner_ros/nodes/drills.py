@@ -29,11 +29,17 @@ from diffusion_planner_ros.nodes.demo_client import DemoClient, spin_until
 from diffusion_planner_ros.nodes.sim_graph import _bridge_seed, start_nodes, stop_nodes
 from diffusion_planner_ros.robots import load_profile
 
-RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Deep enough for a minute of 100 Hz states: a watcher that stalls (a slow kill, the CPU busy
+# elsewhere) loses none of the messages it times.
+RELIABLE = QoSProfile(depth=6000, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class GraphWatcher(Node):
     """Records the commands, the states (with the bridge's applied effort) and plan latencies.
+
+    Commands and states are stamped with the time their publisher sent them (DDS source
+    timestamp, system clock, as ``time.time()``), not the time this node got round to them: a
+    watcher that falls behind must not stretch the figures it times.
 
     With ``relay_goals`` it also forwards each episode goal of the bridge (latched on
     /episode_goal) to the planner's /goal_pose once the planner listens, as a user's goal
@@ -42,8 +48,10 @@ class GraphWatcher(Node):
 
     def __init__(self, state_topic: str, command_topic: str, relay_goals: bool = False):
         super().__init__('graph_watcher')
-        self.commands: list[tuple[float, np.ndarray]] = []
-        self.states: list[tuple[float, np.ndarray]] = []    # (time, applied effort)
+        self.commands: list[tuple[float, np.ndarray]] = []  # (sent, command)
+        self.states: list[tuple[float, np.ndarray]] = []    # (sent, applied effort)
+        self.sim_stamps: list[float] = []                   # each state's header (sim time)
+        self.largest_lag_s = 0.0                            # sent -> handled here
         self.latencies: list[tuple[int, float]] = []        # (states seen, plan ms)
         self.create_subscription(Float64MultiArray, command_topic, self._on_command, RELIABLE)
         self.create_subscription(JointState, state_topic, self._on_state, RELIABLE)
@@ -75,14 +83,20 @@ class GraphWatcher(Node):
             self._goal_pub.publish(self._pending_goal)
             self._pending_goal = None
 
-    def _on_command(self, msg: Float64MultiArray) -> None:
-        if self.keep_messages:
-            self.commands.append((time.monotonic(), np.asarray(msg.data, dtype=np.float64)))
+    def _sent(self, info: dict) -> float:
+        sent = info['source_timestamp'] * 1e-9
+        self.largest_lag_s = max(self.largest_lag_s, time.time() - sent)
+        return sent
 
-    def _on_state(self, msg: JointState) -> None:
+    def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
+        if self.keep_messages:
+            self.commands.append((self._sent(info), np.asarray(msg.data, dtype=np.float64)))
+
+    def _on_state(self, msg: JointState, info: dict) -> None:
         self.state_count += 1
         if self.keep_messages:
-            self.states.append((time.monotonic(), np.asarray(msg.effort, dtype=np.float64)))
+            self.states.append((self._sent(info), np.asarray(msg.effort, dtype=np.float64)))
+            self.sim_stamps.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
 
     def _on_latency(self, msg: Float64) -> None:
         self.latencies.append((self.state_count, float(msg.data)))
@@ -93,6 +107,23 @@ class GraphWatcher(Node):
             if stamp > after and bool(np.all(command == 0.0)) == zero:
                 return stamp
         return None
+
+    def last_before(self, messages: list, moment: float) -> tuple[float, np.ndarray]:
+        """Return the last of ``messages`` (commands or states) sent before ``moment``."""
+        return [message for message in messages if message[0] < moment][-1]
+
+    def largest_state_gap(self, start: float, end: float | None) -> float | None:
+        """Longest wait between consecutive states received from ``start`` to ``end``."""
+        stamps = [t for t, _ in self.states if start <= t <= (end or start)]
+        return float(np.max(np.diff(stamps))) if len(stamps) > 1 else None
+
+    def sim_seconds(self, start: float, end: float | None) -> float | None:
+        """Sim time the bridge advanced between the states received at ``start`` and ``end``."""
+        times = [t for t, _ in self.states]
+        first, last = np.searchsorted(times, start, 'right') - 1, np.searchsorted(times, end or 0)
+        if end is None or first < 0 or last >= len(times):
+            return None
+        return self.sim_stamps[last] - self.sim_stamps[first]
 
     def first_state(self, after: float, zero_effort: bool | None = None) -> float | None:
         """Time of the first state after ``after`` (with all-zero effort, if asked)."""
@@ -116,8 +147,8 @@ class Graph:
         self.processes[name] = start_nodes([self.specs[name]], {name: extra.get(name, {})})[0]
 
     def kill(self, name: str) -> float:
-        """SIGKILL a node (no safe stop: a crash); returns the time it was sent."""
-        sent = time.monotonic()
+        """SIGKILL a node (no safe stop: a crash); returns when (``time.time()``) it was sent."""
+        sent = time.time()
         self.processes[name].kill()
         self.processes[name].wait()
         return sent
@@ -146,7 +177,8 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
     """Kill the bridge, restart it, kill the planner; the timings of what the survivor did.
 
     Real time, the params file's timeouts. The watcher forwards the bridge's episode goal to
-    the planner, so it drives without a client.
+    the planner, so it drives without a client. Times are system clock (``time.time()``), the
+    clock of the messages' source timestamps.
     """
     extra = {'planner_node': {'lockstep': 'false'},
              'sim_bridge_node': {'lockstep': 'false', 'episode_steps': 0}}
@@ -158,17 +190,18 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
     executor.add_node(watcher)
     result: dict = {}
     try:
-        started = time.monotonic()
+        started = time.time()
         if not spin_until(executor, lambda: watcher.first_command(started, zero=False), 120.0):
             raise RuntimeError('the planner never commanded: graph did not come up')
         spin_until(executor, lambda: False, drive_s)
 
         # 1. The bridge dies: the planner must command zero once its state is stale.
-        last_state = watcher.states[-1][0]
         killed = graph.kill('sim_bridge_node')
+        kill_waits = [time.time() - killed]
         spin_until(executor, lambda: watcher.first_command(killed, zero=True), 5.0)
         zero = watcher.first_command(killed, zero=True)
         spin_until(executor, lambda: False, 1.0)
+        last_state = watcher.last_before(watcher.states, killed)[0]
         after_zero = [c for t, c in watcher.commands if zero is not None and t >= zero]
         result['bridge_killed'] = {
             'zero_after_kill_s': _seconds(zero, killed),
@@ -177,7 +210,7 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
         }
 
         # 2. The bridge comes back: the planner must plan again from its first fresh state.
-        restarted = time.monotonic()
+        restarted = time.time()
         graph.start('sim_bridge_node', extra)
         spin_until(executor, lambda: watcher.first_state(restarted), 120.0)
         fresh = watcher.first_state(restarted)
@@ -191,16 +224,25 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
         spin_until(executor, lambda: False, drive_s)
 
         # 3. The planner dies: the bridge must apply zero after command_timeout_s.
-        last_command = watcher.commands[-1][0]
-        moving = watcher.states[-1][1]
         killed = graph.kill('planner_node')
+        kill_waits.append(time.time() - killed)
         spin_until(executor, lambda: watcher.first_state(killed, zero_effort=True), 5.0)
         applied_zero = watcher.first_state(killed, zero_effort=True)
+        last_command = watcher.last_before(watcher.commands, killed)[0]
+        moving = watcher.last_before(watcher.states, killed)[1]
         result['planner_killed'] = {
             'effort_before_kill': moving.tolist(),
             'zero_applied_after_kill_s': _seconds(applied_zero, killed),
             'zero_applied_after_last_command_s': _seconds(applied_zero, last_command),
+            # Where a late zero would come from: a silent planner before the kill, or a
+            # stalled bridge (a gap between the states it sent; sim time stands still).
+            'last_command_before_kill_s': killed - last_command,
+            'largest_state_gap_s': watcher.largest_state_gap(last_command, applied_zero),
+            'zero_applied_after_last_command_sim_s': watcher.sim_seconds(last_command,
+                                                                         applied_zero),
         }
+        result['watcher_largest_lag_s'] = watcher.largest_lag_s
+        result['kill_waits_s'] = kill_waits
         result['commands'] = len(watcher.commands)
         result['commands_finite_in_limits'] = bool(all(
             np.all(np.isfinite(c)) and np.all(np.abs(c) <= 1.0) for _, c in watcher.commands))
