@@ -43,6 +43,9 @@ class MethodEntry:
     bundle_of: str = ''
     derive_from: str = ''
     train: list = field(default_factory=list)  # with derive_from: networks trained on top
+    # The entry its speed-up and paired score are against (default: REFERENCE_METHOD), e.g.
+    # the Decision Diffuser on the same U-Net.
+    versus: str = ''
 
 
 @dataclass
@@ -58,6 +61,10 @@ class Suite:
     common_set: list = field(default_factory=list)
     shipped: dict = field(default_factory=dict)
     max_episode_steps: int | None = None
+
+    def references(self) -> dict:
+        """Each method's reference entry (speed-up and paired score), by method name."""
+        return {name: entry.versus or REFERENCE_METHOD for name, entry in self.methods.items()}
 
     def train_overrides(self, dataset: str, name: str, seed: int) -> list[str]:
         """Return the config overrides of a run that trains networks on a dataset.
@@ -104,7 +111,7 @@ def load_suite(path: str | Path) -> Suite:
     for name, entry in (raw.get('methods') or {}).items():
         entry = dict(entry or {})
         bad = sorted(set(entry) - {'method', 'set', 'planner', 'bundle_of', 'derive_from',
-                                   'train'})
+                                   'train', 'versus'})
         if bad:
             raise ValueError(f'{path}: method {name!r} has unknown key(s) {bad}')
         methods[name] = MethodEntry(name=name, **entry)
@@ -112,6 +119,9 @@ def load_suite(path: str | Path) -> Suite:
         if entry.train and not entry.derive_from:
             raise ValueError(f'{path}: method {entry.name!r} trains {entry.train} on top of a '
                              'bundle: it needs derive_from')
+        if entry.versus and entry.versus not in methods:
+            raise ValueError(f'{path}: method {entry.name!r} is compared against unknown '
+                             f'{entry.versus!r}')
         source = entry.bundle_of or entry.derive_from
         if source and source not in methods:
             raise ValueError(f'{path}: method {entry.name!r} refers to unknown {source!r}')
@@ -279,8 +289,35 @@ class SuiteRunner:
         return rows
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """One line per (dataset, method name): pooled over train seeds and episodes."""
+def paired_difference(rows: list[dict], reference_rows: list[dict]) -> dict | None:
+    """Score of ``rows`` minus the reference's, episode by episode (same train seed, env seed).
+
+    Both methods meet the same start and goal in each pair, so the spread of the maze's
+    episodes cancels: mean +- stderr of the differences, and the number of pairs.
+    """
+    by_seed = {r['train_seed']: r for r in reference_rows if 'failed' not in r}
+    differences = []
+    for row in rows:
+        reference = by_seed.get(row['train_seed'])
+        if ('failed' in row or reference is None or reference.get('seed') != row.get('seed')
+                or len(reference['episode_returns']) != len(row['episode_returns'])):
+            continue
+        scale = 100.0 / (row['reference_return'] - row['random_return'])
+        differences.extend(scale * (np.array(row['episode_returns'])
+                                    - np.array(reference['episode_returns'])))
+    if len(differences) < 2:
+        return None
+    differences = np.array(differences)
+    return {'mean': float(differences.mean()), 'pairs': len(differences),
+            'stderr': float(differences.std(ddof=1) / np.sqrt(len(differences)))}
+
+
+def aggregate(rows: list[dict], references: dict | None = None) -> list[dict]:
+    """One line per (dataset, method name): pooled over train seeds and episodes.
+
+    Each line is compared with its reference (``references[name]``, default
+    REFERENCE_METHOD) on the same dataset: plan speed-up and paired score difference.
+    """
     lines = []
     keys = sorted({(r['dataset_name'], r['name']) for r in rows})
     for dataset, name in keys:
@@ -321,23 +358,36 @@ def aggregate(rows: list[dict]) -> list[dict]:
             'failed_seeds': len(failed),
         })
     for line in lines:
+        line['reference'] = (references or {}).get(line['name'], REFERENCE_METHOD)
         reference = [x for x in lines if x['dataset'] == line['dataset']
-                     and x['name'] == REFERENCE_METHOD and 'failed' not in x]
-        line['speedup_vs_dd'] = (reference[0]['plan_ms_p50'] / line['plan_ms_p50']
-                                 if reference and line.get('plan_ms_p50') else None)
+                     and x['name'] == line['reference'] and 'failed' not in x]
+        line['speedup_vs_reference'] = (reference[0]['plan_ms_p50'] / line['plan_ms_p50']
+                                        if reference and line.get('plan_ms_p50') else None)
+        line['score_vs_reference'] = None if line['name'] == line['reference'] else (
+            paired_difference(
+                [r for r in rows if (r['dataset_name'], r['name']) == (line['dataset'],
+                                                                        line['name'])],
+                [r for r in rows if (r['dataset_name'], r['name']) == (line['dataset'],
+                                                                        line['reference'])]))
     return lines
 
 
 def markdown_table(lines: list[dict]) -> str:
-    """Score +- stderr, success, latency and speed against Decision Diffuser."""
+    """Score +- stderr, success, latency, and speed and paired score against the reference."""
     out = ['| dataset | method | backend | train seeds x episodes | score | success | '
-           'plan p50 ms | plan p99 ms | speed-up vs DD |', '|---|---|---|---|---|---|---|---|---|']
+           'plan p50 ms | plan p99 ms | reference | speed-up vs reference | '
+           'score - reference, paired (pairs) |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
     for x in lines:
         if 'failed' in x:
             out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | '
-                       f'{x["failed_seeds"]} failed | failed: {x["failed"]} | | | | |')
+                       f'{x["failed_seeds"]} failed | failed: {x["failed"]} | | | | '
+                       f'{x["reference"]} | | |')
             continue
-        speed = f'{x["speedup_vs_dd"]:.1f}x' if x['speedup_vs_dd'] else '-'
+        speed = f'{x["speedup_vs_reference"]:.1f}x' if x['speedup_vs_reference'] else '-'
+        paired = x['score_vs_reference']
+        paired = (f'{paired["mean"]:+.1f} +- {paired["stderr"]:.1f} ({paired["pairs"]})'
+                  if paired else '-')
         failed = f' (+{x["failed_seeds"]} failed)' if x.get('failed_seeds') else ''
         # Only the mazes report success; a locomotion env has none to report.
         reports_success = not x.get('env') or is_goal_env(x['env'])
@@ -345,7 +395,8 @@ def markdown_table(lines: list[dict]) -> str:
         out.append(f'| {x["dataset"]} | {x["name"]} | {x["backend"]} | {x["train_seeds"]} x '
                    f'{x["episodes"] // x["train_seeds"]}{failed} | {x["score_mean"]:.1f} +- '
                    f'{x["score_stderr"]:.1f} | {success} | '
-                   f'{x["plan_ms_p50"]:.1f} | {x["plan_ms_p99"]:.1f} | {speed} |')
+                   f'{x["plan_ms_p50"]:.1f} | {x["plan_ms_p99"]:.1f} | {x["reference"]} | '
+                   f'{speed} | {paired} |')
     return '\n'.join(out) + '\n'
 
 
@@ -475,13 +526,16 @@ def write_report(out: str | Path, suite: Suite, command: str) -> dict:
     """Table (markdown + JSON) and plots from every result JSON under <out>/results."""
     out = Path(out)
     rows = [json.loads(p.read_text()) for p in sorted((out / 'results').glob('*.json'))]
-    lines = aggregate(rows)
+    lines = aggregate(rows, suite.references())
     header = (f'# Benchmark suite {suite.name}\n\nCommand: `{command}`\n\n'
               f'Machine: {rows[0]["machine"] if rows else machine()}\n\n'
               f'Evaluation: {suite.episodes} episodes per train seed, env seeds '
               f'{suite.eval_seed}..{suite.eval_seed + suite.episodes - 1}.\n\n')
     pooled = ('The score column pools every episode of every train seed; its stderr leaves out '
-              'the spread between seeds, which the second table shows.\n\n')
+              'the spread between seeds, which the second table shows. Each method is compared '
+              'with its reference on the same dataset: plan p50 speed-up, and the score '
+              'difference episode by episode (same train seed, same env seed), mean +- stderr '
+              'over the pairs.\n\n')
     (out / 'table.md').write_text(header + pooled + markdown_table(lines)
                                   + '\n## Per train seed\n\n' + seed_table(lines))
     (out / 'table.json').write_text(json.dumps(lines, indent=2) + '\n')

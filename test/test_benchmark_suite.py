@@ -179,3 +179,45 @@ def test_seed_table_gives_each_train_seed_and_the_stderr_over_seeds():
     # Hopper reports no success: the pooled table says so instead of printing 0.00.
     assert '| 3 x 2 | 60.0 +- ' in benchmark.markdown_table(lines)
     assert '| - | 9.0 |' in benchmark.markdown_table(lines)
+
+
+def test_each_method_is_compared_with_its_reference_episode_by_episode(tmp_path):
+    def row(name, seed, returns, plan_ms, eval_seed=1000):
+        return {'dataset_name': 'umaze', 'name': name, 'method': 'trajectory_diffuser',
+                'backend': 'onnx', 'train_seed': seed, 'seed': eval_seed,
+                'episode_returns': returns, 'episode_successes': [True] * len(returns),
+                'random_return': 10.0, 'reference_return': 60.0,
+                'plan_ms_p50': plan_ms, 'plan_ms_p99': plan_ms}
+
+    rows = [row('dd_big', 0, [60.0, 35.0, 10.0], 200.0), row('dd_big', 1, [60.0, 60.0], 200.0),
+            row('td_big', 0, [55.0, 35.0, 20.0], 10.0), row('td_big', 1, [50.0, 60.0], 10.0),
+            # Other env seeds than its reference's: no pairs.
+            row('td_other', 0, [60.0, 60.0, 60.0], 10.0, eval_seed=5)]
+    references = {'td_big': 'dd_big', 'dd_big': 'dd_big', 'td_other': 'dd_big'}
+    lines = {x['name']: x for x in benchmark.aggregate(rows, references)}
+    td = lines['td_big']
+    # Scores are 2 per unit of return here: differences -10, 0, +20, -20, 0.
+    differences = np.array([-10.0, 0.0, 20.0, -20.0, 0.0])
+    assert td['score_vs_reference']['pairs'] == 5
+    assert td['score_vs_reference']['mean'] == pytest.approx(differences.mean())
+    assert td['score_vs_reference']['stderr'] == pytest.approx(
+        differences.std(ddof=1) / np.sqrt(5))
+    assert td['speedup_vs_reference'] == pytest.approx(20.0)
+    assert lines['dd_big']['score_vs_reference'] is None
+    assert lines['td_other']['score_vs_reference'] is None
+    table = benchmark.markdown_table(list(lines.values()))
+    assert '| dd_big | 20.0x | -2.0 +- 6.6 (5) |' in table
+    # Without a reference named, a method is compared with decision_diffuser (absent here).
+    assert benchmark.aggregate(rows)[0]['reference'] == 'decision_diffuser'
+    # A suite may name the reference; an unknown one is refused with the file and entry.
+    config = str(REPO / 'config' / 'pointmaze_umaze.yaml')
+    suite = load_suite(write_suite(tmp_path, {'a': {'config': config}}, {
+        'trajectory_diffuser': {}, 'dd': {'derive_from': 'trajectory_diffuser',
+                                          'method': 'decision_diffuser'},
+        'td2': {'bundle_of': 'trajectory_diffuser', 'versus': 'dd'}}))
+    assert suite.references() == {'trajectory_diffuser': 'decision_diffuser', 'dd':
+                                  'decision_diffuser', 'td2': 'dd'}
+    with pytest.raises(ValueError, match="'td2' is compared against unknown 'ddd'"):
+        load_suite(write_suite(tmp_path, {'a': {'config': config}}, {
+            'trajectory_diffuser': {}, 'td2': {'bundle_of': 'trajectory_diffuser',
+                                               'versus': 'ddd'}}))

@@ -183,7 +183,7 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
         assert (out / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     table = json.loads((out / 'table.json').read_text())
     dd = next(x for x in table if x['name'] == 'decision_diffuser')
-    assert dd['speedup_vs_dd'] == pytest.approx(1.0)
+    assert dd['speedup_vs_reference'] == pytest.approx(1.0)
     # A second run loads everything and redoes nothing.
     again = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
                  '--no-progress'], tmp_path, timeout=300)
