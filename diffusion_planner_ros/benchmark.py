@@ -363,12 +363,12 @@ def aggregate(rows: list[dict], references: dict | None = None) -> list[dict]:
                      and x['name'] == line['reference'] and 'failed' not in x]
         line['speedup_vs_reference'] = (reference[0]['plan_ms_p50'] / line['plan_ms_p50']
                                         if reference and line.get('plan_ms_p50') else None)
-        line['score_vs_reference'] = None if line['name'] == line['reference'] else (
-            paired_difference(
-                [r for r in rows if (r['dataset_name'], r['name']) == (line['dataset'],
-                                                                        line['name'])],
-                [r for r in rows if (r['dataset_name'], r['name']) == (line['dataset'],
-                                                                        line['reference'])]))
+        own = [r for r in rows if r['dataset_name'] == line['dataset']
+               and r['name'] == line['name']]
+        versus = [r for r in rows if r['dataset_name'] == line['dataset']
+                  and r['name'] == line['reference']]
+        line['score_vs_reference'] = (None if line['name'] == line['reference']
+                                      else paired_difference(own, versus))
     return lines
 
 
