@@ -113,15 +113,18 @@ class GraphWatcher(Node):
         return [message for message in messages if message[0] < moment][-1]
 
     def largest_state_gap(self, start: float, end: float | None) -> float | None:
-        """Longest wait between consecutive states received from ``start`` to ``end``."""
+        """Longest wait between consecutive states sent from ``start`` to ``end``."""
         stamps = [t for t, _ in self.states if start <= t <= (end or start)]
         return float(np.max(np.diff(stamps))) if len(stamps) > 1 else None
 
     def sim_seconds(self, start: float, end: float | None) -> float | None:
-        """Sim time the bridge advanced between the states received at ``start`` and ``end``."""
+        """Sim time the bridge advanced from its last state sent by ``start`` to ``end``'s."""
+        if end is None:
+            return None
         times = [t for t, _ in self.states]
-        first, last = np.searchsorted(times, start, 'right') - 1, np.searchsorted(times, end or 0)
-        if end is None or first < 0 or last >= len(times):
+        first = np.searchsorted(times, start, 'right') - 1  # the last state sent by start
+        last = np.searchsorted(times, end)                   # the state sent at end
+        if first < 0 or last >= len(times):
             return None
         return self.sim_stamps[last] - self.sim_stamps[first]
 
