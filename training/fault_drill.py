@@ -24,7 +24,8 @@ FIGURES = (('bridge_killed', 'zero_after_kill_s'), ('bridge_killed', 'zero_after
            ('planner_killed', 'zero_applied_after_kill_s'),
            ('planner_killed', 'zero_applied_after_last_command_s'),
            ('planner_killed', 'zero_applied_after_last_command_sim_s'),
-           ('planner_killed', 'largest_state_gap_s'))
+           ('planner_killed', 'command_applied_after_last_command_s'),
+           ('planner_killed', 'states_missing'), ('planner_killed', 'largest_state_gap_s'))
 
 
 def main() -> None:

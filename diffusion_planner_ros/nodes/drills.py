@@ -128,6 +128,24 @@ class GraphWatcher(Node):
             return None
         return self.sim_stamps[last] - self.sim_stamps[first]
 
+    def states_missing(self, start: float, end: float | None) -> int | None:
+        """States the bridge stepped from ``start`` to ``end`` (send times) that never came.
+
+        Consecutive steps are one env step (the median sim-stamp difference) apart.
+        """
+        sims = [sim for (t, _), sim in zip(self.states, self.sim_stamps)
+                if end is not None and start <= t <= end]
+        if len(sims) < 2:
+            return None
+        step = float(np.median(np.diff(self.sim_stamps)))
+        return int(round((sims[-1] - sims[0]) / step)) + 1 - len(sims)
+
+    def last_moving_state(self, before: float | None) -> float | None:
+        """Send time of the last state with non-zero effort sent before ``before``."""
+        moving = [t for t, effort in self.states
+                  if before is not None and t < before and np.any(effort != 0.0)]
+        return moving[-1] if moving else None
+
     def first_state(self, after: float, zero_effort: bool | None = None) -> float | None:
         """Time of the first state after ``after`` (with all-zero effort, if asked)."""
         for stamp, effort in self.states:
@@ -237,6 +255,13 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
             'effort_before_kill': moving.tolist(),
             'zero_applied_after_kill_s': _seconds(applied_zero, killed),
             'zero_applied_after_last_command_s': _seconds(applied_zero, last_command),
+            # How long the bridge kept applying the dead planner's command, as far as the
+            # states that arrived show (a lower bound if some were lost on the way).
+            'command_applied_after_last_command_s': _seconds(
+                watcher.last_moving_state(applied_zero), last_command),
+            # The first two figures are exact only if no state between the last command and
+            # the zero was lost on its way here.
+            'states_missing': watcher.states_missing(last_command, applied_zero),
             # Where a late zero would come from: a silent planner before the kill, or a
             # stalled bridge (a gap between the states it sent; sim time stands still).
             'last_command_before_kill_s': killed - last_command,
