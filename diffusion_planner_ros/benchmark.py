@@ -319,9 +319,11 @@ def aggregate(rows: list[dict], references: dict | None = None) -> list[dict]:
     REFERENCE_METHOD) on the same dataset: plan speed-up and paired score difference.
     """
     lines = []
-    keys = sorted({(r['dataset_name'], r['name']) for r in rows})
-    for dataset, name in keys:
-        group = [r for r in rows if (r['dataset_name'], r['name']) == (dataset, name)]
+    groups: dict[tuple, list] = {}  # (dataset, method name) -> its rows
+    for r in rows:
+        groups.setdefault((r['dataset_name'], r['name']), []).append(r)
+    for dataset, name in sorted(groups):
+        group = groups[dataset, name]
         failed = [r for r in group if 'failed' in r]
         group = [r for r in group if 'failed' not in r]
         if not group:
@@ -363,12 +365,9 @@ def aggregate(rows: list[dict], references: dict | None = None) -> list[dict]:
                      and x['name'] == line['reference'] and 'failed' not in x]
         line['speedup_vs_reference'] = (reference[0]['plan_ms_p50'] / line['plan_ms_p50']
                                         if reference and line.get('plan_ms_p50') else None)
-        own = [r for r in rows if r['dataset_name'] == line['dataset']
-               and r['name'] == line['name']]
-        versus = [r for r in rows if r['dataset_name'] == line['dataset']
-                  and r['name'] == line['reference']]
-        line['score_vs_reference'] = (None if line['name'] == line['reference']
-                                      else paired_difference(own, versus))
+        line['score_vs_reference'] = None if line['name'] == line['reference'] else (
+            paired_difference(groups[line['dataset'], line['name']],
+                              groups.get((line['dataset'], line['reference']), [])))
     return lines
 
 

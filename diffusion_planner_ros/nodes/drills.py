@@ -49,8 +49,7 @@ class GraphWatcher(Node):
     def __init__(self, state_topic: str, command_topic: str, relay_goals: bool = False):
         super().__init__('graph_watcher')
         self.commands: list[tuple[float, np.ndarray]] = []  # (sent, command)
-        self.states: list[tuple[float, np.ndarray]] = []    # (sent, applied effort)
-        self.sim_stamps: list[float] = []                   # each state's header (sim time)
+        self.states: list[tuple[float, np.ndarray, float]] = []  # (sent, effort, sim time)
         self.largest_lag_s = 0.0                            # sent -> handled here
         self.latencies: list[tuple[int, float]] = []        # (states seen, plan ms)
         self.create_subscription(Float64MultiArray, command_topic, self._on_command, RELIABLE)
@@ -95,8 +94,8 @@ class GraphWatcher(Node):
     def _on_state(self, msg: JointState, info: dict) -> None:
         self.state_count += 1
         if self.keep_messages:
-            self.states.append((self._sent(info), np.asarray(msg.effort, dtype=np.float64)))
-            self.sim_stamps.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+            self.states.append((self._sent(info), np.asarray(msg.effort, dtype=np.float64),
+                                msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
 
     def _on_latency(self, msg: Float64) -> None:
         self.latencies.append((self.state_count, float(msg.data)))
@@ -108,47 +107,47 @@ class GraphWatcher(Node):
                 return stamp
         return None
 
-    def last_before(self, messages: list, moment: float) -> tuple[float, np.ndarray]:
+    def last_before(self, messages: list, moment: float) -> tuple:
         """Return the last of ``messages`` (commands or states) sent before ``moment``."""
         return [message for message in messages if message[0] < moment][-1]
 
+    def states_between(self, start: float, end: float | None) -> list:
+        """States sent from ``start`` to ``end`` (none if ``end`` is None)."""
+        return [state for state in self.states if end is not None and start <= state[0] <= end]
+
     def largest_state_gap(self, start: float, end: float | None) -> float | None:
         """Longest wait between consecutive states sent from ``start`` to ``end``."""
-        stamps = [t for t, _ in self.states if start <= t <= (end or start)]
-        return float(np.max(np.diff(stamps))) if len(stamps) > 1 else None
+        sent = [state[0] for state in self.states_between(start, end)]
+        return float(np.max(np.diff(sent))) if len(sent) > 1 else None
 
     def sim_seconds(self, start: float, end: float | None) -> float | None:
         """Sim time the bridge advanced from its last state sent by ``start`` to ``end``'s."""
-        if end is None:
+        before = [state for state in self.states if state[0] <= start]
+        window = self.states_between(start, end)
+        if not before or not window or window[-1][0] != end:
             return None
-        times = [t for t, _ in self.states]
-        first = np.searchsorted(times, start, 'right') - 1  # the last state sent by start
-        last = np.searchsorted(times, end)                   # the state sent at end
-        if first < 0 or last >= len(times):
-            return None
-        return self.sim_stamps[last] - self.sim_stamps[first]
+        return window[-1][2] - before[-1][2]
 
     def states_missing(self, start: float, end: float | None) -> int | None:
         """States the bridge stepped from ``start`` to ``end`` (send times) that never came.
 
         Consecutive steps are one env step (the median sim-stamp difference) apart.
         """
-        sims = [sim for (t, _), sim in zip(self.states, self.sim_stamps)
-                if end is not None and start <= t <= end]
+        sims = [state[2] for state in self.states_between(start, end)]
         if len(sims) < 2:
             return None
-        step = float(np.median(np.diff(self.sim_stamps)))
+        step = float(np.median(np.diff([state[2] for state in self.states])))
         return int(round((sims[-1] - sims[0]) / step)) + 1 - len(sims)
 
     def last_moving_state(self, before: float | None) -> float | None:
         """Send time of the last state with non-zero effort sent before ``before``."""
-        moving = [t for t, effort in self.states
+        moving = [t for t, effort, _ in self.states
                   if before is not None and t < before and np.any(effort != 0.0)]
         return moving[-1] if moving else None
 
     def first_state(self, after: float, zero_effort: bool | None = None) -> float | None:
         """Time of the first state after ``after`` (with all-zero effort, if asked)."""
-        for stamp, effort in self.states:
+        for stamp, effort, _ in self.states:
             if stamp > after and (zero_effort is None
                                   or bool(np.all(effort == 0.0)) == zero_effort):
                 return stamp
