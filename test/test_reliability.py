@@ -22,10 +22,13 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from conftest import PYTHON, REPO  # noqa: E402
+from diffusion_planner_ros.nodes.sim_bridge_node import SimBridgeNode  # noqa: E402
+from diffusion_planner_ros.nodes.timing import arrival  # noqa: E402
 from ros_helpers import (call_service, planner_args, PROFILE, RELIABLE,  # noqa: E402
                          run_sim_graph, spin_until, start, stop)
 
@@ -424,3 +427,49 @@ def test_bridge_applies_zero_on_signal(ros_env, recorder, tmp_path, signum):
     finally:
         if bridge.poll() is None:
             bridge.kill()
+
+
+def test_arrival_counts_from_when_the_middleware_received_the_message():
+    before = time.monotonic()
+    received = arrival({'received_timestamp': int((time.time() - 0.8) * 1e9)})
+    assert before - 0.85 < received < time.monotonic() - 0.75
+    # No reception time (an rmw without it), or one ahead of this clock: now.
+    for info in (None, {'received_timestamp': 0}, {'received_timestamp': int(2e18)}):
+        assert before <= arrival(info) <= time.monotonic()
+
+
+def test_a_stalled_bridge_does_not_apply_a_dead_planners_backlog(ros_env, recorder):
+    """The bridge's executor stalls while a command arrives: it handles it already too old."""
+    node, executor = recorder(state_topic='joint_states', command_topic='commands')
+    bridge = SimBridgeNode(parameter_overrides=[Parameter('profile', value=PROFILE)])
+    bridge_executor = SingleThreadedExecutor()
+    bridge_executor.add_node(bridge)
+
+    def spin_both(seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            bridge_executor.spin_once(timeout_sec=0.002)
+            executor.spin_once(timeout_sec=0.002)
+
+    try:
+        deadline = time.monotonic() + 30
+        while node.command_pub.get_subscription_count() == 0 or len(node.states) < 5:
+            assert time.monotonic() < deadline, 'bridge and recorder did not match'
+            spin_both(0.05)
+        # Handled at once, a command is applied.
+        node.command_pub.publish(Float64MultiArray(data=[0.5, -0.5]))
+        spin_both(0.2)
+        assert list(node.states[-1].effort) == [0.5, -0.5]
+        # The last command of a planner about to die arrives while the bridge does not spin
+        # (0.8 s, past command_timeout_s of 0.5 s); it must not be applied when handled.
+        spin_both(0.6)   # the first command timed out: zero
+        node.command_pub.publish(Float64MultiArray(data=[0.5, -0.5]))
+        stall = time.monotonic() + 0.8
+        while time.monotonic() < stall:
+            executor.spin_once(timeout_sec=0.01)
+        seen = len(node.states)
+        spin_both(0.3)
+        after = [list(state.effort) for state in node.states[seen:]]
+        assert len(after) >= 5 and all(effort == [0.0, 0.0] for effort in after), after
+    finally:
+        bridge.destroy_node()

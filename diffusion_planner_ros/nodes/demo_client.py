@@ -114,9 +114,11 @@ class DemoClient(Node):
         if record is not None and msg.data != 'reset':
             record.end = msg.data
 
-    def _on_command(self, msg: Float64MultiArray) -> None:
+    def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
+        # When the planner sent it (DDS source timestamp): the planner's rhythm, not this
+        # client's.
         if self._record is not None:
-            self.command_times.append(time.monotonic())
+            self.command_times.append(info['source_timestamp'] * 1e-9)
 
     def command_rate(self) -> dict:
         """Rate of the commands seen during episodes and the 99th percentile gap between them."""

@@ -248,7 +248,9 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
         kill_waits.append(time.time() - killed)
         spin_until(executor, lambda: watcher.first_state(killed, zero_effort=True), 5.0)
         applied_zero = watcher.first_state(killed, zero_effort=True)
-        last_command = watcher.last_before(watcher.commands, killed)[0]
+        # The planner's last command: a kill that takes effect late lets it send a few more.
+        last_command = watcher.last_before(
+            watcher.commands, killed if applied_zero is None else applied_zero)[0]
         moving = watcher.last_before(watcher.states, killed)[1]
         result['planner_killed'] = {
             'effort_before_kill': moving.tolist(),
@@ -263,7 +265,8 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
             'states_missing': watcher.states_missing(last_command, applied_zero),
             # Where a late zero would come from: a silent planner before the kill, or a
             # stalled bridge (a gap between the states it sent; sim time stands still).
-            'last_command_before_kill_s': killed - last_command,
+            'last_command_before_kill_s': killed - last_command,   # < 0: sent after it
+            'commands_after_kill': sum(sent > killed for sent, _ in watcher.commands),
             'largest_state_gap_s': watcher.largest_state_gap(last_command, applied_zero),
             'zero_applied_after_last_command_sim_s': watcher.sim_seconds(last_command,
                                                                          applied_zero),

@@ -47,6 +47,7 @@ from diffusion_planner_ros.planning.receding import (ActionChunk, configure_thre
                                                      episode_target, LatencyStats,
                                                      ReturnsToGo, StampGate)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
+from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import Kinematics, load_profile
 
 WARN_PERIOD_S = 2.0
@@ -392,7 +393,7 @@ class PlannerNode(LifecycleNode):
             self._last_warn[key] = now
             self.get_logger().warning(message)
 
-    def _on_joint_state(self, msg: JointState) -> None:
+    def _on_joint_state(self, msg: JointState, info: dict) -> None:
         try:
             observation = self.profile.observation_from_joint_state(
                 msg.name, msg.position, msg.velocity)
@@ -400,7 +401,10 @@ class PlannerNode(LifecycleNode):
             self._reject_state(str(error))
             return
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
-        problem = self._stamps.check(stamp, time.monotonic())
+        # A state's age counts from its arrival: in a backlog handled late, only the newest is
+        # fresh.
+        received = arrival(info)
+        problem = self._stamps.check(stamp, received)
         if problem is not None:
             self._reject_state(problem)
             return
@@ -411,7 +415,7 @@ class PlannerNode(LifecycleNode):
             resent = stamp != 0.0 and stamp == self._last_stamp
             if not resent:
                 self._episode_step, self._last_stamp = self._episode_step + 1, stamp
-            self._state = (observation, time.monotonic(), self._state_sequence,
+            self._state = (observation, received, self._state_sequence,
                            (self._episode, self._episode_step), resent)
         if self.lockstep or self._plan_due.is_set():
             self._plan_due.clear()

@@ -35,6 +35,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
+from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import load_profile
 
 try:  # No tf2_msgs wheel exists for machines without ROS; TF is published where it imports.
@@ -52,8 +53,8 @@ RESET_PAUSE_S = 0.5
 class SimBridgeNode(Node):
     """Steps the env and speaks the ros2_control-style topics."""
 
-    def __init__(self):
-        super().__init__('sim_bridge_node')
+    def __init__(self, **node_options):
+        super().__init__('sim_bridge_node', **node_options)
         self.declare_parameter('profile', '', ParameterDescriptor(
             description='robot profile YAML', read_only=True))
         self.declare_parameter('lockstep', False, ParameterDescriptor(
@@ -184,7 +185,7 @@ class SimBridgeNode(Node):
         self._reset_timer, self._end_pending = None, False
 
     # Commands ------------------------------------------------------------------------------
-    def _on_command(self, msg: Float64MultiArray) -> None:
+    def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
         values = np.asarray(msg.data, dtype=np.float64)
         if values.shape != (len(self.profile.actuators),):
             self._warn('command:length', f'dropped command of length {values.size}: expected '
@@ -195,7 +196,9 @@ class SimBridgeNode(Node):
             return
         with self._lock:
             self._command = np.clip(values, self.action_low, self.action_high)
-            self._command_time = time.monotonic()
+            # Its age counts from its arrival: a bridge that stalled must not take the backlog
+            # of a dead planner for fresh commands.
+            self._command_time = arrival(info)
         if self.lockstep:
             self._step(self._command.copy())
 
