@@ -28,7 +28,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from conftest import PYTHON, REPO  # noqa: E402
 from diffusion_planner_ros.nodes.sim_bridge_node import SimBridgeNode  # noqa: E402
-from diffusion_planner_ros.nodes.timing import arrival  # noqa: E402
+from diffusion_planner_ros.nodes.timing import arrival, sent  # noqa: E402
 from ros_helpers import (call_service, planner_args, PROFILE, RELIABLE,  # noqa: E402
                          run_sim_graph, spin_until, start, stop)
 
@@ -436,6 +436,8 @@ def test_arrival_counts_from_when_the_middleware_received_the_message():
     # No reception time (an rmw without it), or one ahead of this clock: now.
     for info in (None, {'received_timestamp': 0}, {'received_timestamp': int(2e18)}):
         assert before <= arrival(info) <= time.monotonic()
+    # The send time is the publisher's stamp, in seconds.
+    assert sent({'source_timestamp': 1_700_000_000_250_000_000}) == pytest.approx(1.70000000025e9)
 
 
 def test_a_stalled_bridge_does_not_apply_a_dead_planners_backlog(ros_env, recorder):

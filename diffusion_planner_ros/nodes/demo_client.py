@@ -23,6 +23,7 @@ from std_msgs.msg import Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
+from diffusion_planner_ros.nodes.timing import sent
 from diffusion_planner_ros.robots import RobotProfile
 
 GOAL_RADIUS = 0.45
@@ -118,7 +119,7 @@ class DemoClient(Node):
         # When the planner sent it (DDS source timestamp): the planner's rhythm, not this
         # client's.
         if self._record is not None:
-            self.command_times.append(info['source_timestamp'] * 1e-9)
+            self.command_times.append(sent(info))
 
     def command_rate(self) -> dict:
         """Rate of the commands seen during episodes and the 99th percentile gap between them."""

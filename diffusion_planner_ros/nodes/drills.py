@@ -27,6 +27,7 @@ from std_msgs.msg import Float64, Float64MultiArray
 from diffusion_planner_ros.launch_file import read_launch_file
 from diffusion_planner_ros.nodes.demo_client import DemoClient, spin_until
 from diffusion_planner_ros.nodes.sim_graph import _bridge_seed, start_nodes, stop_nodes
+from diffusion_planner_ros.nodes.timing import sent
 from diffusion_planner_ros.robots import load_profile
 
 # Deep enough for a minute of 100 Hz states: a watcher that stalls (a slow kill, the CPU busy
@@ -83,9 +84,9 @@ class GraphWatcher(Node):
             self._pending_goal = None
 
     def _sent(self, info: dict) -> float:
-        sent = info['source_timestamp'] * 1e-9
-        self.largest_lag_s = max(self.largest_lag_s, time.time() - sent)
-        return sent
+        when = sent(info)
+        self.largest_lag_s = max(self.largest_lag_s, time.time() - when)
+        return when
 
     def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
         if self.keep_messages:

@@ -19,3 +19,11 @@ def arrival(info: dict | None) -> float:
     if received_ns <= 0:
         return now
     return now - max(now_wall - received_ns * 1e-9, 0.0)
+
+
+def sent(info: dict) -> float:
+    """Return when the publisher sent a message: its DDS source timestamp, in system-clock s.
+
+    The sender's clock, so it is comparable with ``time.time()`` only on one machine.
+    """
+    return info['source_timestamp'] * 1e-9
