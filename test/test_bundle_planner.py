@@ -327,19 +327,19 @@ def test_rank_stage_keeps_the_plan_the_critic_scores_highest():
     assert torch.equal(best[0], plans[int(plans[:, -1, 0].argmax())])
 
 
-def critic_bundle(path, **planner):
-    config = tiny_config(**planner)
-    return write_bundle(path, dataclasses.replace(config, method=MethodConfig(critic=True)))
+def critic_bundle(path, levels=None, **planner):
+    config = dataclasses.replace(tiny_config(**planner), method=MethodConfig(critic=True))
+    if levels is not None:
+        config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule,
+                                                                          num_steps=levels))
+    return write_bundle(path, config)
 
 
 @pytest.mark.parametrize('method', ['trajectory_diffuser', 'decision_diffuser'])
 def test_candidates_are_ranked_by_the_critic_on_every_path(method, tmp_path):
     # K = 10 levels: ONNX Runtime captures Decision Diffuser's levels unrolled, and 100 of them
     # take minutes to capture here.
-    config = dataclasses.replace(tiny_config(), method=MethodConfig(critic=True))
-    config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule,
-                                                                      num_steps=10))
-    path = write_bundle(tmp_path / 'td', config)
+    path = critic_bundle(tmp_path / 'td', levels=10)
     if method == 'decision_diffuser':
         path = derive_bundle(path, method, tmp_path / 'dd')
 

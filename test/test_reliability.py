@@ -251,16 +251,17 @@ def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
     # It never stepped the sim with the dead planner's command past the timeout: counted in
     # sim time, which stands still while the bridge's process stalls. (Session 28 saw one
     # drill in which the bridge sent nothing for 1 s, then 3 s, after the planner's SIGKILL;
-    # it had stepped 0.02 s of sim with the command, and a state stepped before the stall
-    # went out after it. docs/reliability.md.)
+    # it had stepped 0.02 s of sim with the command, and a state most likely stepped before
+    # the stall went out after it. docs/reliability.md.)
     assert dead['zero_applied_after_last_command_sim_s'] is not None, json.dumps(drill)
     assert dead['zero_applied_after_last_command_sim_s'] <= 0.6, json.dumps(drill)
     # Where the bridge did not stall (a stall shows as a gap between the states it sent),
     # send times are step times and wall time counts too (robust to lost states).
-    if dead['largest_state_gap_s'] < 0.2:
+    steady = dead['largest_state_gap_s'] < 0.2
+    if steady:
         assert dead['command_applied_after_last_command_s'] < 0.6, json.dumps(drill)
     # The exact time of the switch, where the watcher also saw every state around it.
-    if dead['states_missing'] == 0 and dead['largest_state_gap_s'] < 0.2:
+    if steady and dead['states_missing'] == 0:
         assert 0.3 < dead['zero_applied_after_last_command_s'] < 2.0, json.dumps(drill)
         assert 0.3 < dead['zero_applied_after_last_command_sim_s'] <= 0.6, json.dumps(drill)
     else:
