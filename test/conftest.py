@@ -1,6 +1,7 @@
 """Shared fixtures: every test gets its own Minari folder and TMPDIR (maze envs write XML)."""
 
 import itertools
+import math
 import os
 import random
 import sys
@@ -67,3 +68,49 @@ def driver(ros_env):
     yield node, executor
     node.destroy_node()
     rclpy.try_shutdown()
+
+
+# Captured paths (ONNX Runtime, CUDA graphs) against eager ----------------------------------
+# Both run the same float32 graph with other kernels (summation order, fused ops, AVX2 or
+# AVX-512), so they agree to rounding, which reverse diffusion steps then amplify. The bounds
+# are in normalised units ([-1, 1] over the data).
+#
+# One network call on the same input. Measured here on random inputs, the level baked in as
+# the stages capture it: a plain U-Net call differed by up to 5e-6; the guided eps (w = 1.2,
+# 1.4 calls' worth, see below) of the test U-Net by up to 1.9e-5 over levels 0-9, the shipped
+# U-Nets' by up to 4.9e-6 over levels 0-4.
+NETWORK_ATOL = 2e-5
+# One reverse step's own arithmetic (x_0, clipping, posterior mean, scaled noise) on |x| <= ~2:
+# a few float32 roundings (ulp 2.4e-7 at 2), in whatever order the runtime fuses them.
+STEP_ATOL = 1e-6
+
+
+def reverse_chain_atol(schedule, levels: int, guidance_scale: float = 1.0, start: float = 0.0,
+                       network_atol: float = NETWORK_ATOL, step_atol: float = STEP_ATOL) -> float:
+    """Bound on how far two backends' x_0 differ after the reverse steps levels - 1 .. 0.
+
+    Each step (DDPMSchedule.step) is mu = c0_t clip(x0) + ct_t x_t with
+    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), plus sigma_t z with the same z on both
+    paths. Clipping moves two values no further apart and c0_t, ct_t >= 0, so a difference d in
+    x_t and e in eps give at most
+        d (c0_t / sqrt(abar_t) + ct_t) + e c0_t sqrt(1 - abar_t) / sqrt(abar_t)
+        = d / sqrt(alpha_t) + e beta_t / (sqrt(1 - abar_t) sqrt(alpha_t))
+    in x_{t-1}: the x_0 error e sqrt(1 - abar_t) / sqrt(abar_t), amplified at the noisy levels,
+    weighed by the posterior mean. e is the guided eps's: eps_u + w (eps_c - eps_u) moves by
+    (|1 - w| + |w|) times one call's network_atol. The network's own response to the difference
+    already in x_t is not counted (the schedule cannot know it); where x_0 is clipped, as nearly
+    everywhere at the noisiest levels, that path is cut and x_t reaches x_{t-1} through ct_t
+    only, far below the 1 / sqrt(alpha_t) counted.
+
+    start: the difference in the plan a refinement starts from (Trajectory Diffuser's prior, a
+    warm start's previous plan). Noising it to level ``levels`` scales it by sqrt(abar), and the
+    steps' carries multiply it back by exactly 1 / sqrt(abar). Sampling from noise starts at 0:
+    both paths read the same draws.
+    """
+    eps_atol = (abs(1.0 - guidance_scale) + abs(guidance_scale)) * network_atol
+    bound = start * float(schedule.sqrt_alphas_cumprod[levels - 1])
+    for t in range(levels - 1, -1, -1):
+        alpha, beta = float(schedule.alphas[t]), float(schedule.betas[t])
+        gain = beta / math.sqrt((1.0 - float(schedule.alphas_cumprod[t])) * alpha)
+        bound = bound / math.sqrt(alpha) + gain * eps_atol + step_atol
+    return bound
