@@ -1,6 +1,7 @@
 # Quick start: `make demo` runs the main job, `make test` runs the whole suite.
 # Both create .venv on first use. Without an NVIDIA driver the CPU build of torch is installed
-# first, so the generic torch requirement never pulls the CUDA packages.
+# first, so the generic torch requirement never pulls the CUDA packages. Every other package is
+# pinned by constraints.txt to the versions the suite last passed with.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,15 +14,16 @@ export MINARI_DATASETS_PATH ?= $(CURDIR)/datasets
 
 setup: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install "torch==$(TORCH_VERSION)"; \
+		$(PY) -m pip install -c constraints.txt "torch==$(TORCH_VERSION)"; \
 	else \
-		$(PY) -m pip install "torch==$(TORCH_VERSION)+cpu" || $(PY) -m pip install "torch==$(TORCH_VERSION)" \
+		$(PY) -m pip install -c constraints.txt "torch==$(TORCH_VERSION)+cpu" \
+			|| $(PY) -m pip install -c constraints.txt "torch==$(TORCH_VERSION)" \
 			--index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(PY) -m pip install -e '.[ros,dev,fast,bags,data]'
+	$(PY) -m pip install -c constraints.txt -e '.[ros,dev,fast,bags,data]'
 	touch $(STAMP)
 
 # The sim graph (bridge + planner over rclpy / Fast DDS, from launch/sim.launch.py) in lockstep,

@@ -285,6 +285,9 @@ class PlannerConfig:
 
     # k: diffusion levels the prior's trajectory is noised to and denoised from; 0 = prior only.
     refine_steps: int = 5
+    # Anytime planning under a budget (real time) never refines with fewer steps than this; a
+    # plan that cannot fit them is late rather than unrefined (0 lets the prior's plan through).
+    min_refine_steps: int = 0
     # w: classifier-free guidance scale (eps_u + w (eps_c - eps_u)).
     guidance_scale: float = 1.2
     # Scale on the reverse-step noise standard deviation (alpha in Algorithm 1, line 20).
@@ -295,6 +298,10 @@ class PlannerConfig:
     inpaint_goal: bool = False
     # Target return for returns-conditioned tasks, in env units.
     target_return: float = 0.0
+    # Control steps an episode's target_return is spread over when the robot reports no
+    # rewards (a real robot has no reward topic): the target then falls by an even share each
+    # step instead of by each reward. 0 = the env's time limit (gymnasium's max_episode_steps).
+    target_steps: int = 0
     # Diffuser / DMEMM: alpha, the scale of the objective's gradient on each reverse-step mean
     # (Diffuser Algorithm 1; DMEMM Eq. 13); 0 samples without guidance.
     value_guidance_scale: float = 0.1
@@ -325,6 +332,8 @@ class PlannerConfig:
         _require(self.observation_limit > 0.0,
                  f'planner.observation_limit {self.observation_limit} must be > 0')
         _require(self.refine_steps >= 0, f'planner.refine_steps {self.refine_steps} must be >= 0')
+        _require(self.min_refine_steps >= 0,
+                 f'planner.min_refine_steps {self.min_refine_steps} must be >= 0')
         _require(self.value_guidance_scale >= 0.0, 'planner.value_guidance_scale must be >= 0')
         _require(self.transition_guidance >= 0.0, 'planner.transition_guidance must be >= 0')
         _require(self.warm_start_steps >= 0,
@@ -333,6 +342,8 @@ class PlannerConfig:
         _require(self.guidance_scale >= 0.0, 'planner.guidance_scale must be >= 0')
         _require(self.noise_scale >= 0.0, 'planner.noise_scale must be >= 0')
         _require(self.replan_every >= 1, f'planner.replan_every {self.replan_every} must be >= 1')
+        _require(self.target_steps >= 0,
+                 f'planner.target_steps {self.target_steps} must be >= 0 (0 = the env\'s limit)')
         _require(self.device in DEVICES,
                  f'planner.device {self.device!r} must be one of {DEVICES}')
         _require(self.backend in BACKENDS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ from diffusion_planner_ros.data.behavior import BehaviorPolicy, action_source
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning.planner import BasePlanner
-from diffusion_planner_ros.planning.receding import episode_target, ReturnsToGo
+from diffusion_planner_ros.planning.receding import episode_target, ReturnsToGo, target_steps
 
 Policy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
@@ -38,31 +39,51 @@ class EpisodeResult:
     stage_ms: dict = field(default_factory=lambda: {'prior': [], 'refine': [], 'sample': []})
 
 
+# How a returns-conditioned planner's target falls during an episode: by each reward (the
+# paper's protocol), by an even share per step (a robot that reports no rewards: the node's
+# default then), or not at all (held, for comparison).
+RETURNS = ('rewards', 'paced', 'held')
+
+
+def episode_returns(planner: BasePlanner, target_return: float | None,
+                    returns: str) -> ReturnsToGo:
+    """Return an episode's returns-to-go for one of RETURNS."""
+    if returns not in RETURNS:
+        raise ValueError(f'returns {returns!r} must be one of {RETURNS}')
+    paced = returns == 'paced' and planner.condition_kind == 'returns'
+    return ReturnsToGo(episode_target(planner, target_return),
+                       target_steps(planner) if paced else 0)
+
+
 def run_planner_episode(planner: BasePlanner, env, seed: int,
                         target_return: float | None = None,
-                        on_step: Callable | None = None) -> EpisodeResult:
+                        on_step: Callable | None = None,
+                        returns: str = 'rewards') -> EpisodeResult:
     """One episode with replanning every ``replan_every`` steps; the env picks the goal.
 
     A returns-conditioned planner starts at target_return (None: its config's) and the target
-    decreases by each reward received (the paper's protocol). on_step(step, state, goal, plan),
-    if given, sees each state and the plan its action comes from.
+    decreases by each reward received (the paper's protocol), or with returns='paced' by an
+    even share per step, as on a robot that reports no rewards. on_step(step, state, goal,
+    plan), if given, sees each state and the plan its action comes from.
     """
     observation, info = env.reset(seed=seed)
     planner.reset()
     result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
-    returns_to_go = ReturnsToGo(episode_target(planner, target_return))
-    return _act_until_done(planner, env, observation, result, returns_to_go, on_step)
+    returns_to_go = episode_returns(planner, target_return, returns)
+    return _act_until_done(planner, env, observation, result, returns_to_go, on_step,
+                           spend_rewards=returns == 'rewards')
 
 
 def _act_until_done(planner: BasePlanner, env, observation, result: EpisodeResult,
-                    returns_to_go: ReturnsToGo, on_step: Callable | None = None) -> EpisodeResult:
+                    returns_to_go: ReturnsToGo, on_step: Callable | None = None,
+                    spend_rewards: bool = True) -> EpisodeResult:
     """Plan every ``replan_every`` steps and act until the env ends the episode."""
     chunk, done = None, False
     while not done:
         state, goal = split_observation(observation)
         index = result.steps % planner.config.replan_every
         if index == 0:
-            plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go.value)
+            plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go.at(result.steps))
             chunk = plan.actions
             result.plan_ms.append(plan.timings_ms['total'])
             for stage, values in result.stage_ms.items():
@@ -74,7 +95,49 @@ def _act_until_done(planner: BasePlanner, env, observation, result: EpisodeResul
         result.episode_return += float(reward)
         result.success |= bool(info.get('success', False))
         result.steps += 1
-        returns_to_go.spend(reward)
+        if spend_rewards:
+            returns_to_go.spend(reward)
+        done = terminated or truncated
+    return result
+
+
+def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
+                        chunk: bool = False, returns: str = 'rewards') -> EpisodeResult:
+    """One episode in which every command takes ``delay`` env steps to arrive.
+
+    The planner plans from every state; the plan started at step t is in force from step
+    t + delay on (a robot whose plans take ``delay`` control periods), and until then the
+    previous plan's command holds (zero before the first). With ``chunk`` the plan's action for
+    the step under way is applied (action ``delay`` of its chunk, the last one past its end);
+    without, the plan's first action. No clock: the same figures on any machine.
+    """
+    if delay < 0:
+        raise ValueError(f'delay must be >= 0, got {delay}')
+    observation, info = env.reset(seed=seed)
+    planner.reset()
+    result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
+    returns_to_go = episode_returns(planner, None, returns)
+    in_flight: deque = deque()   # (step the plan takes effect, its actions)
+    current, current_start = None, 0
+    done = False
+    while not done:
+        state, goal = split_observation(observation)
+        plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go.at(result.steps))
+        result.plan_ms.append(plan.timings_ms['total'])
+        in_flight.append((result.steps + delay, plan.actions))
+        while in_flight and in_flight[0][0] <= result.steps:
+            current_start, current = in_flight.popleft()
+        if current is None:
+            action = np.zeros(planner.action_dim)
+        else:
+            index = result.steps - current_start + delay if chunk else 0
+            action = current[min(index, len(current) - 1)]
+        observation, reward, terminated, truncated, info = env.step(action.astype(np.float32))
+        result.episode_return += float(reward)
+        result.success |= bool(info.get('success', False))
+        result.steps += 1
+        if returns == 'rewards':
+            returns_to_go.spend(reward)
         done = terminated or truncated
     return result
 
@@ -157,11 +220,13 @@ def evaluate(env_id: str, episodes: int, seed: int,
              planner: BasePlanner | None = None,
              policy_name: str | None = None, target_return: float | None = None,
              progress: bool = True,
-             max_episode_steps: int | None = None) -> list[EpisodeResult]:
+             max_episode_steps: int | None = None,
+             returns: str = 'rewards') -> list[EpisodeResult]:
     """Run ``episodes`` episodes with seeds seed, seed + 1, ... (one random goal each).
 
-    target_return is a returns-conditioned planner's start (run_planner_episode). max_episode_steps
-    shortens episodes (smoke runs); None keeps the env's own limit.
+    target_return and returns are a returns-conditioned planner's start and how its target
+    falls (run_planner_episode). max_episode_steps shortens episodes (smoke runs); None keeps
+    the env's own limit.
     """
     if (planner is None) == (policy_name is None):
         raise ValueError('pass exactly one of planner and policy_name')
@@ -171,7 +236,8 @@ def evaluate(env_id: str, episodes: int, seed: int,
     results = []
     for episode in tqdm(range(episodes), desc='evaluate', disable=not progress):
         if planner is not None:
-            results.append(run_planner_episode(planner, env, seed + episode, target_return))
+            results.append(run_planner_episode(planner, env, seed + episode, target_return,
+                                               returns=returns))
         else:
             results.append(run_policy_episode(policy, env, seed + episode))
     env.close()

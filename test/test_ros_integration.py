@@ -137,6 +137,11 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
             ('guidance_scale', 'high', ''),               # wrong type
             ('plan_rate_hz', 1.0, 'plans 15 steps ahead'),  # 100 control steps per plan
             ('bundle', '/elsewhere', ''),                 # read-only
+            ('plan_budget_ms', -5.0, "'plan_budget_ms'"),
+            ('plan_budget_ms', float('nan'), "'plan_budget_ms'"),
+            ('plan_budget_ms', 900.0, 'state_timeout_s'),  # a plan as long as a timeout
+            ('added_latency_ms', -1.0, "'added_latency_ms'"),
+            ('added_latency_ms', float('inf'), "'added_latency_ms'"),
         ]
         for name, value, reason in bad:
             before = get_planner_parameter(node, executor, name)
@@ -149,6 +154,8 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
         assert set_planner_parameter(node, executor, 'warm_start_steps', 2).successful
         assert set_planner_parameter(node, executor, 'candidates', 1).successful
         assert set_planner_parameter(node, executor, 'plan_rate_hz', 50.0).successful
+        assert set_planner_parameter(node, executor, 'plan_budget_ms', 4.0).successful
+        assert set_planner_parameter(node, executor, 'added_latency_ms', 2.0).successful
         assert planner.poll() is None
         # The node still commands after the changes (zero here: no state has come).
         node.commands.clear()

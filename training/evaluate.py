@@ -16,7 +16,7 @@ from pathlib import Path
 from diffusion_planner_ros.config import BACKENDS, EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label,
-                                              planner_settings, summarize)
+                                              planner_settings, RETURNS, summarize)
 from diffusion_planner_ros.planning import load_planner
 
 COLUMNS = ('env', 'method', 'backend', 'refine_steps', 'episodes', 'score_mean', 'score_stderr',
@@ -54,6 +54,10 @@ def main() -> None:
     parser.add_argument('--target-return', type=float, default=None,
                         help='returns-conditioned bundles: the target at the start of an '
                              'episode (it decreases by each reward; default: the bundle\'s)')
+    parser.add_argument('--returns', default='rewards', choices=RETURNS,
+                        help='returns-conditioned bundles: the target falls by each reward, by '
+                             'an even share per step (a robot that reports no rewards), or is '
+                             'held')
     parser.add_argument('--value-guidance-scale', type=float, default=None,
                         help='Diffuser/DMEMM: alpha on the objective\'s gradient')
     parser.add_argument('--warm-start-steps', type=int, default=None,
@@ -94,7 +98,7 @@ def main() -> None:
 
     # Episodes.
     results = evaluate(env_id, args.episodes, args.seed, planner=planner,
-                       policy_name=args.policy,
+                       policy_name=args.policy, returns=args.returns,
                        progress=not args.no_progress)
     row = {
         'env': env_id,
@@ -103,6 +107,7 @@ def main() -> None:
         'bundle': args.bundle or '',
         **planner_settings(planner),
         'seed': args.seed,
+        'returns': args.returns,
         **summarize(results, evaluation.random_return, evaluation.reference_return),
         'random_return': evaluation.random_return,
         'reference_return': evaluation.reference_return,

@@ -163,8 +163,9 @@ class DemoClient(Node):
             # Without a goal the planner commands the bridge's first episode at once: let its
             # first, slow plans (warm-up) pass before the first reset ends that episode, so no
             # plan is still in flight across the reset's pauses.
-            self.spin_until(executor, lambda: int(self.diagnostics.get('plans', 0)) >= 20,
-                            timeout_s)
+            # (A first episode that ended before the planner came up holds until the reset.)
+            self.spin_until(executor, lambda: (int(self.diagnostics.get('plans', 0)) >= 20
+                                               or self._bridge_ended), timeout_s)
 
     def run_episode(self, executor, episode: int, steps: int, timeout_s: float,
                     bridge_ends: bool = False) -> EpisodeRecord:

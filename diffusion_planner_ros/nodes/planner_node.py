@@ -1,13 +1,25 @@
 """planner_node: receding-horizon Trajectory Diffuser planning over ROS 2.
 
 Subscribes ``joint_states`` and ``goal_pose``, and ``reward`` and ``episode_end`` where the robot
-reports them (a returns-conditioned bundle's target decreases by each reward, as in the paper,
-and starts again at each episode's end). Publishes ``commands`` at control_rate_hz from the
-current plan's action chunk, ``plan``, ``plan_markers`` and ``~/plan_latency_ms`` (one per plan)
-when someone listens, and /diagnostics. A lifecycle node (configure, activate, deactivate,
-cleanup); it drives itself to active unless ``autostart`` is false. Planning runs in a worker
-thread so the control timer is never blocked; only SingleThreadedExecutor is used
-(MultiThreadedExecutor misbehaves with the PyPI rclpy wheels).
+reports them. A returns-conditioned bundle's target decreases by each reward, as in the paper;
+on a robot that reports none it decreases by an even share per step (target_return over the
+bundle's target_steps). It starts again at each episode's end, or, on a robot that sends no
+``episode_end``, when states resume after a gap longer than state_timeout_s.
+
+Publishes ``commands`` at control_rate_hz from the current plan's action chunk, ``plan``,
+``plan_markers``, ``~/plan_latency_ms`` (one per plan) and ``~/command_info`` (one per command:
+the stamp of the state its plan started from, the refinement steps that plan ran, its plan time
+in ms, then the command's values) when someone listens, and /diagnostics. A command goes out
+when a plan is ready and when the action in force changes; the same action is repeated every
+0.1 s at least. In real time a plan has a budget (plan_budget_ms, by
+default 3/4 of a plan period): the planner spends what is left after the prior's rollout on as
+many of its k refinement steps as fit, so the command is out before the robot's next control
+step. A chunk's last action holds for at most one period past its end, then zero.
+
+A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
+``autostart`` is false. Planning runs in a worker thread so the control timer is never
+blocked; only SingleThreadedExecutor is used (MultiThreadedExecutor misbehaves with the PyPI
+rclpy wheels).
 
 Bad input never reaches the planner: joint_states with missing, duplicate or non-finite
 profile joints, or with stamps that go backwards or leap ahead, are dropped with a throttled
@@ -45,7 +57,7 @@ from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import load_planner
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      episode_target, LatencyStats,
-                                                     ReturnsToGo, StampGate)
+                                                     ReturnsToGo, StampGate, target_steps)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import Kinematics, load_profile
@@ -54,6 +66,12 @@ WARN_PERIOD_S = 2.0
 # Lockstep: a state sent again within this long of the command for it crossed that command
 # (or came while it was planned) and gets none; later, the command is taken as lost.
 LOCKSTEP_RESEND_GRACE_S = 0.5
+# plan_budget_ms -1: this share of a plan period, leaving the rest for the command's way out.
+AUTO_BUDGET_SHARE = 0.75
+# The control timer sends the action in force when it changes, and the same action again only
+# after this long (a driver's command timeout must not expire): a repeat costs every listener
+# a callback and changes nothing under zero-order hold.
+REPEAT_AFTER_S = 0.1
 
 
 def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
@@ -83,6 +101,12 @@ class PlannerNode(LifecycleNode):
         p('plan_rate_hz', 20.0, _float_param('replans per second', 0.1, 1000.0))
         p('control_rate_hz', 100.0, _float_param('commands per second', 1.0, 2000.0))
         p('state_timeout_s', 0.5, _float_param('zero command when the state is older', 0.01, 60.))
+        p('plan_budget_ms', -1.0, ParameterDescriptor(
+            description='real time: the time a plan may take; the refinement runs as many of '
+                        'its k steps as fit (-1 = 3/4 of a plan period, 0 = always k)'))
+        p('added_latency_ms', 0.0, ParameterDescriptor(
+            description='real time: hold each plan\'s command back this long, as a slower '
+                        'computer would (benchmarks); the plan budget counts it'))
         p('target_return', math.nan, ParameterDescriptor(
             description='returns-to-go target of a returns-conditioned bundle (NaN: the '
                         "bundle's planner.target_return)"))
@@ -201,18 +225,31 @@ class PlannerNode(LifecycleNode):
         env.close()
         # Capture the stages now, so activation commands at once.
         self.planner.warm_up()
+        self.lockstep = gp('lockstep').value
+        self._plan_budget = self._budget(gp('plan_budget_ms').value, gp('plan_rate_hz').value)
+        self._added_latency_s = 1e-3 * gp('added_latency_ms').value
+        if self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime'):
+            self.planner.warm_up_anytime()  # every step count captured before the first plan
         self.chunk = ActionChunk(self.planner.action_dim)
+        # The stamp of the state the chunk's plan started from, and the steps it refined.
+        self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
+        self._last_sent = (None, -math.inf)  # the last command (unclipped) and when it went
+        self._last_plan_command = -math.inf  # when the last plan's command went out
+        self.refine_steps_used = LatencyStats()
         self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
         # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
         self._state_timeout_s = gp('state_timeout_s').value
         # The paper's protocol where the robot reports rewards (the sim bridge does): the
-        # returns-to-go target decreases by each reward and starts again at each episode's end.
-        self.returns_to_go = ReturnsToGo(episode_target(self.planner, gp('target_return').value))
+        # returns-to-go target decreases by each reward and starts again at each episode's end;
+        # where it reports none, by an even share per step.
+        self.returns_to_go = ReturnsToGo(episode_target(self.planner, gp('target_return').value),
+                                         target_steps(self.planner))
         self._plan_budget_ms = 1e3 / gp('plan_rate_hz').value
         self._stamps = StampGate(stale_after_s=self._state_timeout_s)
         self.deadline_misses = 0
         self.rejected_states = 0
+        self._refine_reason = 'none yet'
         self._lock = threading.Lock()
         # (observation, receive time, sequence number, (episode number, step in the episode))
         self._state = None
@@ -226,12 +263,15 @@ class PlannerNode(LifecycleNode):
         self._history_stale = False
         self._last_latency_log = 0.0
         self._wake = threading.Event()
-        # Set by the plan timer; the next state to arrive then starts the plan, so a plan never
-        # starts from a state that waited for the timer.
-        self._plan_due = threading.Event()
+        # Real time: a state starts a plan when a plan period less half a control period has
+        # passed since the state the last plan started from (every state when the two rates
+        # are equal), so a plan never starts from a state that waited for a timer.
+        self._last_plan_trigger = -math.inf
+        self._plan_period_s = 1.0 / gp('plan_rate_hz').value
+        self.plan_wait = LatencyStats()  # state arrival to plan start, per plan
+        self.executor_delay = LatencyStats()  # state arrival to its callback, per state
         self._running = True
-        self.lockstep = gp('lockstep').value
-        self._control_timer = self._plan_timer = None
+        self._control_timer = None
         self._control_period_s = 0.0
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -240,10 +280,13 @@ class PlannerNode(LifecycleNode):
         self.path_pub = self.create_lifecycle_publisher(Path, 'plan', 10)
         self.marker_pub = self.create_lifecycle_publisher(MarkerArray, 'plan_markers', 10)
         self.timing_pub = self.create_lifecycle_publisher(Float64, '~/plan_latency_ms', 10)
+        self.command_info_pub = self.create_lifecycle_publisher(
+            Float64MultiArray, '~/command_info', reliable)
         # Diagnostics go out in every state: an inactive planner still reports.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._entities = [
-            self.command_pub, self.path_pub, self.marker_pub, self.timing_pub, self.diag_pub,
+            self.command_pub, self.path_pub, self.marker_pub, self.timing_pub,
+            self.command_info_pub, self.diag_pub,
             # The executor serves ready subscriptions in this order: a step's reward (sent
             # before the state it led to) is spent before that state wakes the planner, and an
             # episode's last state is taken before its end.
@@ -314,6 +357,11 @@ class PlannerNode(LifecycleNode):
             raise ValueError(problem)
         if self.get_parameter('device').value not in ('auto', 'cpu', 'cuda'):
             raise ValueError("parameter 'device' must be auto, cpu or cuda")
+        problem = self._latency_problem(self.get_parameter('plan_budget_ms').value,
+                                        self.get_parameter('added_latency_ms').value,
+                                        self.get_parameter('state_timeout_s').value)
+        if problem:
+            raise ValueError(problem)
 
     @staticmethod
     def _timeout_problem(state_timeout_s: float, control_rate_hz: float) -> str:
@@ -321,6 +369,33 @@ class PlannerNode(LifecycleNode):
             return (f"parameter 'state_timeout_s' ({state_timeout_s} s) must exceed one control "
                     f'period ({1.0 / control_rate_hz:.4f} s)')
         return ''
+
+    @staticmethod
+    def _latency_problem(budget_ms: float, added_ms: float, state_timeout_s: float) -> str:
+        """Say what is wrong with a plan budget or added latency ('' when both are valid).
+
+        Both must be finite; the budget -1 (auto), 0 (none) or positive; neither may reach
+        state_timeout_s, past which the command would be zero anyway.
+        """
+        limit_ms = 1e3 * state_timeout_s
+        if not math.isfinite(budget_ms) or (budget_ms < 0 and budget_ms != -1.0):
+            return (f"parameter 'plan_budget_ms' ({budget_ms}) must be -1 (3/4 of a plan "
+                    'period), 0 (no budget) or a positive number of milliseconds')
+        if budget_ms >= limit_ms:
+            return (f"parameter 'plan_budget_ms' ({budget_ms} ms) must be below "
+                    f'state_timeout_s ({limit_ms:g} ms)')
+        if not math.isfinite(added_ms) or added_ms < 0:
+            return f"parameter 'added_latency_ms' ({added_ms}) must be a finite number >= 0"
+        if added_ms >= limit_ms:
+            return (f"parameter 'added_latency_ms' ({added_ms} ms) must be below "
+                    f'state_timeout_s ({limit_ms:g} ms)')
+        return ''
+
+    def _budget(self, budget_ms: float, plan_rate_hz: float) -> float | None:
+        """Return a plan's budget in ms (None: no budget, always k; lockstep has none)."""
+        if self.lockstep or budget_ms == 0:
+            return None
+        return AUTO_BUDGET_SHARE * 1e3 / plan_rate_hz if budget_ms < 0 else budget_ms
 
     def _bundle_or(self, name: str, value: int) -> dict:
         """Planner option for an integer parameter whose -1 keeps the bundle's value."""
@@ -334,16 +409,15 @@ class PlannerNode(LifecycleNode):
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
 
     def _stop_timers(self) -> None:
-        for timer in (self._control_timer, self._plan_timer):
-            if timer is not None:
-                self.destroy_timer(timer)
-        self._control_timer = self._plan_timer = None
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+        self._control_timer = None
 
     def _start_timers(self, control_rate_hz: float, plan_rate_hz: float) -> None:
         self._stop_timers()
         self._control_period_s = 1.0 / control_rate_hz
+        self._plan_period_s = 1.0 / plan_rate_hz
         self._control_timer = self.create_timer(self._control_period_s, self._on_control_tick)
-        self._plan_timer = self.create_timer(1.0 / plan_rate_hz, self._plan_due.set)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Check a runtime change as a whole and apply it only if all of it is valid.
@@ -357,7 +431,10 @@ class PlannerNode(LifecycleNode):
         control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
         plan_rate = new.get('plan_rate_hz', gp('plan_rate_hz').value)
         problem = self._timeout_problem(new.get('state_timeout_s', gp('state_timeout_s').value),
-                                        control_rate)
+                                        control_rate) or self._latency_problem(
+            new.get('plan_budget_ms', gp('plan_budget_ms').value),
+            new.get('added_latency_ms', gp('added_latency_ms').value),
+            new.get('state_timeout_s', gp('state_timeout_s').value))
         if problem:
             return SetParametersResult(successful=False, reason=problem)
         if self.planner is None:
@@ -380,6 +457,14 @@ class PlannerNode(LifecycleNode):
         self._stamps.stale_after_s = self._state_timeout_s
         if 'target_return' in new:
             self.returns_to_go.retarget(episode_target(self.planner, new['target_return']))
+        if {'plan_budget_ms', 'plan_rate_hz'} & set(new):
+            budget = self._budget(new.get('plan_budget_ms', gp('plan_budget_ms').value),
+                                  plan_rate)
+            if budget is not None and self._plan_budget is None \
+                    and hasattr(self.planner, 'warm_up_anytime'):
+                self.planner.warm_up_anytime()
+            self._plan_budget = budget
+        self._added_latency_s = 1e-3 * new.get('added_latency_ms', 1e3 * self._added_latency_s)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             self._plan_budget_ms = 1e3 / plan_rate
             if not self.lockstep and self._active:
@@ -404,11 +489,18 @@ class PlannerNode(LifecycleNode):
         # A state's age counts from its arrival: in a backlog handled late, only the newest is
         # fresh.
         received = arrival(info)
+        self.executor_delay.add(1e3 * (time.monotonic() - received))
         problem = self._stamps.check(stamp, received)
         if problem is not None:
             self._reject_state(problem)
             return
         with self._lock:
+            if (self._state is not None and (stamp == 0.0 or stamp != self._last_stamp)
+                    and received - max(self._state[1], self._last_plan_command)
+                    > self._state_timeout_s):
+                # States resume after a gap (not one this planner made by planning slowly): a
+                # robot that sends no episode_end has started anew.
+                self._start_episode()
             self._state_sequence += 1
             # A stamped state that repeats the last stamp is the same step sent again (a
             # lockstep bridge's watchdog): it keeps its step number.
@@ -416,9 +508,10 @@ class PlannerNode(LifecycleNode):
             if not resent:
                 self._episode_step, self._last_stamp = self._episode_step + 1, stamp
             self._state = (observation, received, self._state_sequence,
-                           (self._episode, self._episode_step), resent)
-        if self.lockstep or self._plan_due.is_set():
-            self._plan_due.clear()
+                           (self._episode, self._episode_step), resent, stamp)
+        if self.lockstep or (received - self._last_plan_trigger
+                             >= self._plan_period_s - 0.5 * self._control_period_s):
+            self._last_plan_trigger = received
             self._wake.set()
 
     def _on_goal(self, msg: PoseStamped) -> None:
@@ -445,14 +538,20 @@ class PlannerNode(LifecycleNode):
         self.returns_to_go.spend(msg.data)
 
     def _on_episode_end(self, msg: String) -> None:
-        # The next state starts a new episode: no actions of this one, no history, full target.
-        self.chunk.clear()
         with self._lock:
-            self._history_stale = True
-            self._episode_step, self._last_stamp = -1, None
-            self._episode += 1
-            self.returns_to_go.reset()
+            self._start_episode()
         self.get_logger().info(f'episode ended ({msg.data}): starting afresh')
+
+    def _start_episode(self) -> None:
+        """Make the next state start a new episode: no actions, no history, the full target.
+
+        Called with self._lock held.
+        """
+        self.chunk.clear()
+        self._history_stale = True
+        self._episode_step, self._last_stamp = -1, None
+        self._episode += 1
+        self.returns_to_go.reset()
 
     def _reject_state(self, problem: str) -> None:
         self.rejected_states += 1
@@ -479,7 +578,7 @@ class PlannerNode(LifecycleNode):
                 steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
-            observation, received, sequence, (episode, step), resent = state
+            observation, received, sequence, (episode, step), resent, stamp = state
             if not self._active:
                 continue
             if self.lockstep:
@@ -498,9 +597,15 @@ class PlannerNode(LifecycleNode):
                     continue
             if self.lockstep and not self._await_rewards(episode, step):
                 continue  # the state's episode ended while it waited
+            self.plan_wait.add(1e3 * (time.monotonic() - received))
+            budget = self._plan_budget
+            if budget is not None:
+                budget = max(0.0, budget - 1e3 * (self._added_latency_s
+                                                  + time.monotonic() - received))
             try:
                 plan = self.planner.plan(observation, goal=goal,
-                                         returns_to_go=self.returns_to_go.value)
+                                         returns_to_go=self.returns_to_go.at(step),
+                                         budget_ms=budget)
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
                 self.chunk.clear()
@@ -509,6 +614,10 @@ class PlannerNode(LifecycleNode):
                 continue
             if self._episode != episode:
                 continue  # planned from the last episode's state: no command for this one
+            if self._added_latency_s:
+                time.sleep(self._added_latency_s)  # a slower computer (benchmarks)
+            self._chunk_source = (stamp, -1 if plan.refine_steps is None else plan.refine_steps,
+                                  plan.timings_ms['total'])
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             if self.lockstep:
                 self.chunk.replace(plan.actions, consumed=1)
@@ -517,11 +626,15 @@ class PlannerNode(LifecycleNode):
             else:
                 self.chunk.replace(plan.actions, start_s=received)
                 self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s))
+            self._last_plan_command = time.monotonic()
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
             self.command_latency.add(state_to_command_ms)
             self.plan_latency.add(plan.timings_ms['total'])
             self.overhead.add(state_to_command_ms - plan.timings_ms['total'])
+            if plan.refine_steps is not None:
+                self.refine_steps_used.add(plan.refine_steps)
+                self._refine_reason = plan.refine_reason
             if plan.timings_ms['total'] > self._plan_budget_ms and not self.lockstep:
                 self.deadline_misses += 1
             if self.timing_pub.get_subscription_count():
@@ -546,7 +659,8 @@ class PlannerNode(LifecycleNode):
                 self._rewards_absent = True
                 self.get_logger().warning(
                     f'no reward for step {step} within {timeout_s} s: planning without '
-                    'waiting for rewards from now on (the target stays where it is)')
+                    'waiting for rewards from now on (the target falls by an even share per '
+                    'step)')
                 return True
             time.sleep(1e-4)
         return self._episode == episode
@@ -566,7 +680,9 @@ class PlannerNode(LifecycleNode):
             self._publish_command(np.zeros(self.planner.action_dim))
             return
         action = self.chunk.at(time.monotonic(), self._control_period_s)
-        if action is not None:
+        last, sent_at = self._last_sent
+        if action is not None and (last is None or not np.array_equal(action, last)
+                                   or time.monotonic() - sent_at >= REPEAT_AFTER_S):
             self._publish_command(action)
 
     def _publish_command(self, action) -> None:
@@ -577,9 +693,13 @@ class PlannerNode(LifecycleNode):
                 self._send(action)
 
     def _send(self, action) -> None:
+        self._last_sent = (np.array(action, dtype=np.float64), time.monotonic())
         action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
                          self.planner.bundle.action_low, self.planner.bundle.action_high)
-        self.command_pub.publish(Float64MultiArray(data=[float(a) for a in action]))
+        values = [float(a) for a in action]
+        self.command_pub.publish(Float64MultiArray(data=values))
+        if self.command_info_pub.get_subscription_count():
+            self.command_info_pub.publish(Float64MultiArray(data=[*self._chunk_source, *values]))
 
     def _publish_plan(self, plan, goal) -> None:
         want_path = self.path_pub.get_subscription_count() > 0
@@ -622,9 +742,17 @@ class PlannerNode(LifecycleNode):
             'state_to_command_p99_ms': _fmt(self.command_latency.percentile(99)),
             'overhead_p50_ms': _fmt(self.overhead.percentile(50)),
             'overhead_p99_ms': _fmt(self.overhead.percentile(99)),
+            'plan_wait_p50_ms': _fmt(self.plan_wait.percentile(50)),
+            'executor_delay_p50_ms': _fmt(self.executor_delay.percentile(50)),
+            'executor_delay_p99_ms': _fmt(self.executor_delay.percentile(99)),
+            'plan_wait_p99_ms': _fmt(self.plan_wait.percentile(99)),
             'deadline_misses': str(self.deadline_misses),
             'rejected_states': str(self.rejected_states),
             'returns_to_go': _fmt(self.returns_to_go.value),
+            'plan_budget_ms': _fmt(self._plan_budget),
+            'refine_steps_p50': _fmt(self.refine_steps_used.percentile(50)),
+            'refine_steps_min': _fmt(self.refine_steps_used.percentile(0)),
+            'refine_reason': self._refine_reason,
             'rewards_received': str(self.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),

@@ -9,6 +9,10 @@ combination none of the papers tried) a replan keeps the previous plan's states 
 the prior rolls out only the steps past its end, and the refiner starts from that level
 instead of k.
 
+Anytime planning: ``plan(..., budget_ms=B)`` has a feasible plan as soon as the prior has rolled
+out, and spends what is left of B on as many of the k refinement steps as fit (measured costs
+of the recent steps), never more than k. The plan says how many it ran and why.
+
 Normalisation happens in BasePlanner, at the edge, never inside a network; the baselines
 (planning/baselines.py) share it. The stages are modules (planning/stages.py) that run eagerly
 or captured (planning/accelerate.py), as the config says.
@@ -17,6 +21,7 @@ or captured (planning/accelerate.py), as the config says.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,6 +36,21 @@ from diffusion_planner_ros.planning.accelerate import choose_backend, make_stage
 from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
 from diffusion_planner_ros.planning.stages import (InverseStage, PriorStage, RankStage,
                                                    RefineStage, WarmPriorStage)
+
+
+# Anytime planning: recent costs kept per stage, plans per step count measured at warm-up, and
+# what a plan spends outside its stages after the refinement (unnormalising, the copy back).
+COST_WINDOW = 50
+COST_WARMUP_PLANS = 5
+EDGE_MS = 0.2
+
+
+def _p90(values) -> float:
+    """90th percentile of a short window (nearest rank; 0 when empty), cheap inside a plan."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[int(0.9 * (len(ordered) - 1) + 0.5)]
 
 
 class SamplingDiverged(RuntimeError):
@@ -86,6 +106,9 @@ class Plan:
     prior_states: np.ndarray | None  # (H, obs_dim) the prior's trajectory (None: no prior)
     refined_states: np.ndarray  # (H, obs_dim) the final plan (equal to prior when k = 0)
     timings_ms: dict = field(default_factory=dict)  # per stage, and total
+    # Refinement steps run (k, or fewer under a budget) and why: 'configured' or 'budget'.
+    refine_steps: int | None = None
+    refine_reason: str = 'configured'
 
 
 @dataclass
@@ -96,6 +119,8 @@ class Proposal:
     states: torch.Tensor         # (H, obs_dim) the final plan
     prior: torch.Tensor | None   # (H, obs_dim) the prior's plan, if the method has one
     timings_ms: dict             # stage name -> milliseconds
+    refine_steps: int | None = None  # steps run, where the method refines
+    refine_reason: str = 'configured'
 
 
 class BasePlanner:
@@ -125,6 +150,7 @@ class BasePlanner:
         self._actions = bundle.normalizers['actions']
         self._goals = bundle.normalizers.get('goals')
         self._generator = torch.Generator(device=self.device)
+        self._started, self._budget_ms = 0.0, None  # the plan under way: start, budget
         self.reset()
 
     @classmethod
@@ -271,9 +297,18 @@ class BasePlanner:
         self._remember(observation, goal, returns_to_go)
 
     @torch.no_grad()
-    def plan(self, observation, goal=None, returns_to_go=None) -> Plan:
-        """Plan from the current observation; returns the action and the plans."""
+    def plan(self, observation, goal=None, returns_to_go=None,
+             budget_ms: float | None = None) -> Plan:
+        """Plan from the current observation; returns the action and the plans.
+
+        budget_ms (None: no limit) is the time the plan may take; a method that can trade
+        quality for time (Trajectory Diffuser's refinement) fits itself into it.
+        """
         start = time.perf_counter()
+        if budget_ms is not None and not (math.isfinite(budget_ms) and budget_ms >= 0):
+            raise ValueError(f'budget_ms must be a finite number >= 0, got {budget_ms}')
+        self._started = start
+        self._budget_ms = budget_ms
         self._remember(observation, goal, returns_to_go)
         # Pad an episode's first steps with its first entry.
         entries = [self._history[0]] * (self.history - len(self._history)) + list(self._history)
@@ -291,6 +326,8 @@ class BasePlanner:
                           else self._to_env(self._states, proposal.prior)),
             refined_states=self._to_env(self._states, proposal.states),
             timings_ms={**proposal.timings_ms, 'total': 1e3 * (end - start)},
+            refine_steps=proposal.refine_steps,
+            refine_reason=proposal.refine_reason,
         )
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
@@ -308,6 +345,7 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         self.prior = bundle.models.get('prior')
         self.diffuser = bundle.models['diffuser']
         self.inverse_dynamics = bundle.models['inverse_dynamics']
+        self._budgeted_steps = None  # refine steps forced by warm_up_anytime
         self._configured()
         if self.backend != 'eager':
             self.warm_up()
@@ -339,6 +377,54 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         self.backend, self.backend_reason = choose_backend(self.config.backend, self.device)
         self.stages = {name: make_stage(module, self.backend, self.config.threads)
                        for name, module in self._stage_modules().items()}
+        # Anytime planning: a refine stage per number of steps below k, built on first use, and
+        # the recent costs (ms) of the refinement per number of steps, and of inverse dynamics.
+        self._fewer_steps: dict[int, object] = {}
+        self._refine_costs: dict[int, deque] = {}
+        self._inverse_costs: deque = deque(maxlen=COST_WINDOW)
+
+    def _refine_with(self, steps: int):
+        """Return the refine stage that runs ``steps`` levels (the configured one for k)."""
+        if steps == self.config.refine_steps:
+            return self.stages['refine']
+        if steps not in self._fewer_steps:
+            self._fewer_steps[steps] = make_stage(
+                RefineStage(self.diffuser, self.schedule, steps, self.config.guidance_scale,
+                            self.config.noise_scale), self.backend, self.config.threads)
+        return self._fewer_steps[steps]
+
+    def warm_up_anytime(self) -> None:
+        """Capture a refine stage for every step count up to k, then measure their costs.
+
+        Call before planning under a budget, so no capture happens inside a deadline. The
+        sampler's seed and the history are reset afterwards, as by warm_up.
+        """
+        for steps in range(self.config.refine_steps, 0, -1):  # captures: not costs
+            self._budgeted_steps = steps
+            self.warm_up()
+        self._refine_costs.clear()
+        self._inverse_costs.clear()
+        for _ in range(COST_WARMUP_PLANS):
+            for steps in range(1, self.config.refine_steps + 1):
+                self._budgeted_steps = steps
+                self.warm_up()
+        self._budgeted_steps = None
+
+    def _steps_within(self, budget_ms: float) -> int:
+        """Refinement steps that fit in what is left of budget_ms after the prior (<= k).
+
+        A refinement of n steps is taken to cost the 90th percentile of its recent runs, the
+        inverse dynamics likewise; step counts not run yet are not chosen. Before any cost is
+        known (no warm_up_anytime), k.
+        """
+        if not self._refine_costs:
+            return self.config.refine_steps
+        spent_ms = 1e3 * (time.perf_counter() - self._started)
+        left_ms = budget_ms - spent_ms - _p90(self._inverse_costs) - EDGE_MS
+        fitting = [steps for steps, costs in self._refine_costs.items()
+                   if steps <= self.config.refine_steps and _p90(costs) <= left_ms]
+        floor = min(self.config.min_refine_steps, self.config.refine_steps)
+        return max(fitting + [floor])
 
     def _stage_modules(self) -> dict:
         modules = {'prior': PriorStage(self.prior, self.horizon, self.condition_kind == 'goal')}
@@ -397,6 +483,17 @@ class TrajectoryDiffuserPlanner(BasePlanner):
             refine = stages.get('refine')
         clock.mark('prior')
 
+        # Anytime: the prior's rollout is a feasible plan; refine with the steps that fit.
+        steps, reason = (refine.module.steps if refine is not None else 0), 'configured'
+        if refine is not None and refine is stages.get('refine'):  # cold plans only
+            budgeted = self._budgeted_steps
+            if budgeted is None and self._budget_ms is not None:
+                budgeted = self._steps_within(self._budget_ms)
+                reason = 'budget' if budgeted < steps else reason
+            if budgeted is not None and budgeted != steps:
+                steps = budgeted
+                refine = self._refine_with(steps) if steps else None
+
         # Improve stage (lines 14-23), on each candidate: they share the prior's rollout and
         # differ by the refiner's noise.
         refined = prior_plan
@@ -416,7 +513,12 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         # Lines 24-25: actions from consecutive planned states.
         actions = stages['inverse'](refined)  # (replan_every, action_dim)
         clock.mark('inverse')
-        return Proposal(actions, refined[0], prior_plan[0], clock.stages())
+        timings = clock.stages()
+        if steps:
+            self._refine_costs.setdefault(steps, deque(maxlen=COST_WINDOW)).append(
+                timings['refine'])
+        self._inverse_costs.append(timings['inverse'])
+        return Proposal(actions, refined[0], prior_plan[0], timings, steps, reason)
 
     def _goal_row(self, goal) -> tuple:
         """Return the goal row written into the plan's last state when inpainting: () or (row,)."""

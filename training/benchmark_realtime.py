@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Real-time benchmark: the planner on the robot's clock, against lockstep on the same seeds.
+
+Usage:
+    python training/benchmark_realtime.py --robot hopper --episodes 10 \
+        --json docs/results/realtime/hopper.json
+    python training/benchmark_realtime.py --robot hopper --episodes 10 \
+        --added-latency-ms 0 4 8 --variant fixed_k=plan_budget_ms:=0 \
+        --plot docs/results/realtime/hopper_latency.png
+    python training/benchmark_realtime.py --robot hopper --quick      # seconds: a smoke run
+
+Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
+process) as sim_graph does, with the planner's ``reward`` and ``episode_end`` topics left
+unconnected: a real robot publishes neither (--rewards connects them). The lockstep run (one
+env step per command) is the reference; each real-time run has the bridge step at wall clock
+and the planner on its own timers, for every variant (planner parameters) and every added plan
+latency (added_latency_ms, a stand-in for a slower computer).
+
+Per run: score and success, their ratio to lockstep, and from the bridge's applied commands
+(its joint_states effort) matched with the planner's ~/command_info:
+- age: control periods from the state a command was planned from to the step that applied it
+  (1 = the next step, the best a real-time planner can do), p50 and p99;
+- no_new_command: the share of steps that applied the same command as the step before, or none;
+- refine steps of the plans whose commands were applied (anytime planning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from diffusion_planner_ros.evaluation import EpisodeResult, machine, summarize
+from diffusion_planner_ros.launch_file import read_launch_file
+from diffusion_planner_ros.nodes.demo_client import DemoClient
+from diffusion_planner_ros.nodes.sim_graph import share_directory, start_nodes, stop_nodes
+from diffusion_planner_ros.planning.bundle import read_config
+from diffusion_planner_ros.robots import load_profile
+
+UNCONNECTED = '/benchmark_realtime/unconnected'
+
+
+class CommandWatcher(Node):
+    """Matches each env step's applied command with the plan it came from."""
+
+    def __init__(self, profile, state_topic: str, info_topic: str, period_s: float):
+        super().__init__('benchmark_realtime_watcher')
+        self.profile, self.period_s = profile, period_s
+        self.create_subscription(JointState, state_topic, self._on_state, 1000)
+        self.create_subscription(Float64MultiArray, info_topic, self._on_info,
+                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        self.recording = False
+        self._sources: dict[tuple, tuple] = {}  # command values -> (state stamp, refine steps)
+        self._previous = None
+        self.steps: list[tuple] = []  # per step: (age in periods or None, new command, k)
+
+    def start(self) -> None:
+        """Start an episode's record."""
+        self._previous, self.recording = None, True
+
+    def _on_info(self, msg: Float64MultiArray) -> None:
+        stamp, steps, _, *values = msg.data
+        self._sources[tuple(values)] = (stamp, steps)
+        if len(self._sources) > 100_000:
+            self._sources.clear()
+
+    def _on_state(self, msg: JointState) -> None:
+        if not self.recording or len(msg.effort) != len(msg.name):
+            return
+        effort = dict(zip(msg.name, msg.effort))
+        try:
+            applied = tuple(float(effort[name]) for name in self.profile.actuators)
+        except KeyError:
+            return
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        source = self._sources.get(applied)
+        new = source is not None and applied != self._previous
+        self._previous = applied
+        if source is None:
+            self.steps.append((None, False, None))  # zero or an unknown command
+            return
+        self.steps.append((round((stamp - source[0]) / self.period_s), new, source[1]))
+
+    def figures(self) -> dict:
+        """Age, commandless steps and refine steps over the steps recorded."""
+        ages = [age for age, _, _ in self.steps if age is not None]
+        steps = [k for _, _, k in self.steps if k is not None and k >= 0]
+        if not self.steps:
+            return {}
+        return {
+            'steps_recorded': len(self.steps),
+            'age_p50_periods': float(np.percentile(ages, 50)) if ages else None,
+            'age_p99_periods': float(np.percentile(ages, 99)) if ages else None,
+            'age_max_periods': float(max(ages)) if ages else None,
+            'no_new_command_share': float(np.mean([not new for _, new, _ in self.steps])),
+            'unmatched_share': float(np.mean([age is None for age, _, _ in self.steps])),
+            'refine_steps_p50': float(np.percentile(steps, 50)) if steps else None,
+            'refine_steps_min': float(min(steps)) if steps else None,
+            'refine_steps_mean': float(np.mean(steps)) if steps else None,
+        }
+
+
+def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
+              planner_params: dict, rewards: bool) -> dict:
+    """Start the graph, run the episodes, stop it; return the run's figures."""
+    share = share_directory()
+    launch_args, specs = read_launch_file(share / 'launch' / 'sim.launch.py', share,
+                                          {'robot': robot})
+    profile = load_profile(launch_args['profile'])
+    if steps is None:
+        from diffusion_planner_ros.envs import make_env
+        env = make_env(profile.env_id)
+        steps = env.spec.max_episode_steps
+        period_s = float(env.unwrapped.dt)
+        env.close()
+    else:
+        period_s = profile.control_period_s
+    planner = next(s for s in specs if s.name == 'planner_node')
+    if not rewards:
+        planner.remappings = [(source, f'{UNCONNECTED}/{source}'
+                               if source in ('reward', 'episode_end') else target)
+                              for source, target in planner.remappings]
+    extra = {'planner_node': {'lockstep': str(lockstep).lower(), **planner_params},
+             'sim_bridge_node': {'lockstep': str(lockstep).lower(),
+                                 'episode_steps': steps if lockstep else 0}}
+    seed = _bridge_seed(next(s for s in specs if s.name == 'sim_bridge_node'))
+    processes = start_nodes(specs, extra)
+    rclpy.init()
+    client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
+                        command_topic=launch_args['command_topic'])
+    watcher = CommandWatcher(profile, launch_args['state_topic'], '/planner_node/command_info',
+                             period_s)
+    executor = SingleThreadedExecutor()
+    executor.add_node(client)
+    executor.add_node(watcher)
+    records = []
+    try:
+        client.wait_for_graph(executor, launch_args['command_topic'])
+        for episode in range(1, episodes + 1):
+            timeout = 120.0 if lockstep else steps * period_s * 3 + 10
+            watcher.start()
+            record = client.run_episode(executor, episode, steps, timeout,
+                                        bridge_ends=lockstep)
+            watcher.recording = False
+            records.append(record)
+            print(f'  episode {episode}: seed {record.seed} return '
+                  f'{record.episode_return:.1f} steps {len(record.rewards)}', flush=True)
+        client.spin_until(executor, lambda: False, 1.2)  # the last diagnostics
+    finally:
+        diagnostics = dict(client.diagnostics)
+        figures = watcher.figures()
+        client.destroy_node()
+        watcher.destroy_node()
+        rclpy.try_shutdown()
+        codes = stop_nodes(processes)
+    evaluation = read_config(launch_args['bundle']).evaluation
+    outcome = summarize([EpisodeResult(r.seed, r.episode_return, r.success, len(r.rewards))
+                         for r in records], evaluation.random_return,
+                        evaluation.reference_return)
+    if any(code not in (0, -signal.SIGINT) for code in codes):
+        raise SystemExit(f'a node exited with {codes}')
+    return {
+        'mode': 'lockstep' if lockstep else 'realtime',
+        'planner_params': planner_params,
+        'score_mean': outcome['score_mean'],
+        'score_stderr': outcome['score_stderr'],
+        'success_rate': outcome['success_rate'],
+        'episode_returns': outcome['episode_returns'],
+        'episode_steps': [len(r.rewards) for r in records],
+        'seeds': [r.seed for r in records],
+        **figures,
+        'planner_diagnostics': diagnostics,
+    }
+
+
+def _bridge_seed(spec) -> int:
+    import yaml
+
+    seed = 0
+    for path in spec.params_files:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        seed = data.get(spec.name, {}).get('ros__parameters', {}).get('seed', seed)
+    return int(spec.parameters.get('seed', seed))
+
+
+def parse_params(text: str) -> dict:
+    """'a:=1,b:=2' -> {'a': '1', 'b': '2'} (ROS parameter overrides)."""
+    params = {}
+    for item in filter(None, text.split(',')):
+        name, sep, value = item.partition(':=')
+        if not sep or not name:
+            raise ValueError(f'planner parameter {item!r} must look like name:=value')
+        params[name] = value
+    return params
+
+
+def plot(report: dict, path: str) -> None:
+    """Score against added plan latency, a line per variant, lockstep as a reference line."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, runs in report['realtime'].items():
+        added = [run['added_latency_ms'] for run in runs]
+        axis.errorbar(added, [run['score_mean'] for run in runs],
+                      yerr=[run['score_stderr'] for run in runs], marker='o', capsize=3,
+                      label=f'real time, {name}')
+    lockstep = report.get('lockstep')
+    if lockstep:
+        axis.axhline(lockstep['score_mean'], color='gray', linestyle='--', label='lockstep')
+        axis.axhline(0.8 * lockstep['score_mean'], color='gray', linestyle=':',
+                     label='80% of lockstep')
+    axis.set_xlabel('added plan latency (ms)')
+    axis.set_ylabel('normalised score')
+    axis.set_title(f'{report["robot"]}: score on the robot\'s clock '
+                   f'({report["episodes"]} episodes)')
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    """Parse arguments, run lockstep then each real-time setting, print and save."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--robot', default='hopper', help='sim.launch.py robot:= value')
+    parser.add_argument('--episodes', type=int, default=10)
+    parser.add_argument('--steps', type=int, default=None,
+                        help='env steps per episode (default: the env\'s limit)')
+    parser.add_argument('--added-latency-ms', type=float, nargs='+', default=[0.0])
+    parser.add_argument('--variant', action='append', default=[], metavar='NAME=P:=V,...',
+                        help='a planner set-up to run in real time (repeatable); default: '
+                             'the shipped parameters, named anytime')
+    parser.add_argument('--no-lockstep', action='store_true', help='skip the lockstep run')
+    parser.add_argument('--rewards', action='store_true',
+                        help='connect the planner to the bridge\'s reward and episode_end')
+    parser.add_argument('--quick', action='store_true',
+                        help='1 episode of 40 steps, eager planner: a smoke run')
+    parser.add_argument('--json', default=None)
+    parser.add_argument('--plot', default=None, help='PNG of score against added latency')
+    args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error('--episodes must be at least 1')
+    if any(not np.isfinite(v) or v < 0 for v in args.added_latency_ms):
+        parser.error('--added-latency-ms values must be finite and >= 0')
+    variants = {'anytime': {}}
+    try:
+        for item in args.variant:
+            name, sep, params = item.partition('=')
+            if not sep or not name:
+                parser.error(f'--variant {item!r} must look like NAME=param:=value,...')
+            variants[name] = parse_params(params)
+    except ValueError as error:
+        parser.error(str(error))
+    common = {}
+    if args.quick:
+        args.episodes, args.steps = 1, 40
+        common = {'backend': 'eager'}
+
+    report = {'robot': args.robot, 'episodes': args.episodes, 'rewards': args.rewards,
+              'machine': machine(), 'realtime': {}}
+    if not args.no_lockstep:
+        print('lockstep', flush=True)
+        report['lockstep'] = run_graph(args.robot, True, args.episodes, args.steps, common,
+                                       args.rewards)
+    for name, params in variants.items():
+        report['realtime'][name] = []
+        for added in args.added_latency_ms:
+            print(f'real time, {name}, added latency {added:g} ms', flush=True)
+            run = run_graph(args.robot, False, args.episodes, args.steps,
+                            {**common, **params, 'added_latency_ms': added}, args.rewards)
+            run['added_latency_ms'] = added
+            if report.get('lockstep'):
+                reference = report['lockstep']['score_mean']
+                run['score_ratio'] = run['score_mean'] / reference if reference else None
+            report['realtime'][name].append(run)
+
+    print('| mode | added ms | score | ratio | success | age p50/p99 | no new command | k p50 |')
+    print('|---|---|---|---|---|---|---|---|')
+    rows = ([('lockstep', report['lockstep'])] if report.get('lockstep') else []) + [
+        (f'real time, {name}', run) for name, runs in report['realtime'].items() for run in runs]
+    for label, run in rows:
+        print(f'| {label} | {run.get("added_latency_ms", "")} | {run["score_mean"]:.1f} +- '
+              f'{run["score_stderr"]:.1f} | {_fmt(run.get("score_ratio"))} | '
+              f'{run["success_rate"]:.2f} | {_fmt(run.get("age_p50_periods"))}/'
+              f'{_fmt(run.get("age_p99_periods"))} | {_fmt(run.get("no_new_command_share"))} | '
+              f'{_fmt(run.get("refine_steps_p50"))} |')
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
+    if args.plot:
+        plot(report, args.plot)
+
+
+def _fmt(value) -> str:
+    return 'n/a' if value is None else f'{value:.2f}'
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    main()
