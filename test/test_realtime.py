@@ -102,17 +102,31 @@ def test_a_bad_budget_is_refused(anytime_planner, budget):
 
 
 def test_the_real_time_benchmark_runs_end_to_end(ros_env, tmp_path):
+    # Hopper: returns-conditioned, and the planner hears no reward and no episode_end, so the
+    # paced target and the start of each episode come from the states alone.
+    from diffusion_planner_ros.envs import make_env
+    from diffusion_planner_ros.evaluation import run_planner_episode
+
     out = tmp_path / 'realtime.json'
-    subprocess.run([sys.executable, 'training/benchmark_realtime.py', '--robot',
-                    'pointmaze_umaze', '--quick', '--json', str(out)],
-                   env=ros_env, check=True, timeout=600, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, 'training/benchmark_realtime.py', '--robot', 'hopper',
+                    '--quick', '--json', str(out)],
+                   env=ros_env, check=True, timeout=900, cwd=Path(__file__).parents[1])
     report = json.loads(out.read_text())
     lockstep, (realtime,) = report['lockstep'], report['realtime']['anytime']
-    # Lockstep applies each state's own command at the next step, and every step gets one.
-    assert lockstep['age_p50_periods'] == 1.0 and lockstep['steps_recorded'] >= 40
-    # On the clock, every applied command was matched with the plan it came from.
-    assert realtime['steps_recorded'] >= 40 and realtime['age_p50_periods'] >= 1.0
-    assert realtime['refine_steps_p50'] is not None
+    # In lockstep each episode is evaluate.py's with --returns paced, return for return.
+    planner = load_planner(Path(__file__).parents[1] / 'models' / 'hopper', backend='eager')
+    env = make_env('Hopper-v5', max_episode_steps=40)
+    offline = [run_planner_episode(planner, env, seed, returns='paced').episode_return
+               for seed in lockstep['seeds']]
+    env.close()
+    assert np.allclose(lockstep['episode_returns'], offline, rtol=1e-6), \
+        (lockstep['episode_returns'], offline)
+    # Lockstep applies each state's own command at the next step.
+    assert lockstep['age_p50_periods'] == 1.0 and lockstep['age_max_periods'] == 1.0
+    assert lockstep['steps_recorded'] >= 80
+    # On the clock every applied command is matched with the plan it came from.
+    assert realtime['steps_recorded'] >= 20 and realtime['age_p50_periods'] >= 1.0
+    assert realtime['refine_steps_min'] >= 1       # the bundle's min_refine_steps
     assert lockstep['seeds'] == realtime['seeds']
 
 

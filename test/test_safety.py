@@ -177,7 +177,9 @@ def test_action_chunk_in_real_time_gives_the_action_of_the_step_under_way():
     assert chunk.at(10.0161, 0.008)[0] == 2.0
     assert chunk.at(10.0319, 0.008)[0] == 3.0   # the last action's step
     assert chunk.at(10.0399, 0.008)[0] == 3.0   # one period past the end: it holds
+    assert not chunk.expired(10.0399, 0.008)
     assert chunk.at(10.0401, 0.008)[0] == 0.0   # stale: zero
+    assert chunk.expired(10.0401, 0.008)
     assert chunk.at(11.0, 0.008)[0] == 0.0
     # Lockstep hands them out one per state instead.
     chunk.replace(actions, consumed=1)

@@ -7,7 +7,7 @@ Usage:
     python training/benchmark_realtime.py --robot hopper --episodes 10 \
         --added-latency-ms 0 4 8 --variant fixed_k=plan_budget_ms:=0 \
         --plot docs/results/realtime/hopper_latency.png
-    python training/benchmark_realtime.py --robot hopper --quick      # seconds: a smoke run
+    python training/benchmark_realtime.py --robot hopper --quick      # a smoke run
 
 Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
 process) as sim_graph does, with the planner's ``reward`` and ``episode_end`` topics left
@@ -60,19 +60,21 @@ class CommandWatcher(Node):
         self.create_subscription(Float64MultiArray, info_topic, self._on_info,
                                  QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
         self.recording = False
-        self._sources: dict[tuple, tuple] = {}  # command values -> (state stamp, refine steps)
-        self._previous = None
-        self.steps: list[tuple] = []  # per step: (age in periods or None, new command, k)
+        # Command values -> every (state stamp, refine steps) of the plans that sent them (a
+        # saturated command can come from several plans).
+        self._sources: dict[tuple, list] = {}
+        # Per episode, per step: (state stamp, the command the step applied). Matched with the
+        # plans after the run: a command's info may arrive after the state that shows it applied.
+        self.episodes: list[list] = []
 
     def start(self) -> None:
         """Start an episode's record."""
-        self._previous, self.recording = None, True
+        self.episodes.append([])
+        self.recording = True
 
     def _on_info(self, msg: Float64MultiArray) -> None:
         stamp, steps, _, *values = msg.data
-        self._sources[tuple(values)] = (stamp, steps)
-        if len(self._sources) > 100_000:
-            self._sources.clear()
+        self._sources.setdefault(tuple(values), []).append((stamp, steps))
 
     def _on_state(self, msg: JointState) -> None:
         if not self.recording or len(msg.effort) != len(msg.name):
@@ -83,30 +85,38 @@ class CommandWatcher(Node):
         except KeyError:
             return
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
-        source = self._sources.get(applied)
-        new = source is not None and applied != self._previous
-        self._previous = applied
-        if source is None:
-            self.steps.append((None, False, None))  # zero or an unknown command
-            return
-        self.steps.append((round((stamp - source[0]) / self.period_s), new, source[1]))
+        self.episodes[-1].append((stamp, applied))
 
     def figures(self) -> dict:
         """Age, commandless steps and refine steps over the steps recorded."""
-        ages = [age for age, _, _ in self.steps if age is not None]
-        steps = [k for _, _, k in self.steps if k is not None and k >= 0]
-        if not self.steps:
+        steps = []  # (age in periods or None, a new command, refine steps or None)
+        for episode in self.episodes:
+            previous = None
+            for stamp, applied in episode:
+                # The latest plan that sent these values from a state before this step's end.
+                source = max((source for source in self._sources.get(applied, ())
+                              if source[0] < stamp), default=None)
+                if source is None:  # zero (no command in force) or a command never described
+                    steps.append((None, False, None))
+                else:
+                    steps.append((round((stamp - source[0]) / self.period_s),
+                                  applied != previous, source[1]))
+                previous = applied
+        self.steps = steps
+        ages = [age for age, _, _ in steps if age is not None]
+        refine = [k for _, _, k in steps if k is not None and k >= 0]
+        if not steps:
             return {}
         return {
-            'steps_recorded': len(self.steps),
+            'steps_recorded': len(steps),
             'age_p50_periods': float(np.percentile(ages, 50)) if ages else None,
             'age_p99_periods': float(np.percentile(ages, 99)) if ages else None,
             'age_max_periods': float(max(ages)) if ages else None,
             'no_new_command_share': float(np.mean([not new for _, new, _ in self.steps])),
             'unmatched_share': float(np.mean([age is None for age, _, _ in self.steps])),
-            'refine_steps_p50': float(np.percentile(steps, 50)) if steps else None,
-            'refine_steps_min': float(min(steps)) if steps else None,
-            'refine_steps_mean': float(np.mean(steps)) if steps else None,
+            'refine_steps_p50': float(np.percentile(refine, 50)) if refine else None,
+            'refine_steps_min': float(min(refine)) if refine else None,
+            'refine_steps_mean': float(np.mean(refine)) if refine else None,
         }
 
 
@@ -243,10 +253,11 @@ def main() -> None:
                         help='a planner set-up to run in real time (repeatable); default: '
                              'the shipped parameters, named anytime')
     parser.add_argument('--no-lockstep', action='store_true', help='skip the lockstep run')
+    parser.add_argument('--no-realtime', action='store_true', help='only the lockstep run')
     parser.add_argument('--rewards', action='store_true',
                         help='connect the planner to the bridge\'s reward and episode_end')
     parser.add_argument('--quick', action='store_true',
-                        help='1 episode of 40 steps, eager planner: a smoke run')
+                        help='2 episodes of 40 steps, eager planner: a smoke run')
     parser.add_argument('--json', default=None)
     parser.add_argument('--plot', default=None, help='PNG of score against added latency')
     args = parser.parse_args()
@@ -265,7 +276,7 @@ def main() -> None:
         parser.error(str(error))
     common = {}
     if args.quick:
-        args.episodes, args.steps = 1, 40
+        args.episodes, args.steps = 2, 40
         common = {'backend': 'eager'}
 
     report = {'robot': args.robot, 'episodes': args.episodes, 'rewards': args.rewards,
@@ -274,7 +285,7 @@ def main() -> None:
         print('lockstep', flush=True)
         report['lockstep'] = run_graph(args.robot, True, args.episodes, args.steps, common,
                                        args.rewards)
-    for name, params in variants.items():
+    for name, params in ({} if args.no_realtime else variants).items():
         report['realtime'][name] = []
         for added in args.added_latency_ms:
             print(f'real time, {name}, added latency {added:g} ms', flush=True)

@@ -4,7 +4,7 @@ Subscribes ``joint_states`` and ``goal_pose``, and ``reward`` and ``episode_end`
 reports them. A returns-conditioned bundle's target decreases by each reward, as in the paper;
 on a robot that reports none it decreases by an even share per step (target_return over the
 bundle's target_steps). It starts again at each episode's end, or, on a robot that sends no
-``episode_end``, when states resume after a gap longer than state_timeout_s.
+``episode_end``, when states resume after a pause of 0.2 s (and 10 control periods) or more.
 
 Publishes ``commands`` at control_rate_hz from the current plan's action chunk, ``plan``,
 ``plan_markers``, ``~/plan_latency_ms`` (one per plan) and ``~/command_info`` (one per command:
@@ -72,6 +72,11 @@ AUTO_BUDGET_SHARE = 0.75
 # after this long (a driver's command timeout must not expire): a repeat costs every listener
 # a callback and changes nothing under zero-order hold.
 REPEAT_AFTER_S = 0.1
+# States that resume after this long without one (and at least this many control periods),
+# counted from the later of the last state and this planner's last command, start a new
+# episode where the robot sends no episode_end: a robot that paused has been reset.
+NEW_EPISODE_GAP_S = 0.2
+NEW_EPISODE_GAP_PERIODS = 10
 
 
 def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
@@ -240,6 +245,7 @@ class PlannerNode(LifecycleNode):
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
         # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
         self._state_timeout_s = gp('state_timeout_s').value
+        self._control_rate_hz = gp('control_rate_hz').value
         # The paper's protocol where the robot reports rewards (the sim bridge does): the
         # returns-to-go target decreases by each reward and starts again at each episode's end;
         # where it reports none, by an even share per step.
@@ -454,6 +460,7 @@ class PlannerNode(LifecycleNode):
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
+        self._control_rate_hz = control_rate
         self._stamps.stale_after_s = self._state_timeout_s
         if 'target_return' in new:
             self.returns_to_go.retarget(episode_target(self.planner, new['target_return']))
@@ -495,16 +502,17 @@ class PlannerNode(LifecycleNode):
             self._reject_state(problem)
             return
         with self._lock:
-            if (self._state is not None and (stamp == 0.0 or stamp != self._last_stamp)
+            # A state that repeats the last one, stamp and values, is the same step sent again
+            # (a lockstep bridge's watchdog): it keeps its step number.
+            resent = (stamp != 0.0 and stamp == self._last_stamp and self._state is not None
+                      and np.array_equal(observation, self._state[0]))
+            if (self._state is not None and not resent
                     and received - max(self._state[1], self._last_plan_command)
-                    > self._state_timeout_s):
-                # States resume after a gap (not one this planner made by planning slowly): a
-                # robot that sends no episode_end has started anew.
+                    > max(NEW_EPISODE_GAP_S, NEW_EPISODE_GAP_PERIODS / self._control_rate_hz)):
+                # States resume after a pause (not one this planner made by planning slowly):
+                # a robot that sends no episode_end has started anew.
                 self._start_episode()
             self._state_sequence += 1
-            # A stamped state that repeats the last stamp is the same step sent again (a
-            # lockstep bridge's watchdog): it keeps its step number.
-            resent = stamp != 0.0 and stamp == self._last_stamp
             if not resent:
                 self._episode_step, self._last_stamp = self._episode_step + 1, stamp
             self._state = (observation, received, self._state_sequence,
@@ -592,7 +600,7 @@ class PlannerNode(LifecycleNode):
                     self.planner.config.replan_every
                 if not due:
                     steps_since_plan += 1
-                    self._publish_command(self.chunk.next())
+                    self._publish_command(self.chunk.next(), self._chunk_source)
                     commanded, commanded_at = (episode, step), time.monotonic()
                     continue
             if self.lockstep and not self._await_rewards(episode, step):
@@ -621,11 +629,12 @@ class PlannerNode(LifecycleNode):
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             if self.lockstep:
                 self.chunk.replace(plan.actions, consumed=1)
-                self._publish_command(plan.action)
+                self._publish_command(plan.action, self._chunk_source)
                 commanded, commanded_at = (episode, step), time.monotonic()
             else:
                 self.chunk.replace(plan.actions, start_s=received)
-                self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s))
+                self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s),
+                                      self._chunk_source)
             self._last_plan_command = time.monotonic()
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
@@ -679,27 +688,31 @@ class PlannerNode(LifecycleNode):
             self._warn('timeout', 'no fresh joint_states: commanding zero')
             self._publish_command(np.zeros(self.planner.action_dim))
             return
-        action = self.chunk.at(time.monotonic(), self._control_period_s)
+        now = time.monotonic()
+        action = self.chunk.at(now, self._control_period_s)
+        # A chunk that ran out more than a period ago commands zero: no plan's command.
+        source = None if self.chunk.expired(now, self._control_period_s) else self._chunk_source
         last, sent_at = self._last_sent
         if action is not None and (last is None or not np.array_equal(action, last)
-                                   or time.monotonic() - sent_at >= REPEAT_AFTER_S):
-            self._publish_command(action)
+                                   or now - sent_at >= REPEAT_AFTER_S):
+            self._publish_command(action, source)
 
-    def _publish_command(self, action) -> None:
+    def _publish_command(self, action, source: tuple | None = None) -> None:
+        """Send ``action`` while active; source (stamp, steps, plan ms) is the plan it is of."""
         if action is None:
             return
         with self._command_lock:
             if self._active:
-                self._send(action)
+                self._send(action, source)
 
-    def _send(self, action) -> None:
+    def _send(self, action, source: tuple | None = None) -> None:
         self._last_sent = (np.array(action, dtype=np.float64), time.monotonic())
         action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
                          self.planner.bundle.action_low, self.planner.bundle.action_high)
         values = [float(a) for a in action]
         self.command_pub.publish(Float64MultiArray(data=values))
-        if self.command_info_pub.get_subscription_count():
-            self.command_info_pub.publish(Float64MultiArray(data=[*self._chunk_source, *values]))
+        if source is not None and self.command_info_pub.get_subscription_count():
+            self.command_info_pub.publish(Float64MultiArray(data=[*source, *values]))
 
     def _publish_plan(self, plan, goal) -> None:
         want_path = self.path_pub.get_subscription_count() > 0

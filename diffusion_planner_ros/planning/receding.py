@@ -73,6 +73,12 @@ class ActionChunk:
                 return np.zeros(self.action_dim)
             return self._actions[min(max(index, 0), len(self._actions) - 1)].copy()
 
+    def expired(self, now_s: float, period_s: float) -> bool:
+        """Say whether the chunk ran out more than a period before now_s (its action is zero)."""
+        with self._lock:
+            return (len(self._actions) > 0
+                    and int((now_s - self._start_s) // period_s) > len(self._actions))
+
     def next(self) -> np.ndarray | None:
         """Return the next action; past the end, hold the chunk's last one; None before any."""
         with self._lock:
