@@ -43,7 +43,8 @@ from std_msgs.msg import Float64MultiArray
 from diffusion_planner_ros.evaluation import EpisodeResult, machine, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
 from diffusion_planner_ros.nodes.demo_client import DemoClient
-from diffusion_planner_ros.nodes.sim_graph import share_directory, start_nodes, stop_nodes
+from diffusion_planner_ros.nodes.sim_graph import (_bridge_seed, share_directory, start_nodes,
+                                                   stop_nodes)
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
 
@@ -120,21 +121,30 @@ class CommandWatcher(Node):
         }
 
 
+def pin(process, cores: set) -> None:
+    """Keep a started node's threads, and those it starts later, on ``cores``."""
+    for task in Path(f'/proc/{process.pid}/task').iterdir():
+        os.sched_setaffinity(int(task.name), cores)
+
+
 def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
-              planner_params: dict, rewards: bool) -> dict:
-    """Start the graph, run the episodes, stop it; return the run's figures."""
+              planner_params: dict, rewards: bool, pin_planner: bool = False) -> dict:
+    """Start the graph, run the episodes, stop it; return the run's figures.
+
+    pin_planner: the planner's process gets the last core to itself, the bridge and this
+    process share the others (as a robot computer keeps its planner off the driver's core).
+    """
     share = share_directory()
     launch_args, specs = read_launch_file(share / 'launch' / 'sim.launch.py', share,
                                           {'robot': robot})
     profile = load_profile(launch_args['profile'])
-    if steps is None:
+    period_s = profile.control_period_s
+    if steps is None or not period_s:
         from diffusion_planner_ros.envs import make_env
         env = make_env(profile.env_id)
-        steps = env.spec.max_episode_steps
-        period_s = float(env.unwrapped.dt)
+        steps = steps or env.spec.max_episode_steps
+        period_s = period_s or float(env.unwrapped.dt)
         env.close()
-    else:
-        period_s = profile.control_period_s
     planner = next(s for s in specs if s.name == 'planner_node')
     if not rewards:
         planner.remappings = [(source, f'{UNCONNECTED}/{source}'
@@ -145,6 +155,15 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
                                  'episode_steps': steps if lockstep else 0}}
     seed = _bridge_seed(next(s for s in specs if s.name == 'sim_bridge_node'))
     processes = start_nodes(specs, extra)
+    all_cores = os.sched_getaffinity(0)
+    if pin_planner:
+        cores = sorted(all_cores)
+        if len(cores) < 2:
+            raise SystemExit('--pin-planner needs at least 2 cores')
+        for process in processes:
+            planner_process = Path(process.args[0]).name == 'planner_node'
+            pin(process, {cores[-1]} if planner_process else set(cores[:-1]))
+        os.sched_setaffinity(0, set(cores[:-1]))
     rclpy.init()
     client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
                         command_topic=launch_args['command_topic'])
@@ -173,6 +192,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         watcher.destroy_node()
         rclpy.try_shutdown()
         codes = stop_nodes(processes)
+        os.sched_setaffinity(0, all_cores)
     evaluation = read_config(launch_args['bundle']).evaluation
     outcome = summarize([EpisodeResult(r.seed, r.episode_return, r.success, len(r.rewards))
                          for r in records], evaluation.random_return,
@@ -191,16 +211,6 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         **figures,
         'planner_diagnostics': diagnostics,
     }
-
-
-def _bridge_seed(spec) -> int:
-    import yaml
-
-    seed = 0
-    for path in spec.params_files:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        seed = data.get(spec.name, {}).get('ros__parameters', {}).get('seed', seed)
-    return int(spec.parameters.get('seed', seed))
 
 
 def parse_params(text: str) -> dict:
@@ -256,6 +266,9 @@ def main() -> None:
     parser.add_argument('--no-realtime', action='store_true', help='only the lockstep run')
     parser.add_argument('--rewards', action='store_true',
                         help='connect the planner to the bridge\'s reward and episode_end')
+    parser.add_argument('--pin-planner', action='store_true',
+                        help='the planner on the last core, the bridge and this client on the '
+                             'others')
     parser.add_argument('--quick', action='store_true',
                         help='2 episodes of 40 steps, eager planner: a smoke run')
     parser.add_argument('--json', default=None)
@@ -280,17 +293,19 @@ def main() -> None:
         common = {'backend': 'eager'}
 
     report = {'robot': args.robot, 'episodes': args.episodes, 'rewards': args.rewards,
+              'pin_planner': args.pin_planner,
               'machine': machine(), 'realtime': {}}
     if not args.no_lockstep:
         print('lockstep', flush=True)
         report['lockstep'] = run_graph(args.robot, True, args.episodes, args.steps, common,
-                                       args.rewards)
+                                       args.rewards, args.pin_planner)
     for name, params in ({} if args.no_realtime else variants).items():
         report['realtime'][name] = []
         for added in args.added_latency_ms:
             print(f'real time, {name}, added latency {added:g} ms', flush=True)
             run = run_graph(args.robot, False, args.episodes, args.steps,
-                            {**common, **params, 'added_latency_ms': added}, args.rewards)
+                            {**common, **params, 'added_latency_ms': added}, args.rewards,
+                            args.pin_planner)
             run['added_latency_ms'] = added
             if report.get('lockstep'):
                 reference = report['lockstep']['score_mean']
