@@ -181,6 +181,10 @@ def test_action_chunk_in_real_time_gives_the_action_of_the_step_under_way():
     assert chunk.at(10.0401, 0.008)[0] == 0.0   # stale: zero
     assert chunk.expired(10.0401, 0.008)
     assert chunk.at(11.0, 0.008)[0] == 0.0
+    # A plan that arrives after its chunk's end: its last action holds a period from arrival.
+    chunk.replace(actions, start_s=10.0, installed_s=10.05)
+    assert chunk.at(10.05, 0.008)[0] == 3.0 and chunk.at(10.0579, 0.008)[0] == 3.0
+    assert chunk.at(10.0581, 0.008)[0] == 0.0
     # Lockstep hands them out one per state instead.
     chunk.replace(actions, consumed=1)
     assert chunk.next()[0] == 1.0 and chunk.next()[0] == 2.0

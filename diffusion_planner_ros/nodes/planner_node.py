@@ -14,7 +14,8 @@ when a plan is ready and when the action in force changes; the same action is re
 0.1 s at least. In real time a plan has a budget (plan_budget_ms, by
 default 3/4 of a plan period): the planner spends what is left after the prior's rollout on as
 many of its k refinement steps as fit, so the command is out before the robot's next control
-step. A chunk's last action holds for at most one period past its end, then zero.
+step. A chunk's last action holds for one period past its end (or its arrival, for a plan
+later than that), then zero.
 
 A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
 ``autostart`` is false. Planning runs in a worker thread so the control timer is never
@@ -632,7 +633,7 @@ class PlannerNode(LifecycleNode):
                 self._publish_command(plan.action, self._chunk_source)
                 commanded, commanded_at = (episode, step), time.monotonic()
             else:
-                self.chunk.replace(plan.actions, start_s=received)
+                self.chunk.replace(plan.actions, start_s=received, installed_s=time.monotonic())
                 self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s),
                                       self._chunk_source)
             self._last_plan_command = time.monotonic()

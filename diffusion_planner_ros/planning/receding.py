@@ -40,8 +40,9 @@ class ActionChunk:
     the one for the control step under way: action i covers [start + i T, start + (i + 1) T)
     from the receive time of the state the plan started from, so a plan that took longer than
     a period starts at the action for the step the robot is now in, not at one it has passed.
-    The last action holds for one period past the chunk's end (the next plan may be a little
-    late); after that the chunk is stale and the action in force is zero.
+    The last action holds for one period past the chunk's end, or past the chunk's arrival
+    when the plan came later than that (a late plan's action is still the freshest there is);
+    after that the chunk is stale and the action in force is zero.
     """
 
     def __init__(self, action_dim: int):
@@ -49,16 +50,22 @@ class ActionChunk:
         self._actions = np.zeros((0, action_dim))
         self._next = 0
         self._start_s = 0.0
+        self._installed_s = -math.inf
         self.action_dim = action_dim
 
-    def replace(self, actions: np.ndarray, consumed: int = 0, start_s: float = 0.0) -> None:
-        """Install a new chunk, of which ``consumed`` actions were sent, planned at start_s."""
+    def replace(self, actions: np.ndarray, consumed: int = 0, start_s: float = 0.0,
+                installed_s: float | None = None) -> None:
+        """Install a new chunk, of which ``consumed`` actions were sent, planned at start_s.
+
+        installed_s is when it arrived (default start_s).
+        """
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[1] != self.action_dim or not len(actions):
             raise ValueError(f'an action chunk must be (n >= 1, {self.action_dim}), '
                              f'got {actions.shape}')
         with self._lock:
             self._actions, self._next, self._start_s = actions, consumed, start_s
+            self._installed_s = start_s if installed_s is None else installed_s
 
     def at(self, now_s: float, period_s: float) -> np.ndarray | None:
         """Return the action for the control step under way at now_s; None before any chunk.
@@ -68,16 +75,19 @@ class ActionChunk:
         with self._lock:
             if not len(self._actions):
                 return None
-            index = int((now_s - self._start_s) // period_s)
-            if index > len(self._actions):
+            if self._expired(now_s, period_s):
                 return np.zeros(self.action_dim)
+            index = int((now_s - self._start_s) // period_s)
             return self._actions[min(max(index, 0), len(self._actions) - 1)].copy()
 
     def expired(self, now_s: float, period_s: float) -> bool:
-        """Say whether the chunk ran out more than a period before now_s (its action is zero)."""
+        """Say whether the chunk's last action has held for a period already (it is zero)."""
         with self._lock:
-            return (len(self._actions) > 0
-                    and int((now_s - self._start_s) // period_s) > len(self._actions))
+            return len(self._actions) > 0 and self._expired(now_s, period_s)
+
+    def _expired(self, now_s: float, period_s: float) -> bool:
+        end = max(self._start_s + len(self._actions) * period_s, self._installed_s)
+        return now_s >= end + period_s
 
     def next(self) -> np.ndarray | None:
         """Return the next action; past the end, hold the chunk's last one; None before any."""
