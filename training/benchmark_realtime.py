@@ -10,9 +10,10 @@ Usage:
     python training/benchmark_realtime.py --robot hopper --quick      # a smoke run
 
 Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
-process) as sim_graph does, with the planner's ``reward`` and ``episode_end`` topics left
-unconnected: a real robot publishes neither (--rewards connects them). The lockstep run (one
-env step per command) is the reference; each real-time run has the bridge step at wall clock
+process) as sim_graph does, with the planner's ``reward`` topic left unconnected, and in real
+time its ``episode_end`` too: a real robot publishes neither (--rewards connects them). The
+lockstep run (one env step per command, episodes as training/evaluate.py --returns paced runs
+them) is the reference; each real-time run has the bridge step at wall clock
 and the planner on its own timers, for every variant (planner parameters) and every added plan
 latency (added_latency_ms, a stand-in for a slower computer).
 
@@ -147,9 +148,11 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         env.close()
     planner = next(s for s in specs if s.name == 'planner_node')
     if not rewards:
-        planner.remappings = [(source, f'{UNCONNECTED}/{source}'
-                               if source in ('reward', 'episode_end') else target)
-                              for source, target in planner.remappings]
+        # Lockstep keeps episode_end: its episodes must be evaluate.py's exactly, and a loaded
+        # machine can make a lockstep bridge answer late enough to look like a paused robot.
+        unheard = ('reward',) if lockstep else ('reward', 'episode_end')
+        planner.remappings = [(source, f'{UNCONNECTED}/{source}' if source in unheard
+                               else target) for source, target in planner.remappings]
     extra = {'planner_node': {'lockstep': str(lockstep).lower(), **planner_params},
              'sim_bridge_node': {'lockstep': str(lockstep).lower(),
                                  'episode_steps': steps if lockstep else 0}}
