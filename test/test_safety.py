@@ -185,6 +185,10 @@ def test_action_chunk_in_real_time_gives_the_action_of_the_step_under_way():
     chunk.replace(actions, start_s=10.0, installed_s=10.05)
     assert chunk.at(10.05, 0.008)[0] == 3.0 and chunk.at(10.0579, 0.008)[0] == 3.0
     assert chunk.at(10.0581, 0.008)[0] == 0.0
+    # The node holds for a plan period (here 4 control periods) rather than one.
+    assert chunk.at(10.0581, 0.008, hold_s=0.032)[0] == 3.0
+    assert chunk.at(10.0821, 0.008, hold_s=0.032)[0] == 0.0
+    assert chunk.expired(10.0821, 0.008, hold_s=0.032)
     # Lockstep hands them out one per state instead.
     chunk.replace(actions, consumed=1)
     assert chunk.next()[0] == 1.0 and chunk.next()[0] == 2.0

@@ -14,8 +14,9 @@ when a plan is ready and when the action in force changes; the same action is re
 0.1 s at least. In real time a plan has a budget (plan_budget_ms, by
 default 3/4 of a plan period): the planner spends what is left after the prior's rollout on as
 many of its k refinement steps as fit, so the command is out before the robot's next control
-step. A chunk's last action holds for one period past its end (or its arrival, for a plan
-later than that), then zero.
+step. A chunk's last action holds for one plan period past its end (or its arrival, for a
+plan later than that), then zero: a plan that misses its deadline leaves no older action in
+force for longer than that.
 
 A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
 ``autostart`` is false. Planning runs in a worker thread so the control timer is never
@@ -634,8 +635,8 @@ class PlannerNode(LifecycleNode):
                 commanded, commanded_at = (episode, step), time.monotonic()
             else:
                 self.chunk.replace(plan.actions, start_s=received, installed_s=time.monotonic())
-                self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s),
-                                      self._chunk_source)
+                self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s,
+                                                    self._plan_period_s), self._chunk_source)
             self._last_plan_command = time.monotonic()
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
@@ -690,9 +691,10 @@ class PlannerNode(LifecycleNode):
             self._publish_command(np.zeros(self.planner.action_dim))
             return
         now = time.monotonic()
-        action = self.chunk.at(now, self._control_period_s)
-        # A chunk that ran out more than a period ago commands zero: no plan's command.
-        source = None if self.chunk.expired(now, self._control_period_s) else self._chunk_source
+        action = self.chunk.at(now, self._control_period_s, self._plan_period_s)
+        # A chunk that ran out a plan period ago commands zero: no plan's command.
+        source = (None if self.chunk.expired(now, self._control_period_s, self._plan_period_s)
+                  else self._chunk_source)
         last, sent_at = self._last_sent
         if action is not None and (last is None or not np.array_equal(action, last)
                                    or now - sent_at >= REPEAT_AFTER_S):

@@ -40,9 +40,10 @@ class ActionChunk:
     the one for the control step under way: action i covers [start + i T, start + (i + 1) T)
     from the receive time of the state the plan started from, so a plan that took longer than
     a period starts at the action for the step the robot is now in, not at one it has passed.
-    The last action holds for one period past the chunk's end, or past the chunk's arrival
-    when the plan came later than that (a late plan's action is still the freshest there is);
-    after that the chunk is stale and the action in force is zero.
+    The last action holds for ``hold_s`` (default one control period; the node passes one plan
+    period) past the chunk's end, or past the chunk's arrival when the plan came later than
+    that (a late plan's action is still the freshest there is); after that the chunk is stale
+    and the action in force is zero.
     """
 
     def __init__(self, action_dim: int):
@@ -67,27 +68,29 @@ class ActionChunk:
             self._actions, self._next, self._start_s = actions, consumed, start_s
             self._installed_s = start_s if installed_s is None else installed_s
 
-    def at(self, now_s: float, period_s: float) -> np.ndarray | None:
+    def at(self, now_s: float, period_s: float,
+           hold_s: float | None = None) -> np.ndarray | None:
         """Return the action for the control step under way at now_s; None before any chunk.
 
-        Past the chunk's end the last action holds for one period, then zero.
+        Past the chunk's end the last action holds for hold_s (default period_s), then zero.
         """
         with self._lock:
             if not len(self._actions):
                 return None
-            if self._expired(now_s, period_s):
+            if self._expired(now_s, period_s, hold_s):
                 return np.zeros(self.action_dim)
             index = int((now_s - self._start_s) // period_s)
             return self._actions[min(max(index, 0), len(self._actions) - 1)].copy()
 
-    def expired(self, now_s: float, period_s: float) -> bool:
-        """Say whether the chunk's last action has held for a period already (it is zero)."""
+    def expired(self, now_s: float, period_s: float, hold_s: float | None = None) -> bool:
+        """Say whether the chunk's last action has held for hold_s already (it is zero)."""
         with self._lock:
-            return len(self._actions) > 0 and self._expired(now_s, period_s)
+            return len(self._actions) > 0 and self._expired(
+                now_s, period_s, period_s if hold_s is None else hold_s)
 
-    def _expired(self, now_s: float, period_s: float) -> bool:
+    def _expired(self, now_s: float, period_s: float, hold_s: float | None = None) -> bool:
         end = max(self._start_s + len(self._actions) * period_s, self._installed_s)
-        return now_s >= end + period_s
+        return now_s >= end + (period_s if hold_s is None else hold_s)
 
     def next(self) -> np.ndarray | None:
         """Return the next action; past the end, hold the chunk's last one; None before any."""
