@@ -104,6 +104,7 @@ class CommandWatcher(Node):
                     steps.append((round((stamp - source[0]) / self.period_s),
                                   applied != previous, source[1]))
                 previous = applied
+        self.steps = steps
         ages = [age for age, _, _ in steps if age is not None]
         refine = [k for _, _, k in steps if k is not None and k >= 0]
         if not steps:
