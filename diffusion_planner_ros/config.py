@@ -191,6 +191,10 @@ class MethodConfig:
     # combination neither paper tried. The modulation terms take their actions from the frozen
     # inverse dynamics between consecutive denoised states; planning is unchanged.
     dmemm_refiner: bool = False
+    # Trajectory / Decision Diffuser: the bundle also carries a transition model s' = f(s, a)
+    # (DMEMM's ensemble, section dynamics) that predicts the state a late command will act on,
+    # from the state now and the commands already in flight (latency-aware planning).
+    transition_model: bool = False
 
     def __post_init__(self) -> None:
         _require(self.name in METHODS, f'method.name {self.name!r} must be one of {METHODS}')
@@ -200,6 +204,9 @@ class MethodConfig:
         _require(not self.dmemm_refiner or self.name in CRITIC_METHODS,
                  f'method.dmemm_refiner applies to the states-only U-Nets of {CRITIC_METHODS}, '
                  f'not {self.name} (DMEMM itself is method.name dmemm)')
+        _require(not self.transition_model or self.name in CRITIC_METHODS,
+                 f'method.transition_model applies to {CRITIC_METHODS}, not {self.name} '
+                 '(DMEMM carries its transition ensemble anyway)')
         _require(self.transition_weight >= 0.0 and self.reward_weight >= 0.0,
                  'method.transition_weight and method.reward_weight must be >= 0')
         _require(self.modulation_terms >= 0,

@@ -102,37 +102,50 @@ def _act_until_done(planner: BasePlanner, env, observation, result: EpisodeResul
 
 
 def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
-                        chunk: bool = False, returns: str = 'rewards') -> EpisodeResult:
+                        chunk: bool = False, returns: str = 'rewards',
+                        lead: int = 0) -> EpisodeResult:
     """One episode in which every command takes ``delay`` env steps to arrive.
 
     The planner plans from every state; the plan started at step t is in force from step
     t + delay on (a robot whose plans take ``delay`` control periods), and until then the
     previous plan's command holds (zero before the first). With ``chunk`` the plan's action for
     the step under way is applied (action ``delay`` of its chunk, the last one past its end);
-    without, the plan's first action. No clock: the same figures on any machine.
+    without, the plan's first action. With ``lead`` > 0 (latency-aware planning) each plan
+    starts from the state the bundle's transition model predicts ``lead`` steps ahead, through
+    the commands already in flight, and its first action is meant for step t + lead. No clock:
+    the same figures on any machine.
     """
-    if delay < 0:
-        raise ValueError(f'delay must be >= 0, got {delay}')
+    if delay < 0 or lead < 0:
+        raise ValueError(f'delay and lead must be >= 0, got {delay} and {lead}')
     observation, info = env.reset(seed=seed)
     planner.reset()
     result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
     returns_to_go = episode_returns(planner, None, returns)
-    in_flight: deque = deque()   # (step the plan takes effect, its actions)
-    current, current_start = None, 0
+    plans: deque = deque()   # (step the plan takes effect, step its first action is for, actions)
+
+    def command(step: int) -> np.ndarray:
+        """The command the robot applies at ``step``, from the plans made so far."""
+        in_force = [p for p in plans if p[0] <= step]
+        if not in_force:
+            return np.zeros(planner.action_dim)
+        _, first_step, actions = in_force[-1]
+        index = max(step - first_step, 0) if chunk else 0
+        return actions[min(index, len(actions) - 1)]
+
     done = False
     while not done:
         state, goal = split_observation(observation)
-        plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go.at(result.steps))
+        if lead:
+            state = planner.predict_state(
+                state, [command(result.steps + i) for i in range(lead)])
+        plan = planner.plan(state, goal=goal,
+                            returns_to_go=returns_to_go.at(result.steps + lead))
         result.plan_ms.append(plan.timings_ms['total'])
-        in_flight.append((result.steps + delay, plan.actions))
-        while in_flight and in_flight[0][0] <= result.steps:
-            current_start, current = in_flight.popleft()
-        if current is None:
-            action = np.zeros(planner.action_dim)
-        else:
-            index = result.steps - current_start + delay if chunk else 0
-            action = current[min(index, len(current) - 1)]
-        observation, reward, terminated, truncated, info = env.step(action.astype(np.float32))
+        plans.append((result.steps + delay, result.steps + lead, plan.actions))
+        while len(plans) > 1 and plans[1][0] <= result.steps:
+            plans.popleft()
+        observation, reward, terminated, truncated, info = env.step(
+            command(result.steps).astype(np.float32))
         result.episode_return += float(reward)
         result.success |= bool(info.get('success', False))
         result.steps += 1

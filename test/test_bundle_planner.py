@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import NETWORK_ATOL, reverse_chain_atol
 
-from diffusion_planner_ros.config import (DataConfig, ExperimentConfig, MethodConfig,
-                                          PlannerConfig, PriorConfig, UnetConfig)
+from diffusion_planner_ros.config import (DataConfig, DynamicsConfig, ExperimentConfig,
+                                          MethodConfig, PlannerConfig, PriorConfig, UnetConfig)
 from diffusion_planner_ros.data.normalizer import Normalizer
 from diffusion_planner_ros.planning import (TrajectoryDiffuserPlanner, load_bundle, load_planner,
                                             save_bundle)
@@ -220,10 +220,15 @@ def test_unknown_planner_option_and_cuda_without_gpu(bundle_dir):
             TrajectoryDiffuserPlanner.from_bundle(bundle_dir, device='cuda')
 
 
-def tiny_hopper_planner(path):
-    """An untrained returns-conditioned Hopper planner (history 3) saved at path."""
+def tiny_hopper_planner(path, transition_model: bool = False):
+    """An untrained returns-conditioned Hopper planner (history 3) saved at path.
+
+    With transition_model the bundle also carries a (small) transition ensemble.
+    """
     hopper = 'Hopper-v5'
     config = ExperimentConfig(
+        method=MethodConfig(transition_model=transition_model),
+        dynamics=DynamicsConfig(ensemble_size=2, hidden_dim=16, n_hidden=1),
         data=DataConfig(dataset_id='test/hopper-v0', env_id=hopper, condition='returns',
                         horizon=8, history=3, returns_scale=100.0),
         prior=PriorConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.0),

@@ -149,3 +149,118 @@ def test_a_delay_of_zero_steps_is_lockstep_and_a_delay_changes_the_episode(tmp_p
     with pytest.raises(ValueError, match='delay'):
         run_delayed_episode(planner, env, 5, delay=-1)
     env.close()
+
+
+def test_a_bundles_transition_model_round_trips_and_predicts_through_the_actions(tmp_path):
+    import torch
+
+    planner = tiny_hopper_planner(tmp_path / 'with', transition_model=True)
+    assert planner.can_predict
+    state = np.linspace(-1.0, 1.0, 11)
+    actions = np.array([[0.5, -0.2, 0.1], [0.0, 0.3, -0.4]])
+    assert np.array_equal(planner.predict_state(state, np.zeros((0, 3))), state)
+    # Two steps of the ensemble's mean, in the bundle's normalised units.
+    states, moves = planner.bundle.normalizers['states'], planner.bundle.normalizers['actions']
+    model = planner.bundle.models['transition']
+    current = torch.tensor(states.normalize(state), dtype=torch.float32)[None]
+    with torch.no_grad():
+        for action in actions:
+            current = model.predict(
+                current, torch.tensor(moves.normalize(action), dtype=torch.float32)[None])
+    expected = states.unnormalize(current[0].numpy().astype(np.float64))
+    predicted = planner.predict_state(state, actions)
+    np.testing.assert_allclose(predicted, expected, atol=1e-6)
+    assert not np.allclose(predicted, state)
+    # The weights survive the bundle: a fresh load predicts the same.
+    again = load_planner(tmp_path / 'with')
+    np.testing.assert_allclose(again.predict_state(state, actions), predicted, atol=1e-7)
+    with pytest.raises(ValueError, match='NaN'):
+        planner.predict_state(state, [[np.nan, 0.0, 0.0]])
+    plain = tiny_hopper_planner(tmp_path / 'without')
+    assert not plain.can_predict and 'transition' not in plain.bundle.models
+    with pytest.raises(ValueError, match='transition model'):
+        plain.predict_state(state, actions)
+
+
+def test_a_latency_aware_plan_starts_from_the_state_predicted_through_the_commands_in_flight(
+        tmp_path):
+    from diffusion_planner_ros.envs import make_env
+    from diffusion_planner_ros.evaluation import run_delayed_episode
+
+    planner = tiny_hopper_planner(tmp_path, transition_model=True)
+    planner.reconfigure(replan_every=3)
+    env = make_env('Hopper-v5', max_episode_steps=12)
+    # Lead 0 is the plan from the state as it came, exactly.
+    plain = run_delayed_episode(planner, env, 5, delay=2, returns='paced')
+    zero = run_delayed_episode(planner, env, 5, delay=2, returns='paced', lead=0)
+    assert zero.episode_return == plain.episode_return
+    starts, targets, plan = [], [], planner.plan
+
+    def spy(state, goal=None, returns_to_go=None, budget_ms=None):
+        starts.append(np.array(state))
+        targets.append(returns_to_go)
+        result = plan(state, goal=goal, returns_to_go=returns_to_go, budget_ms=budget_ms)
+        commands.append(result.actions[0])
+        return result
+
+    commands: list = []
+    in_flight, predict = [], planner.predict_state
+
+    def predict_spy(state, actions):
+        in_flight.append(np.array(actions))
+        return predict(state, actions)
+
+    planner.plan, planner.predict_state = spy, predict_spy
+    observation, _ = env.reset(seed=5)
+    aware = run_delayed_episode(planner, env, 5, delay=2, returns='paced', lead=2)
+    assert aware.episode_return != plain.episode_return
+    # The first plan's commands in flight are none (zero); the third plan's are the first
+    # two plans' first actions, applied at steps 2 and 3 before its own at step 4.
+    np.testing.assert_allclose(starts[0], predict(observation, np.zeros((2, 3))), atol=1e-9)
+    assert np.array_equal(in_flight[0], np.zeros((2, 3)))
+    assert np.array_equal(in_flight[2], np.stack(commands[:2]))
+    assert targets[0] == pytest.approx(300.0 * (1 - 2 / 1000))
+    assert targets[2] == pytest.approx(300.0 * (1 - 4 / 1000))
+    env.close()
+    with pytest.raises(ValueError, match='lead'):
+        run_delayed_episode(planner, env, 5, delay=2, lead=-1)
+
+
+def test_the_commands_in_flight_stay_the_first_actions_of_the_next_chunk():
+    from diffusion_planner_ros.planning.receding import ActionChunk
+
+    period = 0.01
+    chunk = ActionChunk(2)
+    assert np.array_equal(chunk.ahead(0.0, 2, period), np.zeros((2, 2)))   # no chunk yet
+    old = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    chunk.replace(old, start_s=1.0)
+    # A plan starts from a state received at 1.02 (step 2 of the old chunk) with a lead of 2.
+    in_flight = chunk.ahead(1.02, 2, period)
+    assert np.array_equal(in_flight, old[2:4])
+    new = np.array([[9.0, 9.0], [8.0, 8.0]])
+    chunk.replace(np.concatenate([in_flight, new]), start_s=1.02, installed_s=1.025)
+    applied = [chunk.at(1.02 + (i + 0.5) * period, period) for i in range(4)]
+    assert np.array_equal(applied, [old[2], old[3], new[0], new[1]])
+    # Steps past the old chunk's hold are zero in flight, not its last action.
+    assert np.array_equal(chunk.ahead(2.0, 1, period), np.zeros((1, 2)))
+
+
+def test_the_plan_lead_follows_the_measured_state_to_command_time():
+    from diffusion_planner_ros.planning.receding import PlanLead
+
+    lead = PlanLead(-1, max_steps=6)
+    assert lead.for_period(0.008) == 0               # nothing measured yet
+    for _ in range(20):
+        lead.add(5.0)
+    assert lead.for_period(0.008) == 0               # within a period: the next step
+    for _ in range(20):
+        lead.add(18.0)
+    assert lead.for_period(0.008) == 2               # 90th percentile 18 ms: two steps late
+    for _ in range(60):
+        lead.add(500.0)
+    assert lead.for_period(0.008) == 6               # never past the horizon
+    assert PlanLead(3, max_steps=6).for_period(0.008) == 3
+    assert PlanLead(0, max_steps=6).for_period(0.008) == 0
+    for bad in (-2, 7):
+        with pytest.raises(ValueError, match='lead'):
+            PlanLead(bad, max_steps=6)

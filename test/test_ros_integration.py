@@ -142,6 +142,8 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
             ('plan_budget_ms', 900.0, 'state_timeout_s'),  # a plan as long as a timeout
             ('added_latency_ms', -1.0, "'added_latency_ms'"),
             ('added_latency_ms', float('inf'), "'added_latency_ms'"),
+            ('plan_lead_steps', -2, ''),                  # below the declared range
+            ('plan_lead_steps', 2, 'transition model'),   # the maze bundle predicts nothing
         ]
         for name, value, reason in bad:
             before = get_planner_parameter(node, executor, name)
@@ -156,6 +158,7 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
         assert set_planner_parameter(node, executor, 'plan_rate_hz', 50.0).successful
         assert set_planner_parameter(node, executor, 'plan_budget_ms', 4.0).successful
         assert set_planner_parameter(node, executor, 'added_latency_ms', 2.0).successful
+        assert set_planner_parameter(node, executor, 'plan_lead_steps', 0).successful
         assert planner.poll() is None
         # The node still commands after the changes (zero here: no state has come).
         node.commands.clear()

@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument('--refine-steps', type=int, default=None)
     parser.add_argument('--no-chunk', action='store_true',
                         help='only the first action of a late plan')
+    parser.add_argument('--lead', default='0', choices=('0', 'delay'),
+                        help="latency-aware: plan from the state predicted 'delay' steps ahead "
+                             "(the bundle's transition model through the commands in flight)")
     parser.add_argument('--steps', type=int, default=None, help='env steps per episode')
     parser.add_argument('--json', default=None)
     args = parser.parse_args()
@@ -49,11 +52,13 @@ def main() -> None:
     rows = []
     for delay in args.delays:
         for chunk in ((False,) if args.no_chunk or delay == 0 else (False, True)):
+            lead = delay if args.lead == 'delay' else 0
             results = [run_delayed_episode(planner, env, args.seed + episode, delay, chunk,
-                                           args.returns)
+                                           args.returns, lead)
                        for episode in range(args.episodes)]
             outcome = summarize(results, evaluation.random_return, evaluation.reference_return)
-            rows.append({'delay_steps': delay, 'late_plan_action': 'chunk' if chunk else 'first',
+            rows.append({'delay_steps': delay, 'lead_steps': lead,
+                         'late_plan_action': 'chunk' if chunk else 'first',
                          **{key: outcome[key] for key in (
                              'score_mean', 'score_stderr', 'episode_returns')},
                          'episode_steps': [r.steps for r in results]})

@@ -32,12 +32,18 @@ DMEMM_REFINER_COMPONENTS = {
 
 
 def method_components(config: ExperimentConfig, method: str | None = None) -> tuple:
-    """Return the networks of ``method`` (default: the config's), with its critic if it has one."""
+    """Return the networks of ``method`` (default: the config's), with its critic if it has one.
+
+    A Trajectory / Decision Diffuser bundle with method.transition_model also carries the
+    transition ensemble that predicts the state a late command acts on.
+    """
     method = method or config.method.name
-    critic = ('critic',) if config.method.critic and method in CRITIC_METHODS else ()
+    extra = ('critic',) if config.method.critic and method in CRITIC_METHODS else ()
     if config.method.dmemm_refiner and method in DMEMM_REFINER_COMPONENTS:
-        return DMEMM_REFINER_COMPONENTS[method] + critic
-    return METHOD_COMPONENTS[method] + critic
+        return DMEMM_REFINER_COMPONENTS[method] + extra
+    if config.method.transition_model and method in CRITIC_METHODS:
+        extra = ('transition',) + extra
+    return METHOD_COMPONENTS[method] + extra
 
 
 @dataclass

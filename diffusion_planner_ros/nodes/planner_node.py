@@ -8,10 +8,14 @@ bundle's target_steps). It starts again at each episode's end, or, on a robot th
 
 Publishes ``commands`` at control_rate_hz from the current plan's action chunk, ``plan``,
 ``plan_markers``, ``~/plan_latency_ms`` (one per plan) and ``~/command_info`` (one per command:
-the stamp of the state its plan started from, the refinement steps that plan ran, its plan time
-in ms, then the command's values) when someone listens, and /diagnostics. A command goes out
-when a plan is ready and when the action in force changes; the same action is repeated every
-0.1 s at least. In real time a plan has a budget (plan_budget_ms, by
+the stamp of the state its plan was made for, the refinement steps that plan ran, its plan
+time in ms, then the command's values) when someone listens, and /diagnostics. In real time a
+command goes out when a plan is ready, when a state arrives (the action for the robot's next
+step) and when the action in force changes; the same action is repeated every 0.1 s at least.
+A latency-aware plan (plan_lead_steps, with a bundle that carries a transition model) starts
+from the state predicted for the step its first command will be applied in, through the
+commands in flight, which stay the first actions of its chunk; its command_info stamp is that
+step's. In real time a plan has a budget (plan_budget_ms, by
 default 3/4 of a plan period): the planner spends what is left after the prior's rollout on as
 many of its k refinement steps as fit, so the command is out before the robot's next control
 step. A chunk's last action holds for one plan period past its end (or its arrival, for a
@@ -59,7 +63,8 @@ from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import load_planner
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      episode_target, LatencyStats,
-                                                     ReturnsToGo, StampGate, target_steps)
+                                                     PlanLead, ReturnsToGo, StampGate,
+                                                     target_steps)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import Kinematics, load_profile
@@ -114,6 +119,10 @@ class PlannerNode(LifecycleNode):
         p('added_latency_ms', 0.0, ParameterDescriptor(
             description='real time: hold each plan\'s command back this long, as a slower '
                         'computer would (benchmarks); the plan budget counts it'))
+        p('plan_lead_steps', -1, _int_param(
+            'real time: plan from the state predicted this many control steps ahead, through '
+            "the commands in flight, with the bundle's transition model (-1 = from the measured "
+            'state-to-command time, 0 = from the state as it came)', -1, 1000))
         p('target_return', math.nan, ParameterDescriptor(
             description='returns-to-go target of a returns-conditioned bundle (NaN: the '
                         "bundle's planner.target_return)"))
@@ -238,11 +247,13 @@ class PlannerNode(LifecycleNode):
         if self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime'):
             self.planner.warm_up_anytime()  # every step count captured before the first plan
         self.chunk = ActionChunk(self.planner.action_dim)
+        self.lead = self._plan_lead(gp('plan_lead_steps').value)
         # The stamp of the state the chunk's plan started from, and the steps it refined.
         self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
         self._last_sent = (None, -math.inf)  # the last command (unclipped) and when it went
         self._last_plan_command = -math.inf  # when the last plan's command went out
         self.refine_steps_used = LatencyStats()
+        self.lead_steps_used = LatencyStats()
         self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
         # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
@@ -399,6 +410,24 @@ class PlannerNode(LifecycleNode):
                     f'state_timeout_s ({limit_ms:g} ms)')
         return ''
 
+    def _plan_lead(self, steps: int) -> PlanLead:
+        """Return the plan lead for the parameter's value; ValueError names what is wrong.
+
+        Auto (-1) needs the bundle's transition model and quietly means none without one; a
+        fixed lead needs it too. The lead may not pass the horizon: the plan must still hold
+        actions past the commands in flight.
+        """
+        if steps > 0 and not self.planner.can_predict:
+            raise ValueError(f"parameter 'plan_lead_steps' ({steps}) needs a bundle with a "
+                             'transition model (method.transition_model); this one has none')
+        limit = self.planner.horizon - 2
+        if steps > limit:
+            raise ValueError(f"parameter 'plan_lead_steps' ({steps}) must be at most {limit} "
+                             f'(the horizon {self.planner.horizon} less two)')
+        if self.lockstep or not self.planner.can_predict:
+            steps = 0
+        return PlanLead(steps, max(limit, 0))
+
     def _budget(self, budget_ms: float, plan_rate_hz: float) -> float | None:
         """Return a plan's budget in ms (None: no budget, always k; lockstep has none)."""
         if self.lockstep or budget_ms == 0:
@@ -455,12 +484,16 @@ class PlannerNode(LifecycleNode):
         for name in ('warm_start_steps', 'candidates'):
             if name in new:
                 changes.update(self._bundle_or(name, new[name]))
-        if changes:
-            try:
+        lead = self.lead
+        try:
+            if 'plan_lead_steps' in new:
+                lead = self._plan_lead(new['plan_lead_steps'])
+            if changes:
                 # Captured stages are rebuilt; they capture again on the next plan.
                 self.planner.reconfigure(**changes)
-            except ValueError as error:
-                return SetParametersResult(successful=False, reason=str(error))
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        self.lead = lead
         self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
         self._control_rate_hz = control_rate
         self._stamps.stale_after_s = self._state_timeout_s
@@ -523,6 +556,10 @@ class PlannerNode(LifecycleNode):
                              >= self._plan_period_s - 0.5 * self._control_period_s):
             self._last_plan_trigger = received
             self._wake.set()
+        if not self.lockstep and self._control_period_s:
+            # The robot applies the latest command at its next step: send the chunk's action
+            # for that step now rather than at the control timer's phase.
+            self._send_in_force(received + 0.5 * self._control_period_s)
 
     def _on_goal(self, msg: PoseStamped) -> None:
         goal = np.array([msg.pose.position.x, msg.pose.position.y])
@@ -612,9 +649,16 @@ class PlannerNode(LifecycleNode):
             if budget is not None:
                 budget = max(0.0, budget - 1e3 * (self._added_latency_s
                                                   + time.monotonic() - received))
+            # Latency-aware: plan from the state the plan's first command will act on, predicted
+            # through the commands in flight, which stay the new chunk's first actions.
+            lead = 0 if self.lockstep else self.lead.for_period(self._control_period_s)
+            in_flight = self.chunk.ahead(received, lead, self._control_period_s,
+                                         self._plan_period_s)
             try:
-                plan = self.planner.plan(observation, goal=goal,
-                                         returns_to_go=self.returns_to_go.at(step),
+                start_state = (observation if not lead
+                               else self.planner.predict_state(observation, in_flight))
+                plan = self.planner.plan(start_state, goal=goal,
+                                         returns_to_go=self.returns_to_go.at(step + lead),
                                          budget_ms=budget)
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
@@ -626,7 +670,9 @@ class PlannerNode(LifecycleNode):
                 continue  # planned from the last episode's state: no command for this one
             if self._added_latency_s:
                 time.sleep(self._added_latency_s)  # a slower computer (benchmarks)
-            self._chunk_source = (stamp, -1 if plan.refine_steps is None else plan.refine_steps,
+            # The stamp of the state the plan was made for: lead periods after its state's own.
+            self._chunk_source = (stamp + lead * self._control_period_s,
+                                  -1 if plan.refine_steps is None else plan.refine_steps,
                                   plan.timings_ms['total'])
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             if self.lockstep:
@@ -634,13 +680,16 @@ class PlannerNode(LifecycleNode):
                 self._publish_command(plan.action, self._chunk_source)
                 commanded, commanded_at = (episode, step), time.monotonic()
             else:
-                self.chunk.replace(plan.actions, start_s=received, installed_s=time.monotonic())
+                self.chunk.replace(np.concatenate([in_flight, plan.actions]), start_s=received,
+                                   installed_s=time.monotonic())
                 self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s,
                                                     self._plan_period_s), self._chunk_source)
             self._last_plan_command = time.monotonic()
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
             self.command_latency.add(state_to_command_ms)
+            self.lead.add(state_to_command_ms)
+            self.lead_steps_used.add(lead)
             self.plan_latency.add(plan.timings_ms['total'])
             self.overhead.add(state_to_command_ms - plan.timings_ms['total'])
             if plan.refine_steps is not None:
@@ -690,14 +739,22 @@ class PlannerNode(LifecycleNode):
             self._warn('timeout', 'no fresh joint_states: commanding zero')
             self._publish_command(np.zeros(self.planner.action_dim))
             return
-        now = time.monotonic()
-        action = self.chunk.at(now, self._control_period_s, self._plan_period_s)
+        self._send_in_force(time.monotonic())
+
+    def _send_in_force(self, at_s: float) -> None:
+        """Send the chunk's action for the control step under way at at_s, if it changed.
+
+        The same action goes out again only after REPEAT_AFTER_S.
+        """
+        action = self.chunk.at(at_s, self._control_period_s, self._plan_period_s)
+        if action is None:
+            return
         # A chunk that ran out a plan period ago commands zero: no plan's command.
-        source = (None if self.chunk.expired(now, self._control_period_s, self._plan_period_s)
+        source = (None if self.chunk.expired(at_s, self._control_period_s, self._plan_period_s)
                   else self._chunk_source)
         last, sent_at = self._last_sent
-        if action is not None and (last is None or not np.array_equal(action, last)
-                                   or now - sent_at >= REPEAT_AFTER_S):
+        if last is None or not np.array_equal(action, last) \
+                or time.monotonic() - sent_at >= REPEAT_AFTER_S:
             self._publish_command(action, source)
 
     def _publish_command(self, action, source: tuple | None = None) -> None:
@@ -769,6 +826,7 @@ class PlannerNode(LifecycleNode):
             'refine_steps_p50': _fmt(self.refine_steps_used.percentile(50)),
             'refine_steps_min': _fmt(self.refine_steps_used.percentile(0)),
             'refine_reason': self._refine_reason,
+            'plan_lead_steps_p50': _fmt(self.lead_steps_used.percentile(50)),
             'rewards_received': str(self.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),

@@ -330,6 +330,34 @@ class BasePlanner:
             refine_reason=proposal.refine_reason,
         )
 
+    @property
+    def can_predict(self) -> bool:
+        """Say whether the bundle carries a transition model (method.transition_model)."""
+        return 'transition' in self.bundle.models
+
+    @torch.no_grad()
+    def predict_state(self, state, actions) -> np.ndarray:
+        """Return the state after ``actions`` (n, action_dim) are applied from ``state``.
+
+        The bundle's transition model (the mean of its ensemble) is rolled through the actions,
+        in its normalised units. Latency-aware planning uses it to plan from the state a late
+        command will act on, the commands in flight being known. n = 0 returns the state.
+        """
+        if not self.can_predict:
+            raise ValueError(f'bundle {self.bundle.path} has no transition model '
+                             '(method.transition_model): it cannot predict states')
+        state = self._check_vector('state', state, self.obs_dim)
+        actions = np.asarray(actions, dtype=np.float64).reshape(-1, self.action_dim)
+        if not len(actions):
+            return state
+        if not np.all(np.isfinite(actions)):
+            raise ValueError('actions to predict through contain NaN or inf')
+        model = self.bundle.models['transition']
+        current = self._tensor(self._states.normalize(state))[None]
+        for action in self._tensor(self._actions.normalize(actions)):
+            current = model.predict(current, action[None])
+        return self._to_env(self._states, current[0])
+
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
         raise NotImplementedError
 

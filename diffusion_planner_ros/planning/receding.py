@@ -92,6 +92,19 @@ class ActionChunk:
         end = max(self._start_s + len(self._actions) * period_s, self._installed_s)
         return now_s >= end + (period_s if hold_s is None else hold_s)
 
+    def ahead(self, start_s: float, steps: int, period_s: float,
+              hold_s: float | None = None) -> np.ndarray:
+        """Return the actions in force for the ``steps`` control steps from start_s: (steps, a).
+
+        Step i is [start_s + i T, start_s + (i + 1) T); its action is the chunk's at the step's
+        middle, zero where there is no chunk or it has expired. These are the commands in
+        flight while a plan started at start_s is computed: a latency-aware plan predicts its
+        start state through them and keeps them as its chunk's first actions.
+        """
+        rows = [self.at(start_s + (i + 0.5) * period_s, period_s, hold_s) for i in range(steps)]
+        return np.array([np.zeros(self.action_dim) if row is None else row for row in rows]
+                        ).reshape(steps, self.action_dim)
+
     def next(self) -> np.ndarray | None:
         """Return the next action; past the end, hold the chunk's last one; None before any."""
         with self._lock:
@@ -210,6 +223,39 @@ class LatencyStats:
             if not self._values:
                 return None
             return float(np.percentile(np.array(self._values), q))
+
+
+class PlanLead:
+    """How many control steps ahead of its state a real-time plan starts (latency-aware).
+
+    A plan's command reaches the robot L after the state the plan started from, and the robot
+    applies it at its first control step after that: floor(L / T) steps after the state's own
+    step (0: the next step, as in lockstep). A plan that starts that many steps ahead, from the
+    state predicted through the commands in flight, has its first action applied to the state
+    it was planned for. ``steps`` -1 takes L as the 90th percentile of the state-to-command
+    times of the last ``window`` plans; 0 plans from the state as it came; n > 0 fixes the lead.
+    Never more than ``max_steps``.
+    """
+
+    def __init__(self, steps: int, max_steps: int, window: int = 50):
+        if steps < -1 or steps > max_steps:
+            raise ValueError(f'a plan lead of {steps} steps must be -1 (auto), 0 (none) or at '
+                             f'most {max_steps}')
+        self.steps, self.max_steps = steps, max_steps
+        self._latencies: deque = deque(maxlen=window)
+
+    def add(self, state_to_command_ms: float) -> None:
+        """Record one plan's time from its state's arrival to its command going out."""
+        self._latencies.append(float(state_to_command_ms))
+
+    def for_period(self, period_s: float) -> int:
+        """Return the lead in control steps of period_s."""
+        if self.steps >= 0:
+            return self.steps
+        if not self._latencies:
+            return 0
+        latency_s = 1e-3 * float(np.percentile(np.array(self._latencies), 90))
+        return min(int(latency_s // period_s), self.max_steps)
 
 
 class StampGate:
