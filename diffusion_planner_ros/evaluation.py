@@ -101,51 +101,75 @@ def _act_until_done(planner: BasePlanner, env, observation, result: EpisodeResul
     return result
 
 
+LATE_ACTIONS = ('first', 'chunk', 'track')
+
+
 def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
-                        chunk: bool = False, returns: str = 'rewards',
+                        late: str = 'first', returns: str = 'rewards',
                         lead: int = 0) -> EpisodeResult:
     """One episode in which every command takes ``delay`` env steps to arrive.
 
     The planner plans from every state; the plan started at step t is in force from step
     t + delay on (a robot whose plans take ``delay`` control periods), and until then the
-    previous plan's command holds (zero before the first). With ``chunk`` the plan's action for
-    the step under way is applied (action ``delay`` of its chunk, the last one past its end);
-    without, the plan's first action. With ``lead`` > 0 (latency-aware planning) each plan
-    starts from the state the bundle's transition model predicts ``lead`` steps ahead, through
-    the commands already in flight, and its first action is meant for step t + lead. No clock:
-    the same figures on any machine.
+    previous plan's command holds (zero before the first). ``late`` says what a plan in force
+    commands at a later step: 'first', its first action (what it planned for the state it
+    started from); 'chunk', its action for the step under way (the last one past its end);
+    'track', inverse dynamics from the state measured at the step to the plan's state for the
+    step's end. With ``lead`` > 0 (latency-aware planning) each plan starts from the state the
+    bundle's transition model predicts ``lead`` steps ahead, through the commands in flight,
+    and its first action is meant for step t + lead. No clock: the same figures on any machine.
     """
     if delay < 0 or lead < 0:
         raise ValueError(f'delay and lead must be >= 0, got {delay} and {lead}')
+    if late not in LATE_ACTIONS:
+        raise ValueError(f'late must be one of {LATE_ACTIONS}, got {late!r}')
     observation, info = env.reset(seed=seed)
     planner.reset()
     result = EpisodeResult(seed, 0.0, bool(info.get('success', False)), 0)
     returns_to_go = episode_returns(planner, None, returns)
-    plans: deque = deque()   # (step the plan takes effect, step its first action is for, actions)
+    plans: deque = deque()   # (step the plan takes effect, step its first action is for, plan)
 
-    def command(step: int) -> np.ndarray:
-        """The command the robot applies at ``step``, from the plans made so far."""
-        in_force = [p for p in plans if p[0] <= step]
-        if not in_force:
+    def in_force(step: int):
+        """The plan in force at ``step`` and the step's index in it, or (None, 0)."""
+        current = [p for p in plans if p[0] <= step]
+        return (current[-1][2], max(step - current[-1][1], 0)) if current else (None, 0)
+
+    def target(step: int) -> np.ndarray:
+        """The state the plan in force at ``step`` plans for the step's end (NaN: none)."""
+        plan, index = in_force(step)
+        if plan is None:
+            return np.full(planner.obs_dim, np.nan)
+        return plan.refined_states[min(index + 1, len(plan.refined_states) - 1)]
+
+    def command(step: int, state: np.ndarray) -> np.ndarray:
+        """The command the robot applies at ``step``, from the state measured then."""
+        plan, index = in_force(step)
+        if plan is None:
             return np.zeros(planner.action_dim)
-        _, first_step, actions = in_force[-1]
-        index = max(step - first_step, 0) if chunk else 0
-        return actions[min(index, len(actions) - 1)]
+        if late == 'track':
+            return planner.track(state, target(step))
+        actions = plan.actions
+        return actions[min(index, len(actions) - 1)] if late == 'chunk' else actions[0]
 
     done = False
     while not done:
         state, goal = split_observation(observation)
-        if lead:
-            state = planner.predict_state(
-                state, [command(result.steps + i) for i in range(lead)])
-        plan = planner.plan(state, goal=goal,
+        start = state
+        if lead and late == 'track':
+            start, _ = planner.predict_tracked(
+                state, [target(result.steps + i) for i in range(lead)])
+        elif lead:
+            # First and chunk commands do not depend on the state measured at their step.
+            start = planner.predict_state(
+                state, [command(result.steps + i, state) for i in range(lead)])
+        plan = planner.plan(start, goal=goal,
                             returns_to_go=returns_to_go.at(result.steps + lead))
         result.plan_ms.append(plan.timings_ms['total'])
-        plans.append((result.steps + delay, result.steps + lead, plan.actions))
+        plans.append((result.steps + delay, result.steps + lead, plan))
         while len(plans) > 1 and plans[1][0] <= result.steps:
             plans.popleft()
         observation, reward, terminated, truncated, info = env.step(
-            command(result.steps).astype(np.float32))
+            command(result.steps, state).astype(np.float32))
         result.episode_return += float(reward)
         result.success |= bool(info.get('success', False))
         result.steps += 1

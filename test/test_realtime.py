@@ -79,12 +79,13 @@ def test_a_budget_below_one_refine_step_gives_the_priors_plan_and_says_so(anytim
 def test_a_budget_between_takes_the_steps_that_fit(anytime_planner):
     anytime_planner.warm_up_anytime()
     costs = anytime_planner._refine_costs
-    # Make the costs known exactly: 1 step 1 ms, 2 steps 2 ms, 3 steps 30 ms.
-    for steps, cost in ((1, 1.0), (2, 2.0), (3, 30.0)):
+    # Make the costs known exactly: 1 step 1 ms, 2 steps 2 ms, 3 steps 300 ms (far apart, so
+    # a loaded machine's prior, which the budget also pays for, changes nothing).
+    for steps, cost in ((1, 1.0), (2, 2.0), (3, 300.0)):
         costs[steps].clear()
         costs[steps].append(cost)
     anytime_planner._inverse_costs.clear()
-    plan = anytime_planner.plan(OBS, goal=GOAL, budget_ms=15.0)
+    plan = anytime_planner.plan(OBS, goal=GOAL, budget_ms=150.0)
     assert plan.refine_steps == 2 and plan.refine_reason == 'budget'
 
 
@@ -144,8 +145,10 @@ def test_a_delay_of_zero_steps_is_lockstep_and_a_delay_changes_the_episode(tmp_p
     assert delayed.steps == lockstep.steps
     planner.reconfigure(replan_every=3)
     late = run_delayed_episode(planner, env, 5, delay=2, returns='paced')
-    chunked = run_delayed_episode(planner, env, 5, delay=2, chunk=True, returns='paced')
-    assert len({late.episode_return, chunked.episode_return, lockstep.episode_return}) == 3
+    chunked = run_delayed_episode(planner, env, 5, delay=2, late='chunk', returns='paced')
+    tracked = run_delayed_episode(planner, env, 5, delay=2, late='track', returns='paced')
+    assert len({late.episode_return, chunked.episode_return, tracked.episode_return,
+                lockstep.episode_return}) == 4
     with pytest.raises(ValueError, match='delay'):
         run_delayed_episode(planner, env, 5, delay=-1)
     env.close()
@@ -264,3 +267,50 @@ def test_the_plan_lead_follows_the_measured_state_to_command_time():
     for bad in (-2, 7):
         with pytest.raises(ValueError, match='lead'):
             PlanLead(bad, max_steps=6)
+
+
+def test_a_tracked_plan_gives_each_step_its_target_and_keeps_the_targets_in_flight():
+    from diffusion_planner_ros.planning.receding import PlanTrack
+
+    period = 0.01
+    track = PlanTrack(2)
+    assert track.empty and track.target(0.0, period) == (None, None)
+    targets, sources = track.ahead(0.0, 2, period)
+    assert np.isnan(targets).all() and sources == [None, None]      # nothing planned yet
+    old = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    track.replace(old, start_s=1.0, sources=['old'] * 4)
+    # A plan from a state received at 1.02 (step 2 of the old plan) with a lead of 2 keeps the
+    # old plan's targets (and sources) for the two steps in flight, then follows its own.
+    in_flight, in_flight_sources = track.ahead(1.02, 2, period)
+    assert np.array_equal(in_flight, old[2:4]) and in_flight_sources == ['old', 'old']
+    new = np.array([[9.0, 9.0], [8.0, 8.0]])
+    track.replace(np.concatenate([in_flight, new]), start_s=1.02,
+                  sources=in_flight_sources + ['new'] * 2)
+    followed = [track.target(1.02 + (i + 0.5) * period, period) for i in range(5)]
+    assert [source for _, source in followed] == ['old', 'old', 'new', 'new', None]
+    assert np.array_equal([t for t, _ in followed[:4]], [old[2], old[3], new[0], new[1]])
+    assert followed[4][0] is None                  # past the last target: zero
+    with pytest.raises(ValueError, match='sources'):
+        track.replace(new, start_s=0.0, sources=['one'])
+    track.clear()
+    assert track.empty
+
+
+def test_tracking_sends_the_inverse_dynamics_from_the_measured_state(tmp_path):
+    planner = tiny_hopper_planner(tmp_path, transition_model=True)
+    plan = planner.plan(np.zeros(11), returns_to_go=300.0)
+    # From the plan's own first state, tracking its second is the plan's first action.
+    np.testing.assert_allclose(planner.track(plan.refined_states[0], plan.refined_states[1]),
+                               plan.actions[0], atol=1e-5)
+    elsewhere = planner.track(np.full(11, 0.5), plan.refined_states[1])
+    assert not np.allclose(elsewhere, plan.actions[0])
+    # Predicting through tracking: each command from the state predicted for its step.
+    targets = plan.refined_states[1:3]
+    end, commands = planner.predict_tracked(plan.refined_states[0], targets)
+    first = planner.track(plan.refined_states[0], targets[0])
+    middle = planner.predict_state(plan.refined_states[0], first[None])
+    np.testing.assert_allclose(commands, [first, planner.track(middle, targets[1])], atol=1e-9)
+    np.testing.assert_allclose(end, planner.predict_state(middle, commands[1:]), atol=1e-9)
+    # A step no plan covered (NaN target) commands zero.
+    _, none = planner.predict_tracked(plan.refined_states[0], np.full((1, 11), np.nan))
+    assert np.array_equal(none, np.zeros((1, 3)))

@@ -19,8 +19,10 @@ latency (added_latency_ms, a stand-in for a slower computer).
 
 Per run: score and success, their ratio to lockstep, and from the bridge's applied commands
 (its joint_states effort) matched with the planner's ~/command_info:
-- age: control periods from the state a command was planned from to the step that applied it
+- age: control periods from the state a command was computed from to the step that applied it
   (1 = the next step, the best a real-time planner can do), p50 and p99;
+- plan age: the same from the state the command's plan was made for (a tracked plan is followed
+  for several steps after it, so this is the age of the plan in force);
 - no_new_command: the share of steps that applied the same command as the step before, or none;
 - refine steps of the plans whose commands were applied (anytime planning).
 """
@@ -62,8 +64,8 @@ class CommandWatcher(Node):
         self.create_subscription(Float64MultiArray, info_topic, self._on_info,
                                  QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
         self.recording = False
-        # Command values -> every (state stamp, refine steps) of the plans that sent them (a
-        # saturated command can come from several plans).
+        # Command values -> every (state stamp, plan's state stamp, refine steps) of the
+        # commands that sent them (a saturated command can come from several plans).
         self._sources: dict[tuple, list] = {}
         # Per episode, per step: (state stamp, the command the step applied). Matched with the
         # plans after the run: a command's info may arrive after the state that shows it applied.
@@ -75,8 +77,8 @@ class CommandWatcher(Node):
         self.recording = True
 
     def _on_info(self, msg: Float64MultiArray) -> None:
-        stamp, steps, _, *values = msg.data
-        self._sources.setdefault(tuple(values), []).append((stamp, steps))
+        stamp, plan_stamp, steps, _, *values = msg.data
+        self._sources.setdefault(tuple(values), []).append((stamp, plan_stamp, steps))
 
     def _on_state(self, msg: JointState) -> None:
         if not self.recording or len(msg.effort) != len(msg.name):
@@ -91,7 +93,7 @@ class CommandWatcher(Node):
 
     def figures(self) -> dict:
         """Age, commandless steps and refine steps over the steps recorded."""
-        steps = []  # (age in periods or None, a new command, refine steps or None)
+        steps = []  # (age in periods or None, a new command, refine steps or None, plan age)
         for episode in self.episodes:
             previous = None
             for stamp, applied in episode:
@@ -99,14 +101,16 @@ class CommandWatcher(Node):
                 source = max((source for source in self._sources.get(applied, ())
                               if source[0] < stamp), default=None)
                 if source is None:  # zero (no command in force) or a command never described
-                    steps.append((None, False, None))
+                    steps.append((None, False, None, None))
                 else:
                     steps.append((round((stamp - source[0]) / self.period_s),
-                                  applied != previous, source[1]))
+                                  applied != previous, source[2],
+                                  round((stamp - source[1]) / self.period_s)))
                 previous = applied
         self.steps = steps
-        ages = [age for age, _, _ in steps if age is not None]
-        refine = [k for _, _, k in steps if k is not None and k >= 0]
+        ages = [age for age, _, _, _ in steps if age is not None]
+        plan_ages = [age for _, _, _, age in steps if age is not None]
+        refine = [k for _, _, k, _ in steps if k is not None and k >= 0]
         if not steps:
             return {}
         return {
@@ -114,8 +118,10 @@ class CommandWatcher(Node):
             'age_p50_periods': float(np.percentile(ages, 50)) if ages else None,
             'age_p99_periods': float(np.percentile(ages, 99)) if ages else None,
             'age_max_periods': float(max(ages)) if ages else None,
-            'no_new_command_share': float(np.mean([not new for _, new, _ in self.steps])),
-            'unmatched_share': float(np.mean([age is None for age, _, _ in self.steps])),
+            'plan_age_p50_periods': float(np.percentile(plan_ages, 50)) if plan_ages else None,
+            'plan_age_p99_periods': float(np.percentile(plan_ages, 99)) if plan_ages else None,
+            'no_new_command_share': float(np.mean([not new for _, new, _, _ in self.steps])),
+            'unmatched_share': float(np.mean([age is None for age, _, _, _ in self.steps])),
             'refine_steps_p50': float(np.percentile(refine, 50)) if refine else None,
             'refine_steps_min': float(min(refine)) if refine else None,
             'refine_steps_mean': float(np.mean(refine)) if refine else None,
@@ -315,16 +321,18 @@ def main() -> None:
                 run['score_ratio'] = run['score_mean'] / reference if reference else None
             report['realtime'][name].append(run)
 
-    print('| mode | added ms | score | ratio | success | age p50/p99 | no new command | k p50 |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| mode | added ms | score | ratio | success | age p50/p99 | plan age p50/p99 | '
+          'no new command | k p50 |')
+    print('|---|---|---|---|---|---|---|---|---|')
     rows = ([('lockstep', report['lockstep'])] if report.get('lockstep') else []) + [
         (f'real time, {name}', run) for name, runs in report['realtime'].items() for run in runs]
     for label, run in rows:
         print(f'| {label} | {run.get("added_latency_ms", "")} | {run["score_mean"]:.1f} +- '
               f'{run["score_stderr"]:.1f} | {_fmt(run.get("score_ratio"))} | '
               f'{run["success_rate"]:.2f} | {_fmt(run.get("age_p50_periods"))}/'
-              f'{_fmt(run.get("age_p99_periods"))} | {_fmt(run.get("no_new_command_share"))} | '
-              f'{_fmt(run.get("refine_steps_p50"))} |')
+              f'{_fmt(run.get("age_p99_periods"))} | {_fmt(run.get("plan_age_p50_periods"))}/'
+              f'{_fmt(run.get("plan_age_p99_periods"))} | '
+              f'{_fmt(run.get("no_new_command_share"))} | {_fmt(run.get("refine_steps_p50"))} |')
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + '\n')

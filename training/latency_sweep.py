@@ -7,9 +7,12 @@ Usage:
 
 Every plan starts from the state now and takes effect ``delay`` env steps later (the plan
 period of a robot whose plans take that many control periods); until then the previous plan's
-command holds. Two ways to use a late plan: its first action (what it planned for the state it
-started from) or its chunk's action for the step under way (the plan's own prediction of the
-time between). delay 0 is lockstep (training/evaluate.py's protocol).
+command holds. Three ways to use a late plan (--late): its first action (what it planned for
+the state it started from), its chunk's action for the step under way (the plan's own
+prediction of the time between), or tracking: inverse dynamics from the state measured at
+each step to the plan's state for that step's end. --lead delay plans from the state the
+bundle's transition model predicts for the step the plan takes effect. delay 0 is lockstep
+(training/evaluate.py's protocol).
 """
 
 import argparse
@@ -17,7 +20,8 @@ import json
 from pathlib import Path
 
 from diffusion_planner_ros.envs import make_env
-from diffusion_planner_ros.evaluation import machine, RETURNS, run_delayed_episode, summarize
+from diffusion_planner_ros.evaluation import (LATE_ACTIONS, machine, RETURNS,
+                                              run_delayed_episode, summarize)
 from diffusion_planner_ros.planning import load_planner
 
 
@@ -30,8 +34,8 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=778)
     parser.add_argument('--returns', default='paced', choices=RETURNS)
     parser.add_argument('--refine-steps', type=int, default=None)
-    parser.add_argument('--no-chunk', action='store_true',
-                        help='only the first action of a late plan')
+    parser.add_argument('--late', nargs='+', choices=LATE_ACTIONS, default=['first', 'chunk'],
+                        help='what a plan in force commands at a later step')
     parser.add_argument('--lead', default='0', choices=('0', 'delay'),
                         help="latency-aware: plan from the state predicted 'delay' steps ahead "
                              "(the bundle's transition model through the commands in flight)")
@@ -51,14 +55,14 @@ def main() -> None:
     evaluation = planner.bundle.config.evaluation
     rows = []
     for delay in args.delays:
-        for chunk in ((False,) if args.no_chunk or delay == 0 else (False, True)):
+        for late in (args.late[:1] if delay == 0 else args.late):
             lead = delay if args.lead == 'delay' else 0
-            results = [run_delayed_episode(planner, env, args.seed + episode, delay, chunk,
+            results = [run_delayed_episode(planner, env, args.seed + episode, delay, late,
                                            args.returns, lead)
                        for episode in range(args.episodes)]
             outcome = summarize(results, evaluation.random_return, evaluation.reference_return)
             rows.append({'delay_steps': delay, 'lead_steps': lead,
-                         'late_plan_action': 'chunk' if chunk else 'first',
+                         'late_plan_action': late,
                          **{key: outcome[key] for key in (
                              'score_mean', 'score_stderr', 'episode_returns')},
                          'episode_steps': [r.steps for r in results]})

@@ -6,21 +6,24 @@ on a robot that reports none it decreases by an even share per step (target_retu
 bundle's target_steps). It starts again at each episode's end, or, on a robot that sends no
 ``episode_end``, when states resume after a pause of 0.2 s (and 10 control periods) or more.
 
-Publishes ``commands`` at control_rate_hz from the current plan's action chunk, ``plan``,
-``plan_markers``, ``~/plan_latency_ms`` (one per plan) and ``~/command_info`` (one per command:
-the stamp of the state its plan was made for, the refinement steps that plan ran, its plan
-time in ms, then the command's values) when someone listens, and /diagnostics. In real time a
-command goes out when a plan is ready, when a state arrives (the action for the robot's next
-step) and when the action in force changes; the same action is repeated every 0.1 s at least.
-A latency-aware plan (plan_lead_steps, with a bundle that carries a transition model) starts
-from the state predicted for the step its first command will be applied in, through the
-commands in flight, which stay the first actions of its chunk; its command_info stamp is that
-step's. In real time a plan has a budget (plan_budget_ms, by
-default 3/4 of a plan period): the planner spends what is left after the prior's rollout on as
-many of its k refinement steps as fit, so the command is out before the robot's next control
-step. A chunk's last action holds for one plan period past its end (or its arrival, for a
-plan later than that), then zero: a plan that misses its deadline leaves no older action in
-force for longer than that.
+Publishes ``commands``, ``plan``, ``plan_markers``, ``~/plan_latency_ms`` (one per plan) and
+``~/command_info`` (one per command, when someone listens: the stamp of the state the command
+was computed from, the stamp of the state its plan was made for, the refinement steps that plan
+ran, its plan time in ms, then the command's values), and /diagnostics.
+
+In lockstep each state gets one command, its plan's first action. In real time:
+- A state starts a plan; the plan has a budget (plan_budget_ms, by default 3/4 of a plan
+  period) and runs as many of its k refinement steps as fit after the prior's rollout.
+- The plan is tracked (track_plan, with a bundle that has inverse dynamics): each state's
+  arrival sends the command for the robot's next step, inverse dynamics from that state to the
+  plan's state for the step's end, so a plan still followed while the next one is computed acts
+  from wherever the robot is. Past the plan's last state the command is zero. Without tracking
+  the plan's own actions go out by time; a chunk's last action holds one plan period past its
+  end (or its arrival), then zero.
+- A latency-aware plan (plan_lead_steps, with a bundle that carries a transition model) starts
+  from the state predicted for the step its first command will be applied in, through the
+  commands in flight, which stay the plan's first targets (or actions).
+- The same command is repeated every 0.1 s at least.
 
 A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
 ``autostart`` is false. Planning runs in a worker thread so the control timer is never
@@ -63,8 +66,8 @@ from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import load_planner
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      episode_target, LatencyStats,
-                                                     PlanLead, ReturnsToGo, StampGate,
-                                                     target_steps)
+                                                     PlanLead, PlanTrack, ReturnsToGo,
+                                                     StampGate, target_steps)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import Kinematics, load_profile
@@ -123,6 +126,11 @@ class PlannerNode(LifecycleNode):
             'real time: plan from the state predicted this many control steps ahead, through '
             "the commands in flight, with the bundle's transition model (-1 = from the measured "
             'state-to-command time, 0 = from the state as it came)', -1, 1000))
+        p('track_plan', True, ParameterDescriptor(
+            description="real time: each step's command is inverse dynamics from the state "
+                        "measured then to the plan's state for the step's end (false: the "
+                        "plan's own actions by time); needs a bundle with inverse dynamics",
+            read_only=True))
         p('target_return', math.nan, ParameterDescriptor(
             description='returns-to-go target of a returns-conditioned bundle (NaN: the '
                         "bundle's planner.target_return)"))
@@ -186,7 +194,7 @@ class PlannerNode(LifecycleNode):
         """Start commanding: a fresh episode, the timers, the publishers."""
         result = super().on_activate(state)
         self.planner.reset()
-        self.chunk.clear()
+        self._forget_plan()
         if not self.lockstep:
             self._start_timers(self.get_parameter('control_rate_hz').value,
                                self.get_parameter('plan_rate_hz').value)
@@ -247,10 +255,15 @@ class PlannerNode(LifecycleNode):
         if self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime'):
             self.planner.warm_up_anytime()  # every step count captured before the first plan
         self.chunk = ActionChunk(self.planner.action_dim)
+        self.track = PlanTrack(self.planner.obs_dim)
+        self.tracking = (not self.lockstep and gp('track_plan').value
+                         and self.planner.can_track)
         self.lead = self._plan_lead(gp('plan_lead_steps').value)
-        # The stamp of the state the chunk's plan started from, and the steps it refined.
+        # What ~/command_info says of the last plan: the stamp of the state it was made for,
+        # the refinement steps it ran and its plan time.
         self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
         self._last_sent = (None, -math.inf)  # the last command (unclipped) and when it went
+        self._last_source = None
         self._last_plan_command = -math.inf  # when the last plan's command went out
         self.refine_steps_used = LatencyStats()
         self.lead_steps_used = LatencyStats()
@@ -327,12 +340,17 @@ class PlannerNode(LifecycleNode):
             f'replan every {self.planner.config.replan_every} control steps, '
             f'{self._backend_text()}')
 
+    def _forget_plan(self) -> None:
+        """Drop the plan in force: its actions and the states it is followed to."""
+        self.chunk.clear()
+        self.track.clear()
+
     def _stop_commanding(self) -> None:
         """Leave the active state: no more plans' commands, then one zero command."""
         if self.planner is None:
             return
         self._stop_timers()
-        self.chunk.clear()
+        self._forget_plan()
         with self._command_lock:
             if self._active:
                 self._active = False
@@ -556,9 +574,13 @@ class PlannerNode(LifecycleNode):
                              >= self._plan_period_s - 0.5 * self._control_period_s):
             self._last_plan_trigger = received
             self._wake.set()
-        if not self.lockstep and self._control_period_s:
-            # The robot applies the latest command at its next step: send the chunk's action
-            # for that step now rather than at the control timer's phase.
+        if self.lockstep or not self._control_period_s:
+            return
+        # The robot applies the latest command at its next step: send the command for that
+        # step now, from this state where the plan is tracked, rather than at the timer's phase.
+        if self.tracking:
+            self._send_tracked(observation, stamp, received)
+        else:
             self._send_in_force(received + 0.5 * self._control_period_s)
 
     def _on_goal(self, msg: PoseStamped) -> None:
@@ -575,7 +597,7 @@ class PlannerNode(LifecycleNode):
             self._goal_version += 1
         # Stop sending the old goal's actions now; the worker resets the planner before its next
         # plan, so a reset never lands in the middle of one.
-        self.chunk.clear()
+        self._forget_plan()
         self.get_logger().info(f'new goal {goal.round(3).tolist()}')
 
     def _on_reward(self, msg: Float64) -> None:
@@ -594,7 +616,7 @@ class PlannerNode(LifecycleNode):
 
         Called with self._lock held.
         """
-        self.chunk.clear()
+        self._forget_plan()
         self._history_stale = True
         self._episode_step, self._last_stamp = -1, None
         self._episode += 1
@@ -639,7 +661,7 @@ class PlannerNode(LifecycleNode):
                     self.planner.config.replan_every
                 if not due:
                     steps_since_plan += 1
-                    self._publish_command(self.chunk.next(), self._chunk_source)
+                    self._publish_command(self.chunk.next(), self._plan_source)
                     commanded, commanded_at = (episode, step), time.monotonic()
                     continue
             if self.lockstep and not self._await_rewards(episode, step):
@@ -652,17 +674,25 @@ class PlannerNode(LifecycleNode):
             # Latency-aware: plan from the state the plan's first command will act on, predicted
             # through the commands in flight, which stay the new chunk's first actions.
             lead = 0 if self.lockstep else self.lead.for_period(self._control_period_s)
-            in_flight = self.chunk.ahead(received, lead, self._control_period_s,
-                                         self._plan_period_s)
+            if self.tracking:
+                in_flight, in_flight_sources = self.track.ahead(received, lead,
+                                                                self._control_period_s)
+            else:
+                in_flight = self.chunk.ahead(received, lead, self._control_period_s,
+                                             self._plan_period_s)
             try:
-                start_state = (observation if not lead
-                               else self.planner.predict_state(observation, in_flight))
+                if not lead:
+                    start_state = observation
+                elif self.tracking:
+                    start_state, _ = self.planner.predict_tracked(observation, in_flight)
+                else:
+                    start_state = self.planner.predict_state(observation, in_flight)
                 plan = self.planner.plan(start_state, goal=goal,
                                          returns_to_go=self.returns_to_go.at(step + lead),
                                          budget_ms=budget)
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
-                self.chunk.clear()
+                self._forget_plan()
                 self._publish_command(np.zeros(self.planner.action_dim))
                 self._warn('plan', f'planning failed, commanding zero: {error}')
                 continue
@@ -677,13 +707,23 @@ class PlannerNode(LifecycleNode):
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
             if self.lockstep:
                 self.chunk.replace(plan.actions, consumed=1)
-                self._publish_command(plan.action, self._chunk_source)
+                self._publish_command(plan.action, self._plan_source)
                 commanded, commanded_at = (episode, step), time.monotonic()
+            elif self.tracking:
+                # Target i is the state for the end of step i from this state's step: the
+                # commands in flight follow the old plan's, the new plan's follow.
+                targets = plan.refined_states[1:]
+                self.track.replace(np.concatenate([in_flight, targets]), start_s=received,
+                                   sources=in_flight_sources
+                                   + [self._chunk_source] * len(targets))
+                with self._lock:
+                    latest = self._state
+                self._send_tracked(latest[0], latest[5], latest[1])
             else:
                 self.chunk.replace(np.concatenate([in_flight, plan.actions]), start_s=received,
                                    installed_s=time.monotonic())
                 self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s,
-                                                    self._plan_period_s), self._chunk_source)
+                                                    self._plan_period_s), self._plan_source)
             self._last_plan_command = time.monotonic()
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
@@ -733,13 +773,48 @@ class PlannerNode(LifecycleNode):
         # state's age passes state_timeout_s, so no command from a stale state is ever in force.
         if state is None or (time.monotonic() - state[1] + self._control_period_s
                              > self._state_timeout_s):
-            self.chunk.clear()
+            self._forget_plan()
             # The history the prior conditions on is stale too: start afresh.
             self._history_stale = True
             self._warn('timeout', 'no fresh joint_states: commanding zero')
             self._publish_command(np.zeros(self.planner.action_dim))
             return
-        self._send_in_force(time.monotonic())
+        now = time.monotonic()
+        if not self.tracking:
+            self._send_in_force(now)
+        elif not self.track.empty and self.track.target(now, self._control_period_s)[0] is None:
+            self._send_changed(np.zeros(self.planner.action_dim), None)  # the plan is used up
+        else:
+            self._send_changed(self._last_sent[0], self._last_source)   # a repeat, if due
+
+    def _send_tracked(self, observation, stamp: float, received: float) -> None:
+        """Send the command that takes the state just measured to its plan target.
+
+        It is for the robot's next step (the target of the step from the state's arrival);
+        zero where no plan covers that step. The source names the state measured, then the
+        plan it follows.
+        """
+        target, source = self.track.target(received + 0.5 * self._control_period_s,
+                                           self._control_period_s)
+        if target is None:
+            if not self.track.empty:
+                self._send_changed(np.zeros(self.planner.action_dim), None)
+            return
+        try:
+            action = self.planner.track(observation, target)
+        except ValueError as error:
+            self._forget_plan()
+            self._publish_command(np.zeros(self.planner.action_dim))
+            self._warn('track', f'tracking the plan failed, commanding zero: {error}')
+            return
+        self._publish_command(action, None if source is None else (stamp, *source))
+
+    def _send_changed(self, action, source) -> None:
+        """Send ``action`` if it differs from the last command, or the same after a while."""
+        last, sent_at = self._last_sent
+        if action is not None and (last is None or not np.array_equal(action, last)
+                                   or time.monotonic() - sent_at >= REPEAT_AFTER_S):
+            self._publish_command(action, source)
 
     def _send_in_force(self, at_s: float) -> None:
         """Send the chunk's action for the control step under way at at_s, if it changed.
@@ -751,14 +826,21 @@ class PlannerNode(LifecycleNode):
             return
         # A chunk that ran out a plan period ago commands zero: no plan's command.
         source = (None if self.chunk.expired(at_s, self._control_period_s, self._plan_period_s)
-                  else self._chunk_source)
-        last, sent_at = self._last_sent
-        if last is None or not np.array_equal(action, last) \
-                or time.monotonic() - sent_at >= REPEAT_AFTER_S:
-            self._publish_command(action, source)
+                  else self._plan_source)
+        self._send_changed(action, source)
+
+    @property
+    def _plan_source(self) -> tuple:
+        """The ~/command_info source of a command that is the plan's own action."""
+        return (self._chunk_source[0], *self._chunk_source)
 
     def _publish_command(self, action, source: tuple | None = None) -> None:
-        """Send ``action`` while active; source (stamp, steps, plan ms) is the plan it is of."""
+        """Send ``action`` while active.
+
+        source (None: no plan's command) is what ~/command_info reports: the stamp of the state
+        the command was computed from, the stamp of the state its plan was made for, the steps
+        that plan refined and its plan time in ms.
+        """
         if action is None:
             return
         with self._command_lock:
@@ -767,6 +849,7 @@ class PlannerNode(LifecycleNode):
 
     def _send(self, action, source: tuple | None = None) -> None:
         self._last_sent = (np.array(action, dtype=np.float64), time.monotonic())
+        self._last_source = source
         action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
                          self.planner.bundle.action_low, self.planner.bundle.action_high)
         values = [float(a) for a in action]

@@ -331,6 +331,41 @@ class BasePlanner:
         )
 
     @property
+    def can_track(self) -> bool:
+        """Say whether the bundle has inverse dynamics to follow planned states with."""
+        return 'inverse_dynamics' in self.bundle.models
+
+    @torch.no_grad()
+    def track(self, state, target) -> np.ndarray:
+        """Return the action that takes ``state`` to the planned ``target`` state (Eq. 3).
+
+        The inverse dynamics of a plan's own consecutive states gives its actions; from the
+        state measured now to the plan's state for the end of this control step it gives the
+        command that follows the plan from wherever the robot is (real-time execution).
+        """
+        if not self.can_track:
+            raise ValueError(f'bundle {self.bundle.path} has no inverse dynamics to track with')
+        state = self._check_vector('state', state, self.obs_dim)
+        target = self._check_vector('target', target, self.obs_dim)
+        pair = self._tensor(self._states.normalize(np.stack([state, target])))
+        action = self.bundle.models['inverse_dynamics'](pair[:1], pair[1:])[0]
+        return np.clip(self._to_env(self._actions, action), self.bundle.action_low,
+                       self.bundle.action_high)
+
+    def predict_tracked(self, state, targets) -> tuple[np.ndarray, np.ndarray]:
+        """Return the state after tracking ``targets`` (n, obs_dim), and the commands sent.
+
+        Each command is tracking's from the state predicted for its step; a NaN target (no
+        plan in force then) commands zero.
+        """
+        actions, current = [], self._check_vector('state', state, self.obs_dim)
+        for target in np.asarray(targets, dtype=np.float64).reshape(-1, self.obs_dim):
+            actions.append(np.zeros(self.action_dim) if np.isnan(target).any()
+                           else self.track(current, target))
+            current = self.predict_state(current, actions[-1][None])
+        return current, np.array(actions).reshape(-1, self.action_dim)
+
+    @property
     def can_predict(self) -> bool:
         """Say whether the bundle carries a transition model (method.transition_model)."""
         return 'transition' in self.bundle.models

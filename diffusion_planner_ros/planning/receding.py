@@ -120,6 +120,73 @@ class ActionChunk:
             self._actions, self._next = np.zeros((0, self.action_dim)), 0
 
 
+class PlanTrack:
+    """The states of the plan being followed in real time, by control step (thread-safe).
+
+    Target i is the state the plan reaches at the end of control step i, the step
+    [start + i T, start + (i + 1) T) from the arrival of the state the plan started from. Each
+    step's command is inverse dynamics from the state measured at that step to its target
+    (planner.track): a plan that came late, or one still followed while the next is computed,
+    acts from wherever the robot is, never open loop. A NaN target (no plan covered that step)
+    and the time past the last target command zero. Each target keeps the source of the plan
+    it came from (what ``~/command_info`` reports), since the first ones may be an older plan's.
+    """
+
+    def __init__(self, obs_dim: int):
+        self._lock = threading.Lock()
+        self._targets = np.zeros((0, obs_dim))
+        self._sources: list = []
+        self._start_s = 0.0
+        self.obs_dim = obs_dim
+
+    def replace(self, targets: np.ndarray, start_s: float, sources: list | None = None) -> None:
+        """Follow ``targets`` (n >= 1, obs_dim) from start_s on; sources: one per target."""
+        targets = np.asarray(targets, dtype=np.float64)
+        if targets.ndim != 2 or targets.shape[1] != self.obs_dim or not len(targets):
+            raise ValueError(f'plan targets must be (n >= 1, {self.obs_dim}), '
+                             f'got {targets.shape}')
+        sources = [None] * len(targets) if sources is None else list(sources)
+        if len(sources) != len(targets):
+            raise ValueError(f'{len(sources)} sources for {len(targets)} targets')
+        with self._lock:
+            self._targets, self._sources, self._start_s = targets, sources, start_s
+
+    @property
+    def empty(self) -> bool:
+        """Say whether no plan is followed (none yet, or cleared)."""
+        with self._lock:
+            return not len(self._targets)
+
+    def target(self, at_s: float, period_s: float) -> tuple[np.ndarray | None, object]:
+        """Return the target of the control step under way at at_s and its source.
+
+        The target is None (command zero) before the plan or with none, past its last
+        target, or where the target is NaN.
+        """
+        with self._lock:
+            index = int((at_s - self._start_s) // period_s)
+            if not 0 <= index < len(self._targets) or np.isnan(self._targets[index]).any():
+                return None, None
+            return self._targets[index].copy(), self._sources[index]
+
+    def ahead(self, start_s: float, steps: int, period_s: float) -> tuple[np.ndarray, list]:
+        """Return the targets of the ``steps`` control steps from start_s (NaN: zero then).
+
+        These are what the commands in flight follow while a plan started at start_s is
+        computed: a latency-aware plan predicts its start state through them, and keeps them
+        (with their sources) as its first targets.
+        """
+        rows = [self.target(start_s + (i + 0.5) * period_s, period_s) for i in range(steps)]
+        targets = np.array([np.full(self.obs_dim, np.nan) if row is None else row
+                            for row, _ in rows]).reshape(steps, self.obs_dim)
+        return targets, [source for _, source in rows]
+
+    def clear(self) -> None:
+        """Forget the plan (after a state timeout, a new goal or episode)."""
+        with self._lock:
+            self._targets, self._sources = np.zeros((0, self.obs_dim)), []
+
+
 def episode_target(planner, target_return: float | None = None) -> float | None:
     """Return the returns-to-go an episode starts at: target_return, else the planner's own.
 
