@@ -309,8 +309,8 @@ def test_tracking_sends_the_inverse_dynamics_from_the_measured_state(tmp_path):
     end, commands = planner.predict_tracked(plan.refined_states[0], targets)
     first = planner.track(plan.refined_states[0], targets[0])
     middle = planner.predict_state(plan.refined_states[0], first[None])
-    np.testing.assert_allclose(commands, [first, planner.track(middle, targets[1])], atol=1e-9)
-    np.testing.assert_allclose(end, planner.predict_state(middle, commands[1:]), atol=1e-9)
+    np.testing.assert_allclose(commands, [first, planner.track(middle, targets[1])], atol=1e-5)
+    np.testing.assert_allclose(end, planner.predict_state(middle, commands[1:]), atol=1e-5)
     # A step no plan covered (NaN target) commands zero.
     _, none = planner.predict_tracked(plan.refined_states[0], np.full((1, 11), np.nan))
     assert np.array_equal(none, np.zeros((1, 3)))

@@ -12,8 +12,8 @@ Usage:
 Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
 process) as sim_graph does, with the planner's ``reward`` topic left unconnected, and in real
 time its ``episode_end`` too: a real robot publishes neither (--rewards connects them). The
-lockstep run (one env step per command, episodes as training/evaluate.py --returns paced runs
-them) is the reference; each real-time run has the bridge step at wall clock
+lockstep run (one env step per command, a plan at every state, episodes as training/evaluate.py
+--returns paced runs them) is the reference; each real-time run has the bridge step at wall clock
 and the planner on its own timers, for every variant (planner parameters) and every added plan
 latency (added_latency_ms, a stand-in for a slower computer).
 
@@ -120,6 +120,7 @@ class CommandWatcher(Node):
             'age_max_periods': float(max(ages)) if ages else None,
             'plan_age_p50_periods': float(np.percentile(plan_ages, 50)) if plan_ages else None,
             'plan_age_p99_periods': float(np.percentile(plan_ages, 99)) if plan_ages else None,
+            'age_counts': {str(age): ages.count(age) for age in sorted(set(ages))},
             'no_new_command_share': float(np.mean([not new for _, new, _, _ in self.steps])),
             'unmatched_share': float(np.mean([age is None for age, _, _, _ in self.steps])),
             'refine_steps_p50': float(np.percentile(refine, 50)) if refine else None,
@@ -159,6 +160,10 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         unheard = ('reward',) if lockstep else ('reward', 'episode_end')
         planner.remappings = [(source, f'{UNCONNECTED}/{source}' if source in unheard
                                else target) for source, target in planner.remappings]
+    if lockstep:
+        # The reference replans at every state, as training/evaluate.py does, whatever plan
+        # rate the real-time configuration uses.
+        planner_params = {'plan_rate_hz': f'{1.0 / period_s:.6g}', **planner_params}
     extra = {'planner_node': {'lockstep': str(lockstep).lower(), **planner_params},
              'sim_bridge_node': {'lockstep': str(lockstep).lower(),
                                  'episode_steps': steps if lockstep else 0}}

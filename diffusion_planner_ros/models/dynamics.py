@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,6 +58,30 @@ class GaussianEnsemble(nn.Module):
     def predict(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Mean next state over members: (..., obs)."""
         return self(state, action)[0].mean(0)
+
+    def numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The members' layers as (weights (E, in, out), biases (E, 1, out)) numpy arrays.
+
+        For numpy_predict: a copy of the weights, so take it again after they change.
+        """
+        layers = [[module for module in member if isinstance(module, nn.Linear)]
+                  for member in self.members]
+        return [(np.stack([member[i].weight.detach().cpu().numpy().T for member in layers]),
+                 np.stack([member[i].bias.detach().cpu().numpy()[None] for member in layers]))
+                for i in range(len(layers[0]))]
+
+    def numpy_predict(self, layers: list, state: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """predict() for one state (obs,) and action (act,) in numpy, from numpy_layers().
+
+        Small numpy products never release the GIL, so a planner's other thread cannot hold up
+        a caller that has to answer within a control period.
+        """
+        hidden = np.concatenate([state, action])[None].astype(np.float32)
+        for index, (weights, biases) in enumerate(layers):
+            hidden = hidden @ weights + biases
+            if index < len(layers) - 1:
+                hidden = np.maximum(hidden, 0.0)
+        return state + hidden[:, 0, :self.obs_dim].mean(0)
 
     def nll(self, state: torch.Tensor, action: torch.Tensor,
             next_state: torch.Tensor) -> torch.Tensor:

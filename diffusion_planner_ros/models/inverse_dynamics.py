@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,3 +24,18 @@ class InverseDynamics(nn.Module):
     def forward(self, state: torch.Tensor, next_state: torch.Tensor) -> torch.Tensor:
         """(..., obs_dim) x2 -> (..., action_dim)."""
         return self.net(torch.cat([state, next_state], dim=-1))
+
+    def numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The layers as (weights (in, out), biases (out,)) numpy arrays, for numpy_forward."""
+        return [(layer.weight.detach().cpu().numpy().T, layer.bias.detach().cpu().numpy())
+                for layer in self.net if isinstance(layer, nn.Linear)]
+
+    @staticmethod
+    def numpy_forward(layers: list, state: np.ndarray, next_state: np.ndarray) -> np.ndarray:
+        """forward() for one pair (obs,) x2 in numpy: no GIL release, no torch dispatch."""
+        hidden = np.concatenate([state, next_state]).astype(np.float32)
+        for index, (weights, biases) in enumerate(layers):
+            hidden = hidden @ weights + biases
+            if index < len(layers) - 1:
+                hidden = np.maximum(hidden, 0.0)
+        return hidden

@@ -87,6 +87,9 @@ REPEAT_AFTER_S = 0.1
 # episode where the robot sends no episode_end: a robot that paused has been reset.
 NEW_EPISODE_GAP_S = 0.2
 NEW_EPISODE_GAP_PERIODS = 10
+# The control timer's period while a plan is tracked (at least the control period, at most
+# half the state timeout): commands then go out as states arrive.
+TRACKING_TICK_S = 0.02
 
 
 def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
@@ -305,6 +308,7 @@ class PlannerNode(LifecycleNode):
         self._running = True
         self._control_timer = None
         self._control_period_s = 0.0
+        self._tick_period_s = 0.0
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # Lifecycle publishers send only while the node is active.
@@ -472,7 +476,13 @@ class PlannerNode(LifecycleNode):
         self._stop_timers()
         self._control_period_s = 1.0 / control_rate_hz
         self._plan_period_s = 1.0 / plan_rate_hz
-        self._control_timer = self.create_timer(self._control_period_s, self._on_control_tick)
+        # A tracked plan's commands go out as states arrive; the timer only watches for a
+        # stale state, a used-up plan and a due repeat, so it need not wake every period.
+        self._tick_period_s = self._control_period_s
+        if self.tracking:
+            self._tick_period_s = min(max(self._control_period_s, TRACKING_TICK_S),
+                                      0.5 * self._state_timeout_s)
+        self._control_timer = self.create_timer(self._tick_period_s, self._on_control_tick)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Check a runtime change as a whole and apply it only if all of it is valid.
@@ -527,6 +537,7 @@ class PlannerNode(LifecycleNode):
         self._added_latency_s = 1e-3 * new.get('added_latency_ms', 1e3 * self._added_latency_s)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
             self._plan_budget_ms = 1e3 / plan_rate
+        if {'control_rate_hz', 'plan_rate_hz', 'state_timeout_s'} & set(new):
             if not self.lockstep and self._active:
                 self._start_timers(control_rate, plan_rate)
         return SetParametersResult(successful=True)
@@ -771,7 +782,7 @@ class PlannerNode(LifecycleNode):
             state = self._state
         # A command holds until the next tick: zero goes out on the last tick before the
         # state's age passes state_timeout_s, so no command from a stale state is ever in force.
-        if state is None or (time.monotonic() - state[1] + self._control_period_s
+        if state is None or (time.monotonic() - state[1] + self._tick_period_s
                              > self._state_timeout_s):
             self._forget_plan()
             # The history the prior conditions on is stale too: start afresh.

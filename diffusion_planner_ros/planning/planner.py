@@ -151,6 +151,9 @@ class BasePlanner:
         self._goals = bundle.normalizers.get('goals')
         self._generator = torch.Generator(device=self.device)
         self._started, self._budget_ms = 0.0, None  # the plan under way: start, budget
+        # The inverse dynamics' and transition ensemble's layers as numpy arrays (track and
+        # predict_state), taken at their first use.
+        self._numpy_inverse = self._numpy_transition = None
         self.reset()
 
     @classmethod
@@ -335,22 +338,30 @@ class BasePlanner:
         """Say whether the bundle has inverse dynamics to follow planned states with."""
         return 'inverse_dynamics' in self.bundle.models
 
-    @torch.no_grad()
     def track(self, state, target) -> np.ndarray:
         """Return the action that takes ``state`` to the planned ``target`` state (Eq. 3).
 
         The inverse dynamics of a plan's own consecutive states gives its actions; from the
         state measured now to the plan's state for the end of this control step it gives the
-        command that follows the plan from wherever the robot is (real-time execution).
+        command that follows the plan from wherever the robot is (real-time execution). It
+        runs in numpy (a fraction of a millisecond, the GIL held throughout), so a node can
+        call it on a state's arrival while its worker plans.
         """
         if not self.can_track:
             raise ValueError(f'bundle {self.bundle.path} has no inverse dynamics to track with')
         state = self._check_vector('state', state, self.obs_dim)
         target = self._check_vector('target', target, self.obs_dim)
-        pair = self._tensor(self._states.normalize(np.stack([state, target])))
-        action = self.bundle.models['inverse_dynamics'](pair[:1], pair[1:])[0]
-        return np.clip(self._to_env(self._actions, action), self.bundle.action_low,
-                       self.bundle.action_high)
+        return self._track_normalized(self._states.normalize(state),
+                                      self._states.normalize(target))
+
+    def _track_normalized(self, state: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """track() on normalised states; the action comes back in env units, clipped."""
+        if self._numpy_inverse is None:
+            self._numpy_inverse = self.bundle.models['inverse_dynamics'].numpy_layers()
+        action = self.bundle.models['inverse_dynamics'].numpy_forward(
+            self._numpy_inverse, state, target)
+        return np.clip(self._actions.unnormalize(action.astype(np.float64)),
+                       self.bundle.action_low, self.bundle.action_high)
 
     def predict_tracked(self, state, targets) -> tuple[np.ndarray, np.ndarray]:
         """Return the state after tracking ``targets`` (n, obs_dim), and the commands sent.
@@ -358,11 +369,16 @@ class BasePlanner:
         Each command is tracking's from the state predicted for its step; a NaN target (no
         plan in force then) commands zero.
         """
-        actions, current = [], self._check_vector('state', state, self.obs_dim)
+        if not self.can_track or not self.can_predict:
+            raise ValueError(f'bundle {self.bundle.path} needs inverse dynamics and a '
+                             'transition model to predict through tracking')
+        current = self._check_vector('state', state, self.obs_dim)
+        actions = []
         for target in np.asarray(targets, dtype=np.float64).reshape(-1, self.obs_dim):
-            actions.append(np.zeros(self.action_dim) if np.isnan(target).any()
-                           else self.track(current, target))
-            current = self.predict_state(current, actions[-1][None])
+            actions.append(np.zeros(self.action_dim) if np.isnan(target).any() else
+                           self._track_normalized(self._states.normalize(current),
+                                                  self._states.normalize(target)))
+            current = self._predict_one(current, actions[-1])
         return current, np.array(actions).reshape(-1, self.action_dim)
 
     @property
@@ -370,28 +386,33 @@ class BasePlanner:
         """Say whether the bundle carries a transition model (method.transition_model)."""
         return 'transition' in self.bundle.models
 
-    @torch.no_grad()
     def predict_state(self, state, actions) -> np.ndarray:
         """Return the state after ``actions`` (n, action_dim) are applied from ``state``.
 
         The bundle's transition model (the mean of its ensemble) is rolled through the actions,
-        in its normalised units. Latency-aware planning uses it to plan from the state a late
-        command will act on, the commands in flight being known. n = 0 returns the state.
+        in its normalised units, in numpy (see track). Latency-aware planning uses it to plan
+        from the state a late command will act on, the commands in flight being known. n = 0
+        returns the state.
         """
         if not self.can_predict:
             raise ValueError(f'bundle {self.bundle.path} has no transition model '
                              '(method.transition_model): it cannot predict states')
         state = self._check_vector('state', state, self.obs_dim)
         actions = np.asarray(actions, dtype=np.float64).reshape(-1, self.action_dim)
-        if not len(actions):
-            return state
         if not np.all(np.isfinite(actions)):
             raise ValueError('actions to predict through contain NaN or inf')
+        for action in actions:
+            state = self._predict_one(state, action)
+        return state
+
+    def _predict_one(self, state: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """One step of the transition model, env units in and out."""
         model = self.bundle.models['transition']
-        current = self._tensor(self._states.normalize(state))[None]
-        for action in self._tensor(self._actions.normalize(actions)):
-            current = model.predict(current, action[None])
-        return self._to_env(self._states, current[0])
+        if self._numpy_transition is None:
+            self._numpy_transition = model.numpy_layers()
+        following = model.numpy_predict(self._numpy_transition, self._states.normalize(state),
+                                        self._actions.normalize(action))
+        return self._states.unnormalize(following.astype(np.float64))
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
         raise NotImplementedError
