@@ -163,7 +163,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
     if lockstep:
         # The reference replans at every state, as training/evaluate.py does, whatever plan
         # rate the real-time configuration uses.
-        planner_params = {'plan_rate_hz': f'{1.0 / period_s:.6g}', **planner_params}
+        planner_params = {'plan_rate_hz': f'{1.0 / period_s:.6f}', **planner_params}
     extra = {'planner_node': {'lockstep': str(lockstep).lower(), **planner_params},
              'sim_bridge_node': {'lockstep': str(lockstep).lower(),
                                  'episode_steps': steps if lockstep else 0}}

@@ -125,10 +125,11 @@ class PlannerNode(LifecycleNode):
         p('added_latency_ms', 0.0, ParameterDescriptor(
             description='real time: hold each plan\'s command back this long, as a slower '
                         'computer would (benchmarks); the plan budget counts it'))
-        p('plan_lead_steps', -1, _int_param(
+        p('plan_lead_steps', 0, _int_param(
             'real time: plan from the state predicted this many control steps ahead, through '
             "the commands in flight, with the bundle's transition model (-1 = from the measured "
-            'state-to-command time, 0 = from the state as it came)', -1, 1000))
+            'state-to-command time, 0 = from the state as it came: tracking scored higher '
+            'without a lead, docs/realtime.md)', -1, 1000))
         p('track_plan', True, ParameterDescriptor(
             description="real time: each step's command is inverse dynamics from the state "
                         "measured then to the plan's state for the step's end (false: the "
