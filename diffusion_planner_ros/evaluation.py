@@ -130,19 +130,19 @@ def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
     plans: deque = deque()   # (step the plan takes effect, step its first action is for, plan)
 
     def in_force(step: int):
-        """The plan in force at ``step`` and the step's index in it, or (None, 0)."""
+        """Return the plan in force at ``step`` and the step's index in it, or (None, 0)."""
         current = [p for p in plans if p[0] <= step]
         return (current[-1][2], max(step - current[-1][1], 0)) if current else (None, 0)
 
     def target(step: int) -> np.ndarray:
-        """The state the plan in force at ``step`` plans for the step's end (NaN: none)."""
+        """Return the state the plan in force at ``step`` plans for its end (NaN: none)."""
         plan, index = in_force(step)
         if plan is None:
             return np.full(planner.obs_dim, np.nan)
         return plan.refined_states[min(index + 1, len(plan.refined_states) - 1)]
 
     def command(step: int, state: np.ndarray) -> np.ndarray:
-        """The command the robot applies at ``step``, from the state measured then."""
+        """Return the command the robot applies at ``step``, from the state measured then."""
         plan, index = in_force(step)
         if plan is None:
             return np.zeros(planner.action_dim)

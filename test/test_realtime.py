@@ -314,3 +314,25 @@ def test_tracking_sends_the_inverse_dynamics_from_the_measured_state(tmp_path):
     # A step no plan covered (NaN target) commands zero.
     _, none = planner.predict_tracked(plan.refined_states[0], np.full((1, 11), np.nan))
     assert np.array_equal(none, np.zeros((1, 3)))
+
+
+def test_check_transition_reports_prediction_errors_and_refuses_a_bundle_without_a_model(
+        tmp_path):
+    from conftest import script_env
+
+    env = script_env(tmp_path)
+    tiny_hopper_planner(tmp_path / 'with', transition_model=True)
+    tiny_hopper_planner(tmp_path / 'without')
+    root = Path(__file__).parents[1]
+    out = tmp_path / 'check.json'
+    subprocess.run([sys.executable, 'training/check_transition.py', '--bundle',
+                    str(tmp_path / 'with'), '--steps', '16', '--ahead', '1', '2', '--json',
+                    str(out)], env=env, check=True, timeout=300, cwd=root)
+    report = json.loads(out.read_text())
+    assert [row['steps_ahead'] for row in report['rows']] == [1, 2]
+    assert all(math.isfinite(row['error_with_model']) and row['error_without'] > 0
+               for row in report['rows'])
+    refused = subprocess.run([sys.executable, 'training/check_transition.py', '--bundle',
+                              str(tmp_path / 'without')], env=env, timeout=300,
+                             cwd=root, capture_output=True, text=True)
+    assert refused.returncode == 2 and 'no transition model' in refused.stderr

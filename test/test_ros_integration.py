@@ -64,6 +64,7 @@ def test_sim_graph_shows_where_a_node_hangs_before_killing_it(tmp_path):
 def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path):
     node, executor = driver
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    # Lockstep runs the bundle's protocol (4 actions per plan), whatever the rates say.
     planner, log = start('planner_node', [*args, '-p', 'lockstep:=true', '-p',
                                           'plan_rate_hz:=100.0'], ros_env, tmp_path, 'planner')
     try:
@@ -94,6 +95,7 @@ def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path
     assert 'dropped joint_states' in text and 'NaN or inf' in text
     assert "lacks joint(s) ['ball_y']" in text
     assert 'outside the free maze cells' in text
+    assert 'replan every 4 control steps' in text
     assert code == 0, text[-2000:]
 
 

@@ -12,10 +12,10 @@ Usage:
 Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
 process) as sim_graph does, with the planner's ``reward`` topic left unconnected, and in real
 time its ``episode_end`` too: a real robot publishes neither (--rewards connects them). The
-lockstep run (one env step per command, a plan at every state, episodes as training/evaluate.py
---returns paced runs them) is the reference; each real-time run has the bridge step at wall clock
-and the planner on its own timers, for every variant (planner parameters) and every added plan
-latency (added_latency_ms, a stand-in for a slower computer).
+lockstep run (one env step per command, a plan every planner.replan_every states, episodes as
+training/evaluate.py --returns paced runs them) is the reference; each real-time run has the
+bridge step at wall clock and the planner on its own timers, for every variant (planner
+parameters) and every added plan latency (added_latency_ms, a stand-in for a slower computer).
 
 Per run: score and success, their ratio to lockstep, and from the bridge's applied commands
 (its joint_states effort) matched with the planner's ~/command_info:
@@ -160,10 +160,6 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         unheard = ('reward',) if lockstep else ('reward', 'episode_end')
         planner.remappings = [(source, f'{UNCONNECTED}/{source}' if source in unheard
                                else target) for source, target in planner.remappings]
-    if lockstep:
-        # The reference replans at every state, as training/evaluate.py does, whatever plan
-        # rate the real-time configuration uses.
-        planner_params = {'plan_rate_hz': f'{1.0 / period_s:.6f}', **planner_params}
     extra = {'planner_node': {'lockstep': str(lockstep).lower(), **planner_params},
              'sim_bridge_node': {'lockstep': str(lockstep).lower(),
                                  'episode_steps': steps if lockstep else 0}}

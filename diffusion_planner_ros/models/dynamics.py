@@ -60,7 +60,7 @@ class GaussianEnsemble(nn.Module):
         return self(state, action)[0].mean(0)
 
     def numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The members' layers as (weights (E, in, out), biases (E, 1, out)) numpy arrays.
+        """Return the members' layers as (weights (E, in, out), biases (E, 1, out)) arrays.
 
         For numpy_predict: a copy of the weights, so take it again after they change.
         """

@@ -26,7 +26,7 @@ class InverseDynamics(nn.Module):
         return self.net(torch.cat([state, next_state], dim=-1))
 
     def numpy_layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The layers as (weights (in, out), biases (out,)) numpy arrays, for numpy_forward."""
+        """Return the layers as (weights (in, out), biases (out,)) arrays, for numpy_forward."""
         return [(layer.weight.detach().cpu().numpy().T, layer.bias.detach().cpu().numpy())
                 for layer in self.net if isinstance(layer, nn.Linear)]
 

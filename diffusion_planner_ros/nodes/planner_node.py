@@ -240,8 +240,8 @@ class PlannerNode(LifecycleNode):
             refine_steps=gp('refine_steps').value, guidance_scale=gp('guidance_scale').value,
             noise_scale=gp('noise_scale').value, backend=gp('backend').value,
             threads=gp('torch_threads').value,
-            replan_every=self._replan_every(gp('control_rate_hz').value,
-                                            gp('plan_rate_hz').value),
+            **self._replan_option(gp('lockstep').value, gp('control_rate_hz').value,
+                                  gp('plan_rate_hz').value),
             **self._bundle_or('warm_start_steps', gp('warm_start_steps').value),
             **self._bundle_or('candidates', gp('candidates').value))
         if self.planner.action_dim != len(self.profile.actuators):
@@ -468,6 +468,17 @@ class PlannerNode(LifecycleNode):
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
 
+    def _replan_option(self, lockstep: bool, control_rate_hz: float,
+                       plan_rate_hz: float) -> dict:
+        """Planner option for the actions executed per plan.
+
+        In real time the rates set it; lockstep runs the bundle's own protocol
+        (planner.replan_every), as training/evaluate.py does, whatever the rates.
+        """
+        if lockstep:
+            return {}
+        return {'replan_every': self._replan_every(control_rate_hz, plan_rate_hz)}
+
     def _stop_timers(self) -> None:
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
@@ -508,7 +519,7 @@ class PlannerNode(LifecycleNode):
         replan_every = self._replan_every(control_rate, plan_rate)
         changes = {name: new[name] for name in ('refine_steps', 'guidance_scale', 'noise_scale')
                    if name in new}
-        if {'control_rate_hz', 'plan_rate_hz'} & set(new):
+        if {'control_rate_hz', 'plan_rate_hz'} & set(new) and not self.lockstep:
             changes['replan_every'] = replan_every
         for name in ('warm_start_steps', 'candidates'):
             if name in new:
