@@ -134,9 +134,8 @@ def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
         current = [p for p in plans if p[0] <= step]
         return (current[-1][2], max(step - current[-1][1], 0)) if current else (None, 0)
 
-    def target(step: int) -> np.ndarray:
-        """Return the state the plan in force at ``step`` plans for its end (NaN: none)."""
-        plan, index = in_force(step)
+    def target(plan, index: int) -> np.ndarray:
+        """Return the state ``plan`` plans for the end of its step ``index`` (NaN: no plan)."""
         if plan is None:
             return np.full(planner.obs_dim, np.nan)
         return plan.refined_states[min(index + 1, len(plan.refined_states) - 1)]
@@ -147,7 +146,7 @@ def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
         if plan is None:
             return np.zeros(planner.action_dim)
         if late == 'track':
-            return planner.track(state, target(step))
+            return planner.track(state, target(plan, index))
         actions = plan.actions
         return actions[min(index, len(actions) - 1)] if late == 'chunk' else actions[0]
 
@@ -157,7 +156,7 @@ def run_delayed_episode(planner: BasePlanner, env, seed: int, delay: int,
         start = state
         if lead and late == 'track':
             start, _ = planner.predict_tracked(
-                state, [target(result.steps + i) for i in range(lead)])
+                state, [target(*in_force(result.steps + i)) for i in range(lead)])
         elif lead:
             # First and chunk commands do not depend on the state measured at their step.
             start = planner.predict_state(
