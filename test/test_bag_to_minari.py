@@ -187,3 +187,128 @@ def test_short_episodes_fail_or_are_dropped_and_no_partial_dataset(episodes, tmp
     assert summary['episodes'] == 2 and summary['rewards'] == 0
     with pytest.raises(ValueError, match='already exists'):
         convert_bag(bag, profile, 'test/short-v0', BagConversionConfig(**GOAL_TOPICS))
+
+
+HOPPER = REPO / 'config' / 'robots' / 'hopper.yaml'
+HOPPER_DT = 0.008
+# Episode starts (s): the second and third lie off the first one's 8 ms grid, after 1 s gaps.
+HOPPER_STARTS = [1.0, 2.4837, 4.0011]
+
+
+def hopper_rollouts(steps=60):
+    """Hopper-v5 under small random torques: (qpos, qvel, observations, actions) per episode."""
+    env = make_env('Hopper-v5')
+    rng = np.random.default_rng(5)
+    episodes = []
+    for seed in range(len(HOPPER_STARTS)):
+        obs, _ = env.reset(seed=seed)
+        data = env.unwrapped.data
+        qpos, qvel, observations, actions = [], [], [obs], []
+        for _ in range(steps):
+            qpos.append(data.qpos.copy())
+            qvel.append(data.qvel.copy())
+            action = rng.uniform(-0.3, 0.3, 3)
+            obs, *_ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+        qpos.append(data.qpos.copy())
+        qvel.append(data.qvel.copy())
+        episodes.append((np.array(qpos), np.array(qvel), np.array(observations),
+                         np.array(actions)))
+    env.close()
+    return episodes
+
+
+def write_hopper_bag(path, episodes, storage, joints=None, reset_type='std_msgs/msg/Empty'):
+    """Write rollouts as a driver would record them: its own reset topic, joints by name."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = store.types
+    order = ['rootx', 'rootz', 'rooty', 'thigh_joint', 'leg_joint', 'foot_joint']
+    joints = joints or ['foot_joint', 'rooty', 'camera_pan', 'rootx', 'leg_joint', 'rootz',
+                        'thigh_joint']
+    records = []
+    for start, (qpos, qvel, _, actions) in zip(HOPPER_STARTS, episodes):
+        records.append(('/episode_reset', start - 0.003, types[reset_type]()))
+        for k in range(len(qpos)):
+            t = start + k * HOPPER_DT
+            position = {name: qpos[k][i] for i, name in enumerate(order)}
+            velocity = {name: qvel[k][i] for i, name in enumerate(order)}
+            records.append(('/joint_states', t, types['sensor_msgs/msg/JointState'](
+                header=types['std_msgs/msg/Header'](
+                    stamp=types['builtin_interfaces/msg/Time'](sec=int(t), nanosec=0),
+                    frame_id=''),
+                name=list(joints),
+                position=np.array([position.get(name, 0.25) for name in joints]),
+                velocity=np.array([velocity.get(name, 0.0) for name in joints]),
+                effort=np.zeros(len(joints)))))
+            if k < len(actions):
+                records.append(('/effort_controller/commands', t + 0.002,
+                                types['std_msgs/msg/Float64MultiArray'](
+                                    layout=types['std_msgs/msg/MultiArrayLayout'](
+                                        dim=[], data_offset=0),
+                                    data=actions[k].astype(np.float64))))
+    for t in np.arange(0.5, 5.5, 0.1):
+        records.append(('/rosout_text', float(t), types['std_msgs/msg/String'](data='chatter')))
+    random.Random(1).shuffle(records)
+    plugin = {'sqlite3': StoragePlugin.SQLITE3, 'mcap': StoragePlugin.MCAP}[storage]
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        connections = {}
+        for topic, t, msg in records:
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msg.__msgtype__,
+                                                           typestore=store)
+            writer.write(connections[topic], int(round(t * 1e9)),
+                         store.serialize_cdr(msg, msg.__msgtype__))
+    return path
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_a_bag_with_its_own_reset_topic_gives_each_episode_its_own_grid(tmp_path, storage):
+    episodes = hopper_rollouts()
+    bag = write_hopper_bag(tmp_path / 'bag', episodes, storage)
+    summary = convert_bag(bag, load_profile(HOPPER), 'test/hopper-bag-v0',
+                          BagConversionConfig(reset_topic='/episode_reset'))
+    assert summary['episodes'] == len(HOPPER_STARTS) and summary['rewards'] == 0
+    got = read_episodes(load_minari('test/hopper-bag-v0'))
+    for episode, (_, _, observations, actions) in zip(got, episodes):
+        # Every episode starts on its own first state, so none is interpolated or lost.
+        assert episode.observations.shape == observations.shape
+        np.testing.assert_allclose(episode.observations, observations, atol=1e-5)
+        np.testing.assert_allclose(episode.actions, actions, atol=1e-6)
+
+
+def test_a_bag_lacking_a_profile_joint_exits_2_naming_it(tmp_path):
+    episodes = hopper_rollouts(steps=5)
+    joints = ['rootx', 'rootz', 'rooty', 'thigh_joint', 'foot_joint']
+    bag = write_hopper_bag(tmp_path / 'bag', episodes, 'mcap', joints=joints)
+    env = script_env(tmp_path)
+    result = subprocess.run(
+        [PYTHON, 'training/bag_to_minari.py', str(bag), '--profile', 'hopper', '--out',
+         'test/no-leg-v0', '--reset-topic', '/episode_reset'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "lacks joint(s) ['leg_joint']" in result.stderr
+    assert not list((tmp_path / 'datasets').glob('**/*.hdf5'))
+
+
+def test_a_topic_with_two_message_types_is_refused(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    mixed = tmp_path / 'mixed'
+    with Writer(mixed, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for msgtype, message in (('std_msgs/msg/Float64MultiArray', None),
+                                 ('std_msgs/msg/String', store.types['std_msgs/msg/String'](
+                                     data='x'))):
+            connection = writer.add_connection('/effort_controller/commands', msgtype,
+                                               typestore=store)
+            if message is not None:
+                writer.write(connection, 10, store.serialize_cdr(message, msgtype))
+    with pytest.raises(ValueError, match='/effort_controller/commands .* more than one message'):
+        convert_bag(mixed, load_profile(HOPPER), 'test/mixed-v0',
+                    BagConversionConfig(reset_topic='/episode_reset'))
+    assert not local_dataset_exists('test/mixed-v0')

@@ -8,10 +8,12 @@ topic (any type: each message starts a new episode). Converting it:
 1. Read the messages of those topics and stamp each one: by default with its receive time in
    the bag (one clock for every topic; Float64MultiArray has no header), or with the
    JointState header stamp. Sort by stamp, so messages stored out of order land in place.
-2. Lay a grid of ticks one control period apart over the recording. The observation at a tick
-   interpolates linearly between the states on either side of it; the action of the step that
-   starts there is the command in effect half a period later (the one the robot held over most
-   of the step); its reward is the sum of the reward messages inside the step.
+2. Lay a grid of ticks one control period apart from the first state, starting again at the
+   first state after each reset and each gap, so every episode begins on its own first state.
+   The observation at a tick interpolates linearly between the states on either side of it;
+   the action of the step that starts there is the command in effect half a period later (the
+   one the robot held over most of the step); its reward is the sum of the reward messages
+   inside the step.
 3. A step counts when both its ticks have states on either side no more than ``gap_s`` apart,
    a command no older than ``gap_s`` is in effect, the goal is known (goal datasets) and no
    reset falls inside it. Episodes are the runs of consecutive steps that count, so a gap or a
@@ -114,7 +116,17 @@ def read_bag(path: str | Path, profile: RobotProfile,
     except Exception as error:  # noqa: BLE001 - rosbags raises its own types per storage
         raise ValueError(f'cannot read bag {path}: {error}') from error
     try:
-        present = {c.topic: c.msgtype for c in reader.connections}
+        present = {}
+        for connection in reader.connections:
+            present.setdefault(connection.topic, set()).add(connection.msgtype)
+        mixed = {topic: sorted(types) for topic, types in present.items()
+                 if len(types) > 1 and topic in {*wanted, config.reward_topic,
+                                                 config.reset_topic}}
+        if mixed:
+            topic, types = next(iter(mixed.items()))
+            raise ValueError(f'topic {topic} in bag {path} carries more than one message type '
+                             f'({", ".join(types)}): record one type per topic')
+        present = {topic: types.pop() for topic, types in present.items()}
         for topic, msgtype in wanted.items():
             if topic not in present:
                 raise ValueError(f'bag {path} has no topic {topic} (it has '
@@ -134,10 +146,16 @@ def read_bag(path: str | Path, profile: RobotProfile,
             if config.reset_topic not in present:
                 raise ValueError(f'bag {path} has no reset topic {config.reset_topic} (it has '
                                  f'{sorted(present)})')
-            wanted.setdefault(config.reset_topic, present[config.reset_topic])
         columns = {topic: ([], []) for topic in wanted}
-        connections = [c for c in reader.connections if c.topic in wanted]
+        resets = []
+        connections = [c for c in reader.connections
+                       if c.topic in wanted or c.topic == config.reset_topic]
         for connection, received, raw in reader.messages(connections=connections):
+            if connection.topic == config.reset_topic:
+                # Only the time of a reset matters, whatever its type.
+                resets.append(received)
+                if connection.topic not in wanted:
+                    continue
             msg = reader.deserialize(raw, connection.msgtype)
             times, values = columns[connection.topic]
             if connection.topic == config.state_topic:
@@ -154,7 +172,7 @@ def read_bag(path: str | Path, profile: RobotProfile,
                 values.append(float(msg.data))
     finally:
         reader.close()
-    return _recording(columns, config, path)
+    return _recording(columns, resets, config, path)
 
 
 def _observation(profile: RobotProfile, msg, stamp: int, topic: str) -> np.ndarray:
@@ -176,12 +194,13 @@ def _command(profile: RobotProfile, msg, stamp: int, topic: str) -> np.ndarray:
     return values
 
 
-def _recording(columns: dict, config: BagConversionConfig, path: Path) -> Recording:
+def _recording(columns: dict, resets: list, config: BagConversionConfig,
+               path: Path) -> Recording:
     """Sort each topic by stamp and put every time on one axis (seconds from the start)."""
     for topic in (config.state_topic, config.command_topic, config.goal_topic):
         if topic and not columns[topic][0]:
             raise ValueError(f'topic {topic} in bag {path} has no messages')
-    start = min(min(times) for times, _ in columns.values() if times)
+    start = min(min(times) for times in [*(t for t, _ in columns.values()), resets] if times)
 
     def sorted_column(topic: str) -> tuple[np.ndarray, np.ndarray]:
         times, values = columns[topic]
@@ -207,8 +226,7 @@ def _recording(columns: dict, config: BagConversionConfig, path: Path) -> Record
         recording.goal_t, recording.goals = sorted_column(config.goal_topic)
     if config.reward_topic in columns:
         recording.reward_t, recording.rewards = sorted_column(config.reward_topic)
-    if config.reset_topic:
-        recording.reset_t = sorted_column(config.reset_topic)[0]
+    recording.reset_t = np.sort((np.asarray(resets, dtype=np.int64) - start) * 1e-9)
     return recording
 
 
@@ -228,12 +246,31 @@ def _latest(times: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.searchsorted(times, at, side='right') - 1
 
 
+def _grid(state_t: np.ndarray, reset_t: np.ndarray, period: float,
+          gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ticks one period apart, restarting at the first state after each reset or gap.
+
+    Returns the ticks and, per tick, the index of its block: a step joins two ticks of one
+    block, so each episode starts on its own first state whatever its stamps.
+    """
+    epoch = np.searchsorted(reset_t, state_t, side='right')
+    first = np.ones(len(state_t), dtype=bool)
+    first[1:] = (epoch[1:] != epoch[:-1]) | (np.diff(state_t) > gap)
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], len(state_t)) - 1
+    ticks, block = [], []
+    for index, (a, b) in enumerate(zip(starts, ends)):
+        count = int((state_t[b] - state_t[a]) / period + 1e-9) + 1
+        ticks.append(state_t[a] + period * np.arange(count))
+        block.append(np.full(count, index))
+    return np.concatenate(ticks), np.concatenate(block)
+
+
 def segment(recording: Recording, config: BagConversionConfig, period: float,
             gap: float) -> list[Segment]:
     """Resample the recording on the control-period grid and cut it into episodes."""
     r = recording
-    ticks = r.state_t[0] + period * np.arange(int((r.state_t[-1] - r.state_t[0]) / period
-                                                  + 1e-9) + 1)
+    ticks, block = _grid(r.state_t, r.reset_t, period, gap)
     # Observations: linear interpolation between the states on either side of each tick.
     before = _latest(r.state_t, ticks + 1e-9)
     after = np.minimum(before + 1, len(r.state_t) - 1)
@@ -257,7 +294,7 @@ def segment(recording: Recording, config: BagConversionConfig, period: float,
     # Actions: the command in effect half a period into each step.
     middle = ticks[:-1] + 0.5 * period
     command = _latest(r.command_t, middle)
-    step_ok = (tick_ok[:-1] & tick_ok[1:] & (epoch[:-1] == epoch[1:]) & (command >= 0)
+    step_ok = (tick_ok[:-1] & tick_ok[1:] & (block[:-1] == block[1:]) & (command >= 0)
                & (middle - r.command_t[np.maximum(command, 0)] <= gap))
     actions = r.commands[np.maximum(command, 0)]
     rewards = np.zeros(len(middle))
