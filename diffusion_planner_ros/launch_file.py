@@ -44,6 +44,11 @@ class LaunchFileError(ValueError):
     """The launch file uses something the runner cannot interpret."""
 
 
+def _concatenated(value):
+    """Join a list of substitutions into one string, as launch does (SomeSubstitutionsType)."""
+    return ''.join(map(str, value)) if isinstance(value, list) else value
+
+
 class _Interpreter:
     def __init__(self, share_dir: Path, overrides: dict[str, str]):
         self.share_dir, self.overrides = share_dir, overrides
@@ -68,9 +73,12 @@ class _Interpreter:
                     raise LaunchFileError(f'LaunchConfiguration {args[0]!r} is not declared')
                 return self.arguments[args[0]]
             if name == 'PathJoinSubstitution':
-                # A part that is a list of substitutions is their concatenation, as in launch.
-                return str(Path(*[''.join(map(str, part)) if isinstance(part, list)
-                                  else str(part) for part in args[0]]))
+                if any(isinstance(part, list) for part in args[0]):
+                    raise LaunchFileError(
+                        f'line {node.lineno}: a list inside PathJoinSubstitution needs launch '
+                        f'>= 3.4.5 (not every Jazzy release): concatenate outside it, '
+                        f"[PathJoinSubstitution([...]), '.yaml']")
+                return str(Path(*map(str, args[0])))
             if name == 'FindPackageShare':
                 if args[0] != PACKAGE:
                     raise LaunchFileError(f'FindPackageShare({args[0]!r}): only {PACKAGE}')
@@ -80,7 +88,7 @@ class _Interpreter:
             if name == 'DeclareLaunchArgument':
                 default = self.value(kwargs['default_value']) if 'default_value' in kwargs \
                     else None
-                self.arguments[args[0]] = self.overrides.get(args[0], default)
+                self.arguments[args[0]] = self.overrides.get(args[0], _concatenated(default))
                 return None
             if name == 'Node':
                 values = {k: self.value(v) for k, v in kwargs.items()}
@@ -93,7 +101,7 @@ class _Interpreter:
                     parameters={k: v for p in params if isinstance(p, dict)
                                 for k, v in p.items()},
                     remappings=[tuple(r) for r in values.get('remappings', [])],
-                    arguments=list(values.get('arguments', []))))
+                    arguments=[_concatenated(a) for a in values.get('arguments', [])]))
                 return None
             if name == 'LaunchDescription':
                 return None

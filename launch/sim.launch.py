@@ -6,8 +6,10 @@
         state_topic:=/my_robot/joint_states command_topic:=/my_controller/commands
 
 The launch-equivalent runner (`sim_graph`, used by `make demo` where launch_ros is missing)
-reads this file, so keep to DeclareLaunchArgument, LaunchConfiguration, PathJoinSubstitution
-(whose parts may be lists, joined into one part), FindPackageShare, IfCondition and Node.
+reads this file, so keep to DeclareLaunchArgument, LaunchConfiguration, PathJoinSubstitution,
+FindPackageShare, IfCondition and Node. A file name is a list of substitutions (concatenated)
+around a PathJoinSubstitution: a list inside PathJoinSubstitution needs launch >= 3.4.5, which
+older Jazzy releases lack.
 
 ``robot:=<name>`` picks three files by name: the profile config/robots/<name>.yaml, the bundle
 models/<name> and the parameters config/sim/<name>.yaml; each can still be given on its own.
@@ -27,15 +29,15 @@ def generate_launch_description():
         DeclareLaunchArgument('robot', default_value='pointmaze_umaze',
                               description='pointmaze_umaze, pointmaze_medium or hopper: picks '
                                           'profile, bundle and params by name'),
-        DeclareLaunchArgument('profile', default_value=PathJoinSubstitution(
+        DeclareLaunchArgument('profile', default_value=[PathJoinSubstitution(
             [FindPackageShare('diffusion_planner_ros'), 'config', 'robots',
-             [LaunchConfiguration('robot'), '.yaml']]), description='robot profile YAML'),
+             LaunchConfiguration('robot')]), '.yaml'], description='robot profile YAML'),
         DeclareLaunchArgument('bundle', default_value=PathJoinSubstitution(
             [FindPackageShare('diffusion_planner_ros'), 'models', LaunchConfiguration('robot')]),
             description='planner bundle directory'),
-        DeclareLaunchArgument('params', default_value=PathJoinSubstitution(
+        DeclareLaunchArgument('params', default_value=[PathJoinSubstitution(
             [FindPackageShare('diffusion_planner_ros'), 'config', 'sim',
-             [LaunchConfiguration('robot'), '.yaml']]),
+             LaunchConfiguration('robot')]), '.yaml'],
             description='ROS parameters YAML'),
         DeclareLaunchArgument('use_sim', default_value='true',
                               description='start the MuJoCo bridge (false: a real driver)'),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_planner_ros.nodes.drills import run_fault_drill
-from diffusion_planner_ros.nodes.sim_graph import share_directory
+from diffusion_planner_ros.share import share_directory
 
 FIGURES = (('bridge_killed', 'zero_after_kill_s'), ('bridge_killed', 'zero_after_last_state_s'),
            ('bridge_restarted', 'resume_after_fresh_state_s'),

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from diffusion_planner_ros.nodes.drills import run_soak
-from diffusion_planner_ros.nodes.sim_graph import share_directory
+from diffusion_planner_ros.share import share_directory
 
 
 def main() -> None:

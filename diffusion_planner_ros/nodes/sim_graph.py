@@ -32,18 +32,7 @@ from diffusion_planner_ros.nodes.lossy_relay import LossyRelay
 from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
-
-
-def share_directory() -> Path:
-    """Find the source checkout when running from one, else the installed share folder."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / 'launch' / 'sim.launch.py').is_file():
-        return checkout
-    installed = Path(sys.prefix) / 'share' / 'diffusion_planner_ros'
-    if (installed / 'launch' / 'sim.launch.py').is_file():
-        return installed
-    raise RuntimeError('cannot find launch/sim.launch.py in a checkout or under '
-                       f'{installed}')
+from diffusion_planner_ros.share import share_directory
 
 
 def start_nodes(specs, extra_params: dict) -> list[subprocess.Popen]:

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import yaml
 
+from diffusion_planner_ros.share import share_directory
+
 FIELDS = ('position', 'velocity')
 
 
@@ -105,14 +107,12 @@ class RobotProfile:
         return names, positions, velocities
 
 
-PROFILES = Path(__file__).resolve().parents[2] / 'config' / 'robots'
-
-
 def load_profile(path: str | Path) -> RobotProfile:
     """Read a profile YAML, given by path or by the name of one in config/robots."""
     path = Path(path)
-    if not path.is_file() and path.suffix == '' and (PROFILES / f'{path}.yaml').is_file():
-        path = PROFILES / f'{path}.yaml'
+    if not path.is_file() and path.suffix == '' and len(path.parts) == 1:
+        shipped = share_directory() / 'config' / 'robots' / f'{path}.yaml'
+        path = shipped if shipped.is_file() else path
     if not path.is_file():
         raise ValueError(f'robot profile {path} does not exist')
     raw = yaml.safe_load(path.read_text()) or {}
