@@ -12,7 +12,8 @@ from test_bundle_planner import OBS, GOAL, tiny_config, tiny_hopper_planner, wri
 
 from diffusion_planner_ros.evaluation import evaluate
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import ReturnsToGo, target_steps
+from diffusion_planner_ros.planning.receding import (lower_thread_priority, ReturnsToGo,
+                                                     target_steps)
 
 
 def test_paced_returns_fall_by_an_even_share_per_step_until_a_reward_arrives():
@@ -336,3 +337,25 @@ def test_check_transition_reports_prediction_errors_and_refuses_a_bundle_without
                               str(tmp_path / 'without')], env=env, timeout=300,
                              cwd=root, capture_output=True, text=True)
     assert refused.returncode == 2 and 'no transition model' in refused.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='per-thread nice is Linux')
+def test_the_planning_thread_lowers_only_its_own_priority():
+    import os
+    import threading
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def planning():
+        thread = threading.get_native_id()
+        seen['returned'] = lower_thread_priority(5)
+        seen['value'] = os.getpriority(os.PRIO_PROCESS, thread)
+
+    worker = threading.Thread(target=planning)
+    worker.start()
+    worker.join(timeout=10)
+    assert seen['returned'] == seen['value'] == min(19, caller + 5)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+    with pytest.raises(ValueError, match='nice must be >= 0'):
+        lower_thread_priority(-1)

@@ -65,6 +65,7 @@ from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env
 from diffusion_planner_ros.planning import load_planner
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
+                                                     lower_thread_priority,
                                                      episode_target, LatencyStats,
                                                      PlanLead, PlanTrack, ReturnsToGo,
                                                      StampGate, target_steps)
@@ -156,6 +157,11 @@ class PlannerNode(LifecycleNode):
                         'default); one leaves a core to the executor and the other processes',
             read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=256, step=1)]))
+        p('plan_thread_nice', 10, ParameterDescriptor(
+            description='nice value added to the planning thread (Linux), so the executor '
+                        'that sends each state\'s command runs first when both are ready; 0 '
+                        'plans at the node\'s priority', read_only=True,
+            integer_range=[IntegerRange(from_value=0, to_value=19, step=1)]))
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
                         'bridge) instead of the control timer', read_only=True))
@@ -336,6 +342,7 @@ class PlannerNode(LifecycleNode):
         # Everything allocated so far (models, messages, modules) lives as long as the node:
         # keep it out of the collector's full passes, which would otherwise pause planning.
         gc.freeze()
+        self._plan_nice = None  # the planning thread's nice value, once it has set it
         self._worker = threading.Thread(target=self._plan_loop, daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -653,6 +660,7 @@ class PlannerNode(LifecycleNode):
 
     # Planning (worker thread) ------------------------------------------------------------------
     def _plan_loop(self) -> None:
+        self._plan_nice = lower_thread_priority(self.get_parameter('plan_thread_nice').value)
         consumed_sequence, steps_since_plan, goal_version = 0, None, 0
         # Lockstep: the (episode, step) last commanded and when, so a resent state gets no
         # second command (the bridge would step twice) unless that command looks lost.
@@ -933,6 +941,7 @@ class PlannerNode(LifecycleNode):
             'refine_steps_min': _fmt(self.refine_steps_used.percentile(0)),
             'refine_reason': self._refine_reason,
             'plan_lead_steps_p50': _fmt(self.lead_steps_used.percentile(50)),
+            'plan_thread_nice': str(self._plan_nice),
             'rewards_received': str(self.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),

@@ -7,6 +7,7 @@ chunk, so the command rate does not depend on the plan latency.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 from collections import deque
@@ -31,6 +32,24 @@ def configure_threads(torch_threads: int,
     if torch_threads:
         torch.set_num_threads(torch_threads)
     sys.setswitchinterval(switch_interval_s)
+
+
+def lower_thread_priority(nice: int) -> int | None:
+    """Raise the calling thread's nice value by ``nice``; return it (None: not supported).
+
+    Linux schedules each thread on its own, so a planning thread at a higher nice value gives
+    the CPU to the threads that send commands (the executor) and to other processes on the
+    robot whenever they are ready. Raising a nice value needs no privileges.
+    """
+    if nice < 0:
+        raise ValueError(f'nice must be >= 0, got {nice}')
+    try:
+        thread = threading.get_native_id()
+        value = min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice)
+        os.setpriority(os.PRIO_PROCESS, thread, value)
+    except (AttributeError, OSError):
+        return None
+    return value
 
 
 class ActionChunk:
