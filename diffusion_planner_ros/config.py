@@ -60,6 +60,10 @@ class DataConfig:
     # state. A robot starts from rest; with uniform windows the start-up transient is a few
     # percent of the data (docs/walker2d.md). 0 samples uniformly.
     start_fraction: float = 0.0
+    # Robot profile (a name in config/robots or a YAML path) the bundle records, so a planner
+    # node runs from the bundle alone; empty takes the shipped profile of the data's env, if
+    # there is one.
+    robot_profile: str = ''
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset_id), 'data.dataset_id must name a Minari dataset')

@@ -21,6 +21,7 @@ from diffusion_planner_ros.data.sequence import SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.models import Dims, build_models, method_components
 from diffusion_planner_ros.planning.bundle import Bundle, save_bundle
+from diffusion_planner_ros.robots import dims_mismatch, profile_for
 from diffusion_planner_ros.trainer import (ComponentTrainer, component_setups, init_distributed,
                                            parameter_checksum)
 
@@ -73,6 +74,13 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
     dims = Dims(data.obs_dim, data.action_dim, data.cond_dim)
     space = minari_dataset.spec.action_space
     log(f'{config.data.dataset_id}: {data.num_transitions} transitions, dims {dims}')
+    # The robot the bundle will record: the one it started from, or the profile of the data.
+    robot = start_from.robot if start_from is not None and not config.data.robot_profile \
+        else profile_for(config.data.robot_profile, env_id)
+    if robot is not None and dims_mismatch(robot, dims.obs, dims.action):
+        raise ValueError(f'{dims_mismatch(robot, dims.obs, dims.action)} (the data\'s): set '
+                         'data.robot_profile')
+    log(f'robot profile: {robot.name if robot is not None else "none (data.robot_profile)"}')
 
     # Networks; those trained by an earlier run start from their final weights.
     models = {name: model.to(device) for name, model in build_models(config, dims).items()}
@@ -139,7 +147,7 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
             for name, path in files.items():
                 models[name].load_state_dict(load_file(str(path)))
             written = save_bundle(bundle_dir, config, env_id, dims, space.low, space.high,
-                                  data.normalizers, models)
+                                  data.normalizers, models, robot)
             log(f'bundle written to {bundle_dir}')
     if context.world_size > 1:
         dist.barrier()

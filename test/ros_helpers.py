@@ -63,9 +63,9 @@ def planner_args(**launch):
 class FakeDriver(Node):
     """A 'real robot' driver: other topic names, other joint order, extra joints, lockstep."""
 
-    def __init__(self, seed):
+    def __init__(self, seed, env_id='PointMaze_UMaze-v3'):
         super().__init__('fake_driver')
-        self.env = make_env('PointMaze_UMaze-v3')
+        self.env = make_env(env_id)
         observation, _ = self.env.reset(seed=seed)
         _, self.goal = split_observation(observation)
         self.state_pub = self.create_publisher(JointState, '/drv/joint_states', 10)
@@ -124,6 +124,7 @@ def set_planner_parameter(node, executor, name, value):
 
 
 def get_planner_parameter(node, executor, name):
-    value = call_service(node, executor, GetParameters, '/planner_node/get_parameters',
-                         GetParameters.Request(names=[name])).values[0]
-    return parameter_value_to_python(value)
+    values = call_service(node, executor, GetParameters, '/planner_node/get_parameters',
+                          GetParameters.Request(names=[name])).values
+    # A parameter declared without a value (unset: the bundle's) has none to report.
+    return parameter_value_to_python(values[0]) if values else None

@@ -1,5 +1,6 @@
 """bag_to_minari on bags this test writes (rosbags writer) from a real PointMaze rollout."""
 
+import json
 import random
 import subprocess
 
@@ -153,7 +154,9 @@ def test_train_py_accepts_a_converted_bag(episodes, tmp_path):
          str(tmp_path / 'run'), *[arg for item in tiny for arg in ('--set', item)]],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (tmp_path / 'run' / 'bundle' / 'config.json').is_file()
+    # The bundle records the robot of its data's env, so a planner node needs only the bundle.
+    meta = json.loads((tmp_path / 'run' / 'bundle' / 'config.json').read_text())
+    assert meta['robot'] == load_profile(PROFILE).to_dict()
 
 
 @pytest.mark.parametrize('change, options, message', [

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from diffusion_planner_ros.envs import make_env
-from diffusion_planner_ros.robots import Kinematics, load_profile
+from diffusion_planner_ros.robots import (dims_mismatch, JointPositionDrawing, Kinematics,
+                                          load_profile, profile_from_dict, profile_mismatch,
+                                          robot_world)
 from conftest import REPO
 
 PROFILE = REPO / 'config' / 'robots' / 'pointmaze_umaze.yaml'
@@ -89,3 +91,76 @@ def test_a_negative_observation_clip_is_refused(tmp_path):
                    'actuators: [a]\n')
     with pytest.raises(ValueError, match='clip of joint .a. must be >= 0'):
         load_profile(bad)
+
+
+NO_SIM = {'name': 'my_ball', 'observation': [{'joint': 'ball_x', 'field': 'position'},
+                                             {'joint': 'ball_y', 'field': 'position'},
+                                             {'joint': 'ball_x', 'field': 'velocity'},
+                                             {'joint': 'ball_y', 'field': 'velocity'}],
+          'actuators': ['ball_x', 'ball_y'], 'control_period_s': 0.01,
+          'maze_map': [[1, 1, 1], [1, 0, 1], [1, 1, 1]], 'maze_cell_m': 2.0}
+
+
+def test_a_robot_without_a_simulator_has_its_own_map_and_draws_its_joint_positions():
+    profile = profile_from_dict(NO_SIM, 'test')
+    assert profile.env_id == ''
+    grid, drawing = robot_world(profile)
+    assert isinstance(drawing, JointPositionDrawing)
+    assert grid.is_free(np.array([0.0, 0.0])) and not grid.is_free(np.array([2.5, 0.0]))
+    states = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    assert np.array_equal(drawing.body_positions(states), [[1, 2, 0], [5, 6, 0]])
+
+
+def test_a_robot_without_a_simulator_may_bring_a_mujoco_model(tmp_path):
+    import shutil
+
+    source = REPO / 'config' / 'robots' / 'hopper.yaml'
+    env = make_env('Hopper-v5')
+    xml = env.unwrapped.fullpath
+    env.close()
+    shutil.copy(xml, tmp_path / 'hopper.xml')
+    text = source.read_text().replace('env_id: Hopper-v5', 'model_file: hopper.xml')
+    (tmp_path / 'robot.yaml').write_text(text)
+    profile = load_profile(tmp_path / 'robot.yaml')
+    assert profile.model_file == str(tmp_path / 'hopper.xml')
+    grid, drawing = robot_world(profile)
+    reference = Kinematics(load_profile(source), make_env('Hopper-v5').unwrapped.model)
+    states = np.random.default_rng(0).normal(0, 0.1, (5, 11))
+    assert grid is None and np.allclose(drawing.body_positions(states),
+                                        reference.body_positions(states))
+    (tmp_path / 'broken.yaml').write_text(text.replace('hopper.xml', 'missing.xml'))
+    with pytest.raises(ValueError, match='cannot read model_file'):
+        robot_world(load_profile(tmp_path / 'broken.yaml'))
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'env_id': 'PointMaze_UMaze-v3'}, 'model_file and maze_map are for robots without env_id'),
+    ({'maze_map': [[1, 0], [1]]}, 'rows of equal length'),
+    ({'maze_cell_m': 0.0}, 'maze_cell_m must be > 0'),
+    ({'colour': 'red'}, r"unknown key\(s\) \['colour'\]"),
+])
+def test_bad_profiles_without_a_simulator_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        profile_from_dict({**NO_SIM, **change}, 'my_ball.yaml')
+
+
+def test_a_profile_round_trips_and_mismatches_name_both_sides():
+    shipped = load_profile('pointmaze_umaze')
+    assert profile_from_dict(shipped.to_dict(), 'dict') == shipped
+    assert profile_mismatch(profile_from_dict(NO_SIM, 'x'), shipped) == ''
+    other = load_profile('pointmaze_medium')
+    assert profile_mismatch(other, shipped) == (
+        "env 'PointMaze_Medium-v3' against 'PointMaze_UMaze-v3'")
+    swapped = profile_from_dict({**NO_SIM, 'actuators': ['ball_y', 'ball_x']}, 'x')
+    assert profile_mismatch(swapped, shipped) == (
+        "actuators ['ball_y', 'ball_x'] against ['ball_x', 'ball_y']")
+    assert dims_mismatch(shipped, 4, 2) == ''
+    assert '4 observation entries and 2 actuators, the model 11 and 3' in dims_mismatch(
+        shipped, 11, 3)
+
+
+def test_shipped_bundles_record_their_robot():
+    from diffusion_planner_ros.planning import load_bundle
+
+    for name in ('pointmaze_umaze', 'pointmaze_medium', 'hopper'):
+        assert load_bundle(REPO / 'models' / name).robot == load_profile(name)

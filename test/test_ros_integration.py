@@ -3,9 +3,11 @@
 Each test runs in its own ROS domain limited to localhost, with bounded time.
 """
 
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +22,9 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from conftest import REPO  # noqa: E402
 from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL  # noqa: E402
 from diffusion_planner_ros.nodes.sim_graph import stop_nodes  # noqa: E402
-from ros_helpers import (BUNDLE, get_planner_parameter, planner_args, PROFILE,  # noqa: E402
-                         RELIABLE, run_sim_graph, set_planner_parameter, spin_until, start,
-                         stop)
+from ros_helpers import (BUNDLE, FakeDriver, get_planner_parameter, planner_args,  # noqa: E402
+                         PROFILE, RELIABLE, run_sim_graph, set_planner_parameter, spin_until,
+                         start, stop)
 
 
 def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
@@ -61,12 +63,30 @@ def test_sim_graph_shows_where_a_node_hangs_before_killing_it(tmp_path):
     assert 'in hang_here' in (tmp_path / 'stubborn.log').read_text()
 
 
+# A real robot's profile: no simulator, the maze drawn by hand, plans drawn from their joint
+# positions (no kinematics model).
+NO_SIM_PROFILE = '''name: my_ball
+observation:
+  - {joint: ball_x, field: position}
+  - {joint: ball_y, field: position}
+  - {joint: ball_x, field: velocity}
+  - {joint: ball_y, field: velocity}
+actuators: [ball_x, ball_y]
+fixed_frame: odom
+control_period_s: 0.01
+maze_map: [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]]
+'''
+
+
 def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path):
     node, executor = driver
+    (tmp_path / 'my_ball.yaml').write_text(NO_SIM_PROFILE)
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
     # Lockstep runs the bundle's protocol (4 actions per plan), whatever the rates say.
     planner, log = start('planner_node', [*args, '-p', 'lockstep:=true', '-p',
-                                          'plan_rate_hz:=100.0'], ros_env, tmp_path, 'planner')
+                                          'plan_rate_hz:=100.0', '-p',
+                                          f'profile:={tmp_path / "my_ball.yaml"}'],
+                         ros_env, tmp_path, 'planner')
     try:
         assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 0
                           and node.count_publishers('/drv/cmd') > 0
@@ -96,7 +116,59 @@ def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path
     assert "lacks joint(s) ['ball_y']" in text
     assert 'outside the free maze cells' in text
     assert 'replan every 4 control steps' in text
+    assert 'profile my_ball' in text
     assert code == 0, text[-2000:]
+
+
+def test_a_bundle_alone_runs_its_robot(ros_env, tmp_path):
+    # No profile, no params file: the bundle records its robot (the Medium maze, whose map
+    # drops no goal of its free cells) and its sampler settings (k = 5).
+    rclpy.init()
+    node = FakeDriver(seed=1000, env_id='PointMaze_Medium-v3')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    planner, log = start('planner_node', [
+        '--ros-args', '-p', f'bundle:={REPO / "models" / "pointmaze_medium"}', '-p',
+        'lockstep:=true', '-r', 'joint_states:=/drv/joint_states', '-r', 'commands:=/drv/cmd'],
+        ros_env, tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 0
+                          and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
+        node.publish_goal(node.goal)
+        assert spin_until(executor, lambda: 'goal' in log.read_text(), 10), log.read_text()
+        node.publish_state()
+        assert spin_until(executor, lambda: node.reached or node.steps >= 300, 300)
+        assert node.reached, f'ball did not reach {node.goal} in {node.steps} steps'
+    finally:
+        code = stop(planner)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    text = log.read_text()
+    assert 'profile pointmaze_medium' in text and 'k=5' in text, text[-2000:]
+    assert 'outside the free maze cells' not in text
+    assert code == 0, text[-2000:]
+
+
+@pytest.mark.parametrize('bundle, profile, message', [
+    ('hopper', 'pointmaze_umaze', "robot profile 'pointmaze_umaze' has 4 observation entries "
+                                  'and 2 actuators, the model 11 and 3'),
+    ('pointmaze_umaze', 'renamed', "bundle .*pointmaze_umaze 'pointmaze_umaze': observation "
+                                   r'\[ball_x.position, y.position'),
+    ('pointmaze_umaze', 'pointmaze_medium', "env 'PointMaze_Medium-v3' against "
+                                            "'PointMaze_UMaze-v3'"),
+])
+def test_a_profile_that_does_not_fit_the_bundle_stops_the_node(ros_env, tmp_path, bundle, profile,
+                                                               message):
+    if profile == 'renamed':
+        profile = tmp_path / 'renamed.yaml'
+        profile.write_text(NO_SIM_PROFILE.replace('ball_y', 'y'))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / 'planner_node'), '--ros-args', '-p',
+         f'bundle:={REPO / "models" / bundle}', '-p', f'profile:={profile}'],
+        env=ros_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert 'does not fit bundle' in result.stderr or 'the model' in result.stderr
 
 
 def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
@@ -135,7 +207,7 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
             ('refine_steps', -1, ''),                     # below the declared range
             ('warm_start_steps', 500, 'trained levels'),
             ('candidates', 4, 'no critic to rank plans'),  # the shipped bundle has none
-            ('candidates', 0, 'must be >= 1'),
+            ('candidates', 0, ''),                        # below the declared range
             ('guidance_scale', 'high', ''),               # wrong type
             ('plan_rate_hz', 1.0, 'plans 15 steps ahead'),  # 100 control steps per plan
             ('bundle', '/elsewhere', ''),                 # read-only

@@ -370,7 +370,7 @@ def _spaces(profile: RobotProfile, segments: list[Segment], config: BagConversio
     from diffusion_planner_ros.envs import register_envs
     register_envs()
     try:
-        spec = gym.spec(profile.env_id)
+        spec = gym.spec(profile.env_id) if profile.env_id else None
     except gym.error.Error:
         spec = None
     if spec is not None:

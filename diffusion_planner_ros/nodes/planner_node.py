@@ -52,8 +52,10 @@ from nav_msgs.msg import Path
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.duration import Duration
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
@@ -61,9 +63,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from diffusion_planner_ros.data.maze import MazeGrid
-from diffusion_planner_ros.envs import is_goal_env, make_env
-from diffusion_planner_ros.planning import load_planner
+from diffusion_planner_ros.planning import load_bundle, load_planner
+from diffusion_planner_ros.planning.defaults import bundle_settings, SAMPLER_PARAMETERS
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      lower_thread_priority,
                                                      episode_target, LatencyStats,
@@ -71,7 +72,8 @@ from diffusion_planner_ros.planning.receding import (ActionChunk, configure_thre
                                                      StampGate, target_steps)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
-from diffusion_planner_ros.robots import Kinematics, load_profile
+from diffusion_planner_ros.robots import (dims_mismatch, load_profile, profile_mismatch,
+                                          robot_world, RobotProfile)
 
 WARN_PERIOD_S = 2.0
 # Lockstep: a state sent again within this long of the command for it crossed that command
@@ -114,11 +116,20 @@ class PlannerNode(LifecycleNode):
     def __init__(self):
         super().__init__('planner_node')
         p = self.declare_parameter
+        # The bundle is the one required parameter. Parameters declared with a type and no
+        # value are unset until given: unset means the bundle's value (or its robot's).
+        unset = Parameter.Type
         p('bundle', '', ParameterDescriptor(description='bundle directory', read_only=True))
-        p('profile', '', ParameterDescriptor(description='robot profile YAML', read_only=True))
+        p('profile', '', ParameterDescriptor(
+            description="robot profile YAML (or a name in config/robots); empty: the robot "
+                        "the bundle records. A profile must match the bundle's joints, "
+                        'actuators and env', read_only=True))
         p('device', 'auto', ParameterDescriptor(description='auto, cpu or cuda', read_only=True))
-        p('plan_rate_hz', 20.0, _float_param('replans per second', 0.1, 1000.0))
-        p('control_rate_hz', 100.0, _float_param('commands per second', 1.0, 2000.0))
+        p('plan_rate_hz', unset.DOUBLE, _float_param(
+            "replans per second (unset: the control rate over the bundle's "
+            'planner.replan_every)', 0.1, 1000.0))
+        p('control_rate_hz', unset.DOUBLE, _float_param(
+            "commands per second (unset: 1 / the profile's control_period_s)", 1.0, 2000.0))
         p('state_timeout_s', 0.5, _float_param('zero command when the state is older', 0.01, 60.))
         p('plan_budget_ms', -1.0, ParameterDescriptor(
             description='real time: the time a plan may take; the refinement runs as many of '
@@ -136,19 +147,21 @@ class PlannerNode(LifecycleNode):
                         "measured then to the plan's state for the step's end (false: the "
                         "plan's own actions by time); needs a bundle with inverse dynamics",
             read_only=True))
-        p('target_return', math.nan, ParameterDescriptor(
-            description='returns-to-go target of a returns-conditioned bundle (NaN: the '
+        p('target_return', unset.DOUBLE, ParameterDescriptor(
+            description='returns-to-go target of a returns-conditioned bundle (unset: the '
                         "bundle's planner.target_return)"))
-        p('refine_steps', 3, _int_param('diffusion refinement steps k (0 = prior only)', 0, 1000))
-        p('guidance_scale', 1.2, _float_param('classifier-free guidance w', 0.0, 100.0))
-        p('warm_start_steps', -1, _int_param(
-            'replan from the previous plan noised to this many levels (0 = every plan afresh, '
-            "-1 = the bundle's planner.warm_start_steps)", -1, 1000))
-        p('candidates', -1, _int_param(
+        p('refine_steps', unset.INTEGER, _int_param(
+            "diffusion refinement steps k (0 = prior only; unset: the bundle's)", 0, 1000))
+        p('guidance_scale', unset.DOUBLE, _float_param(
+            "classifier-free guidance w (unset: the bundle's)", 0.0, 100.0))
+        p('warm_start_steps', unset.INTEGER, _int_param(
+            'replan from the previous plan noised to this many levels (0 = every plan afresh; '
+            "unset: the bundle's)", 0, 1000))
+        p('candidates', unset.INTEGER, _int_param(
             'plans drawn per replan, the best kept by the bundle\'s critic or objective (1 = one '
-            "plan, -1 = the bundle's planner.candidates)", -1, 1024))
-        p('noise_scale', 0.5, _float_param('alpha of Algorithm 1 line 20 (0 = posterior mean)',
-                                           0.0, 10.0))
+            "plan; unset: the bundle's)", 1, 1024))
+        p('noise_scale', unset.DOUBLE, _float_param(
+            "alpha of Algorithm 1 line 20 (0 = posterior mean; unset: the bundle's)", 0.0, 10.0))
         p('backend', 'auto', ParameterDescriptor(
             description='auto (CUDA graph on a GPU, ONNX Runtime on a CPU when installed), '
                         'eager, onnx or cuda_graph', read_only=True))
@@ -206,8 +219,7 @@ class PlannerNode(LifecycleNode):
         self.planner.reset()
         self._forget_plan()
         if not self.lockstep:
-            self._start_timers(self.get_parameter('control_rate_hz').value,
-                               self.get_parameter('plan_rate_hz').value)
+            self._start_timers(self._setting('control_rate_hz'), self._setting('plan_rate_hz'))
         with self._command_lock:
             self._active = True
         self.get_logger().info('active: commanding')
@@ -240,27 +252,26 @@ class PlannerNode(LifecycleNode):
         self._validate_start_parameters()
         gp = self.get_parameter
         configure_threads(gp('torch_threads').value)
-        self.profile = load_profile(gp('profile').value)
+        bundle = load_bundle(gp('bundle').value)
+        self.profile = self._robot_profile(gp('profile').value, bundle)
+        self._defaults = bundle_settings(bundle, self.profile)
+        problem = self._timeout_problem(gp('state_timeout_s').value,
+                                        self._setting('control_rate_hz'))
+        if problem:
+            raise ValueError(problem)
+        sampler = {name: self._given(name) for name in SAMPLER_PARAMETERS
+                   if self._given(name) is not None}
         self.planner = load_planner(
-            gp('bundle').value, device=gp('device').value,
-            refine_steps=gp('refine_steps').value, guidance_scale=gp('guidance_scale').value,
-            noise_scale=gp('noise_scale').value, backend=gp('backend').value,
-            threads=gp('torch_threads').value,
-            **self._replan_option(gp('lockstep').value, gp('control_rate_hz').value,
-                                  gp('plan_rate_hz').value),
-            **self._bundle_or('warm_start_steps', gp('warm_start_steps').value),
-            **self._bundle_or('candidates', gp('candidates').value))
-        if self.planner.action_dim != len(self.profile.actuators):
-            raise ValueError(f'bundle has {self.planner.action_dim} actions but profile '
-                             f'{self.profile.name!r} has {len(self.profile.actuators)} actuators')
-        env = make_env(self.profile.env_id)
-        self.grid = MazeGrid.from_env(env) if is_goal_env(self.profile.env_id) else None
-        self.kinematics = Kinematics(self.profile, env.unwrapped.model)
-        env.close()
+            gp('bundle').value, device=gp('device').value, backend=gp('backend').value,
+            threads=gp('torch_threads').value, **sampler,
+            **self._replan_option(gp('lockstep').value, self._setting('control_rate_hz'),
+                                  self._setting('plan_rate_hz')))
+        self.grid, self.kinematics = robot_world(self.profile)
         # Capture the stages now, so activation commands at once.
         self.planner.warm_up()
         self.lockstep = gp('lockstep').value
-        self._plan_budget = self._budget(gp('plan_budget_ms').value, gp('plan_rate_hz').value)
+        self._plan_budget = self._budget(gp('plan_budget_ms').value,
+                                         self._setting('plan_rate_hz'))
         self._added_latency_s = 1e-3 * gp('added_latency_ms').value
         if self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime'):
             self.planner.warm_up_anytime()  # every step count captured before the first plan
@@ -281,13 +292,14 @@ class PlannerNode(LifecycleNode):
         self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
         # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
         self._state_timeout_s = gp('state_timeout_s').value
-        self._control_rate_hz = gp('control_rate_hz').value
+        self._control_rate_hz = self._setting('control_rate_hz')
         # The paper's protocol where the robot reports rewards (the sim bridge does): the
         # returns-to-go target decreases by each reward and starts again at each episode's end;
         # where it reports none, by an even share per step.
-        self.returns_to_go = ReturnsToGo(episode_target(self.planner, gp('target_return').value),
-                                         target_steps(self.planner))
-        self._plan_budget_ms = 1e3 / gp('plan_rate_hz').value
+        self.returns_to_go = ReturnsToGo(
+            episode_target(self.planner, self._setting('target_return')),
+            target_steps(self.planner))
+        self._plan_budget_ms = 1e3 / self._setting('plan_rate_hz')
         self._stamps = StampGate(stale_after_s=self._state_timeout_s)
         self.deadline_misses = 0
         self.rejected_states = 0
@@ -309,7 +321,7 @@ class PlannerNode(LifecycleNode):
         # passed since the state the last plan started from (every state when the two rates
         # are equal), so a plan never starts from a state that waited for a timer.
         self._last_plan_trigger = -math.inf
-        self._plan_period_s = 1.0 / gp('plan_rate_hz').value
+        self._plan_period_s = 1.0 / self._setting('plan_rate_hz')
         self.plan_wait = LatencyStats()  # state arrival to plan start, per plan
         self.executor_delay = LatencyStats()  # state arrival to its callback, per state
         self._running = True
@@ -397,13 +409,8 @@ class PlannerNode(LifecycleNode):
 
     # Parameters -----------------------------------------------------------------------------
     def _validate_start_parameters(self) -> None:
-        for name in ('bundle', 'profile'):
-            if not self.get_parameter(name).value:
-                raise ValueError(f'parameter {name!r} must be set')
-        problem = self._timeout_problem(self.get_parameter('state_timeout_s').value,
-                                        self.get_parameter('control_rate_hz').value)
-        if problem:
-            raise ValueError(problem)
+        if not self.get_parameter('bundle').value:
+            raise ValueError("parameter 'bundle' must be set")
         if self.get_parameter('device').value not in ('auto', 'cpu', 'cuda'):
             raise ValueError("parameter 'device' must be auto, cpu or cuda")
         problem = self._latency_problem(self.get_parameter('plan_budget_ms').value,
@@ -464,13 +471,34 @@ class PlannerNode(LifecycleNode):
             return None
         return AUTO_BUDGET_SHARE * 1e3 / plan_rate_hz if budget_ms < 0 else budget_ms
 
-    def _bundle_or(self, name: str, value: int) -> dict:
-        """Planner option for an integer parameter whose -1 keeps the bundle's value."""
-        if value >= 0:
-            return {name: value}
-        if self.planner is None:
-            return {}  # configure: the bundle's value is the planner's default
-        return {name: getattr(self.planner.bundle.config.planner, name)}
+    def _robot_profile(self, given: str, bundle) -> RobotProfile:
+        """Return the profile given (checked against the bundle's robot) or the bundle's."""
+        if not given:
+            if bundle.robot is None:
+                raise ValueError(f'bundle {bundle.path} records no robot profile: set parameter '
+                                 "'profile' (a YAML path or a name in config/robots)")
+            return bundle.robot
+        profile = load_profile(given)
+        problem = dims_mismatch(profile, bundle.dims.obs, bundle.dims.action)
+        if not problem and bundle.robot is not None:
+            problem = profile_mismatch(profile, bundle.robot)
+        if problem:
+            recorded = f' {bundle.robot.name!r}' if bundle.robot is not None else ''
+            raise ValueError(f'profile {given} does not fit bundle {bundle.path}{recorded}: '
+                             f'{problem}')
+        return profile
+
+    def _given(self, name: str):
+        """Return a parameter's value, None where it is unset."""
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+
+    def _setting(self, name: str):
+        """Return a parameter's value, or the bundle's where the parameter is unset."""
+        value = self._given(name)
+        return self._defaults[name] if value is None else value
 
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
@@ -512,10 +540,17 @@ class PlannerNode(LifecycleNode):
         """
         new = {param.name: param.value for param in params}
         gp = self.get_parameter
-        control_rate = new.get('control_rate_hz', gp('control_rate_hz').value)
-        plan_rate = new.get('plan_rate_hz', gp('plan_rate_hz').value)
-        problem = self._timeout_problem(new.get('state_timeout_s', gp('state_timeout_s').value),
-                                        control_rate) or self._latency_problem(
+        if self.planner is None:
+            # Before configure the bundle, and so any unset rate, is not known yet: configure
+            # checks the rates then.
+            control_rate = new.get('control_rate_hz', self._given('control_rate_hz'))
+            plan_rate = new.get('plan_rate_hz', self._given('plan_rate_hz'))
+        else:
+            control_rate = new.get('control_rate_hz', self._setting('control_rate_hz'))
+            plan_rate = new.get('plan_rate_hz', self._setting('plan_rate_hz'))
+        problem = (control_rate is not None and self._timeout_problem(
+            new.get('state_timeout_s', gp('state_timeout_s').value),
+            control_rate)) or self._latency_problem(
             new.get('plan_budget_ms', gp('plan_budget_ms').value),
             new.get('added_latency_ms', gp('added_latency_ms').value),
             new.get('state_timeout_s', gp('state_timeout_s').value))
@@ -530,7 +565,7 @@ class PlannerNode(LifecycleNode):
             changes['replan_every'] = replan_every
         for name in ('warm_start_steps', 'candidates'):
             if name in new:
-                changes.update(self._bundle_or(name, new[name]))
+                changes[name] = new[name]
         lead = self.lead
         try:
             if 'plan_lead_steps' in new:

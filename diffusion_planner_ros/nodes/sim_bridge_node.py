@@ -70,6 +70,10 @@ class SimBridgeNode(Node):
         if not self.get_parameter('profile').value:
             raise ValueError("parameter 'profile' must be set")
         self.profile = load_profile(self.get_parameter('profile').value)
+        if not self.profile.env_id:
+            raise ValueError(f'profile {self.profile.name!r} names no env_id: the sim bridge '
+                             'simulates a gymnasium env (a robot without one runs its own '
+                             'driver, launch use_sim:=false)')
         self.env = make_env(self.profile.env_id)
         self.dt = float(self.env.unwrapped.dt) if hasattr(self.env.unwrapped, 'dt') else 0.01
         self.model = self.env.unwrapped.model

@@ -22,6 +22,7 @@ from diffusion_planner_ros.config import (JOINT_METHODS, METHODS, ExperimentConf
                                           config_from_dict, config_to_dict, with_overrides)
 from diffusion_planner_ros.data.normalizer import Normalizer
 from diffusion_planner_ros.models import Dims, build_models, method_components
+from diffusion_planner_ros.robots import dims_mismatch, profile_from_dict, RobotProfile
 
 BUNDLE_FORMAT = 'diffusion_planner_ros.bundle'
 BUNDLE_VERSION = 1
@@ -56,12 +57,20 @@ class Bundle:
     action_high: np.ndarray
     normalizers: dict[str, Normalizer]
     models: dict[str, nn.Module]
+    # The robot profile the bundle was trained for (None: the bundle records none).
+    robot: RobotProfile | None = None
 
 
 def save_bundle(path: str | Path, config: ExperimentConfig, env_id: str, dims: Dims,
                 action_low: np.ndarray, action_high: np.ndarray,
-                normalizers: dict[str, Normalizer], models: dict[str, nn.Module]) -> Path:
-    """Write a bundle of the config's method (directory created if needed)."""
+                normalizers: dict[str, Normalizer], models: dict[str, nn.Module],
+                robot: RobotProfile | None = None) -> Path:
+    """Write a bundle of the config's method (directory created if needed).
+
+    ``robot`` is the profile of the robot the data came from; it must fit the dimensions.
+    """
+    if robot is not None and dims_mismatch(robot, dims.obs, dims.action):
+        raise ValueError(dims_mismatch(robot, dims.obs, dims.action))
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     method = config.method.name
@@ -76,6 +85,8 @@ def save_bundle(path: str | Path, config: ExperimentConfig, env_id: str, dims: D
         'action_high': np.asarray(action_high, dtype=float).tolist(),
         'config': config_to_dict(config),
     }
+    if robot is not None:
+        meta['robot'] = robot.to_dict()
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + '\n')
     stats = {name: norm.to_dict() for name, norm in normalizers.items()}
     (path / NORMALIZER_FILE).write_text(json.dumps(stats, indent=2) + '\n')
@@ -99,7 +110,7 @@ def derive_bundle(source: str | Path, method: str, path: str | Path) -> Path:
                          f'{source} (missing {missing or "compatible diffuser"})')
     config = replace(bundle.config, method=replace(bundle.config.method, name=method))
     return save_bundle(path, config, bundle.env_id, bundle.dims, bundle.action_low,
-                       bundle.action_high, bundle.normalizers, bundle.models)
+                       bundle.action_high, bundle.normalizers, bundle.models, bundle.robot)
 
 
 def untrained_bundle(source: str | Path, sizes: list[str], path: str | Path,
@@ -123,7 +134,7 @@ def untrained_bundle(source: str | Path, sizes: list[str], path: str | Path,
         torch.manual_seed(seed)
         models = build_models(config, bundle.dims, bundle.method)
     return save_bundle(path, config, bundle.env_id, bundle.dims, bundle.action_low,
-                       bundle.action_high, bundle.normalizers, models)
+                       bundle.action_high, bundle.normalizers, models, bundle.robot)
 
 
 def _inside(path: Path) -> Path:
@@ -250,5 +261,10 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
             raise ValueError(f'{weights} does not match the architecture in {source}: '
                              f'{str(error).splitlines()[0]}') from error
         models[name].to(device).eval()
+    robot = None
+    if meta.get('robot') is not None:
+        robot = profile_from_dict(meta['robot'], f'{source} field robot')
+        if dims_mismatch(robot, dims.obs, dims.action):
+            raise ValueError(f'{source}: {dims_mismatch(robot, dims.obs, dims.action)}')
     return Bundle(path, method, config, env_id, meta.get('dataset_id', ''), dims, action_low,
-                  action_high, normalizers, models)
+                  action_high, normalizers, models, robot)

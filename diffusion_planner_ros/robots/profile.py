@@ -39,11 +39,18 @@ class ObservationEntry:
 
 @dataclass
 class RobotProfile:
-    """How a robot's joints map onto a bundle's observation and action vectors."""
+    """How a robot's joints map onto a bundle's observation and action vectors.
+
+    Only the joints are required. A simulated robot names its gymnasium env (the sim bridge
+    runs it, the planner reads the maze map and the kinematics from it); a real robot may give
+    a MuJoCo model file for the kinematics of its plan drawings and a maze map for its goals,
+    or neither: then plans are drawn from their planned joint positions and goals are not
+    checked against a map.
+    """
 
     name: str
-    # gymnasium env the sim bridge runs for this robot.
-    env_id: str
+    # gymnasium env the sim bridge runs for this robot ('' for a robot without a simulator).
+    env_id: str = ''
     # Observation entries in the model's order.
     observation: list = field(default_factory=list)
     # Joints that take commands, in the command vector's order.
@@ -54,6 +61,13 @@ class RobotProfile:
     fixed_frame: str = 'map'
     # Control period of the robot's datasets (s): bag_to_minari resamples bags onto it.
     control_period_s: float = 0.0
+    # Without env_id: a MuJoCo model (MJCF, or URDF that MuJoCo reads) for the kinematics of
+    # the plan drawings, relative to the profile file; '' draws planned joint positions.
+    model_file: str = ''
+    # Without env_id: the maze of a goal-conditioned robot, rows of 1 (wall) and 0 (free) as
+    # gymnasium-robotics writes it, and the size of a cell (m); goals in walls are dropped.
+    maze_map: list = field(default_factory=list)
+    maze_cell_m: float = 1.0
 
     def __post_init__(self) -> None:
         self.observation = [e if isinstance(e, ObservationEntry) else ObservationEntry(**e)
@@ -63,6 +77,22 @@ class RobotProfile:
         if not self.control_period_s >= 0:
             raise ValueError(f'profile {self.name!r}: control_period_s must be >= 0, got '
                              f'{self.control_period_s}')
+        if self.env_id and (self.model_file or self.maze_map):
+            raise ValueError(f'profile {self.name!r}: model_file and maze_map are for robots '
+                             f'without env_id; env {self.env_id!r} gives both')
+        if self.maze_map and (not all(isinstance(row, list) and row for row in self.maze_map)
+                              or len({len(row) for row in self.maze_map}) != 1):
+            raise ValueError(f'profile {self.name!r}: maze_map must be rows of equal length')
+        if not self.maze_cell_m > 0:
+            raise ValueError(f'profile {self.name!r}: maze_cell_m must be > 0')
+
+    def to_dict(self) -> dict:
+        """Return the profile as its YAML keys (what a bundle records of its robot)."""
+        raw = {key: getattr(self, key) for key in PROFILE_KEYS}
+        raw['observation'] = [{'joint': e.joint, 'field': e.field, 'clip': e.clip}
+                              for e in self.observation]
+        raw['actuators'] = list(self.actuators)
+        return raw
 
     @property
     def joints(self) -> list[str]:
@@ -107,24 +137,82 @@ class RobotProfile:
         return names, positions, velocities
 
 
+PROFILE_KEYS = ('name', 'env_id', 'observation', 'actuators', 'plan_body', 'fixed_frame',
+                'control_period_s', 'model_file', 'maze_map', 'maze_cell_m')
+
+
+def profile_from_dict(raw: dict, source: str) -> RobotProfile:
+    """Build a profile from its YAML keys; ValueError names ``source`` and the problem."""
+    if not isinstance(raw, dict):
+        raise ValueError(f'{source}: a robot profile must be a mapping of keys')
+    unknown = sorted(set(raw) - set(PROFILE_KEYS))
+    if unknown:
+        raise ValueError(f'{source}: unknown key(s) {unknown}; known keys are '
+                         f'{sorted(PROFILE_KEYS)}')
+    try:
+        return RobotProfile(**raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'{source}: {error}') from error
+
+
 def load_profile(path: str | Path) -> RobotProfile:
-    """Read a profile YAML, given by path or by the name of one in config/robots."""
+    """Read a profile YAML, given by path or by the name of one in config/robots.
+
+    A relative ``model_file`` is resolved against the profile's folder.
+    """
     path = Path(path)
     if not path.is_file() and path.suffix == '' and len(path.parts) == 1:
         shipped = share_directory() / 'config' / 'robots' / f'{path}.yaml'
         path = shipped if shipped.is_file() else path
     if not path.is_file():
         raise ValueError(f'robot profile {path} does not exist')
-    raw = yaml.safe_load(path.read_text()) or {}
-    known = {'name', 'env_id', 'observation', 'actuators', 'plan_body', 'fixed_frame',
-             'control_period_s'}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ValueError(f'{path}: unknown key(s) {unknown}; known keys are {sorted(known)}')
-    try:
-        return RobotProfile(**raw)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f'{path}: {error}') from error
+    profile = profile_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    if profile.model_file:
+        profile.model_file = str((path.parent / profile.model_file).resolve())
+    return profile
+
+
+def profile_for(name_or_path: str, env_id: str) -> RobotProfile | None:
+    """Return the profile named, else the one shipped profile of ``env_id`` (None if none)."""
+    if name_or_path:
+        return load_profile(name_or_path)
+    matches = []
+    for path in sorted((share_directory() / 'config' / 'robots').glob('*.yaml')):
+        raw = yaml.safe_load(path.read_text()) or {}
+        if env_id and raw.get('env_id') == env_id:
+            matches.append(path)
+    return load_profile(matches[0]) if len(matches) == 1 else None
+
+
+def dims_mismatch(profile: RobotProfile, obs_dim: int, action_dim: int) -> str:
+    """Say how a profile's vectors differ from a model's dimensions ('' when they fit)."""
+    if (len(profile.observation), len(profile.actuators)) == (obs_dim, action_dim):
+        return ''
+    return (f'robot profile {profile.name!r} has {len(profile.observation)} observation entries '
+            f'and {len(profile.actuators)} actuators, the model {obs_dim} and {action_dim}')
+
+
+def profile_mismatch(profile: RobotProfile, recorded: RobotProfile) -> str:
+    """Say how ``profile`` differs from the profile a bundle was trained with ('' if it fits).
+
+    The observation (joints and fields, in order), the actuators and, where both name one, the
+    env must agree; names, frames, drawing and map settings may differ.
+    """
+    problems = []
+    if profile.env_id and recorded.env_id and profile.env_id != recorded.env_id:
+        problems.append(f'env {profile.env_id!r} against {recorded.env_id!r}')
+    ours = [(e.joint, e.field) for e in profile.observation]
+    theirs = [(e.joint, e.field) for e in recorded.observation]
+    if ours != theirs:
+        problems.append(f'observation {_entries(ours)} against {_entries(theirs)}')
+    if list(profile.actuators) != list(recorded.actuators):
+        problems.append(f'actuators {list(profile.actuators)} against '
+                        f'{list(recorded.actuators)}')
+    return '; '.join(problems)
+
+
+def _entries(entries: list) -> str:
+    return '[' + ', '.join(f'{joint}.{field}' for joint, field in entries) + ']'
 
 
 class Kinematics:
@@ -138,11 +226,15 @@ class Kinematics:
         self.data = mujoco.MjData(model)
         self.body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, profile.plan_body)
         if self.body < 0:
-            raise ValueError(f'MuJoCo model has no body {profile.plan_body!r}')
+            raise ValueError(f'MuJoCo model has no body {profile.plan_body!r} (profile '
+                             f'{profile.name!r}, plan_body)')
         self._slots = []  # (observation index, qpos address) for position entries
         for i, entry in enumerate(profile.observation):
             if entry.field == 'position':
                 jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, entry.joint)
+                if jid < 0:
+                    raise ValueError(f'MuJoCo model has no joint {entry.joint!r} (profile '
+                                     f'{profile.name!r})')
                 self._slots.append((i, int(model.jnt_qposadr[jid])))
 
     def body_positions(self, states: np.ndarray) -> np.ndarray:
@@ -154,3 +246,47 @@ class Kinematics:
             self._mujoco.mj_kinematics(self.model, self.data)
             out[row] = self.data.xpos[self.body]
         return out
+
+
+class JointPositionDrawing:
+    """Plan drawings for a robot without a kinematics model: its planned joint positions.
+
+    The first three position entries of each planned state are x, y and z (missing ones 0): a
+    mobile base's or a ball's planar position draws as it moves.
+    """
+
+    def __init__(self, profile: RobotProfile):
+        self._columns = [i for i, e in enumerate(profile.observation)
+                         if e.field == 'position'][:3]
+
+    def body_positions(self, states: np.ndarray) -> np.ndarray:
+        """(H, obs_dim) planned states -> (H, 3) points."""
+        out = np.zeros((len(states), 3))
+        out[:, :len(self._columns)] = np.asarray(states)[:, self._columns]
+        return out
+
+
+def robot_world(profile: RobotProfile):
+    """Return the maze grid (or None) and plan drawing of a profile, from its env or files."""
+    from diffusion_planner_ros.data.maze import MazeGrid
+
+    if profile.env_id:
+        from diffusion_planner_ros.envs import is_goal_env, make_env
+
+        env = make_env(profile.env_id)
+        try:
+            grid = MazeGrid.from_env(env) if is_goal_env(profile.env_id) else None
+            return grid, Kinematics(profile, env.unwrapped.model)
+        finally:
+            env.close()
+    grid = MazeGrid(profile.maze_map, profile.maze_cell_m) if profile.maze_map else None
+    if not profile.model_file:
+        return grid, JointPositionDrawing(profile)
+    import mujoco
+
+    try:
+        model = mujoco.MjModel.from_xml_path(profile.model_file)
+    except (ValueError, OSError) as error:
+        raise ValueError(f'profile {profile.name!r}: cannot read model_file '
+                         f'{profile.model_file}: {error}') from error
+    return grid, Kinematics(profile, model)
