@@ -41,7 +41,15 @@ def generate_launch_description():
             description='ROS parameters YAML'),
         DeclareLaunchArgument('use_sim', default_value='true',
                               description='start the MuJoCo bridge (false: a real driver)'),
+        DeclareLaunchArgument('use_sim_time', default_value=LaunchConfiguration('use_sim'),
+                              description="stamp with the bridge's /clock (default: with the "
+                                          'bridge); false: the wall clock, as with a robot'),
         DeclareLaunchArgument('use_rviz', default_value='false', description='start RViz'),
+        DeclareLaunchArgument('rviz_config', default_value=[PathJoinSubstitution(
+            [FindPackageShare('diffusion_planner_ros'), 'config', 'rviz',
+             LaunchConfiguration('robot')]), '.rviz'],
+            description="RViz view (default: the robot's, from above for a maze, from the "
+                        'side for a walker)'),
         DeclareLaunchArgument('state_topic', default_value='/joint_states',
                               description='sensor_msgs/JointState from the robot'),
         DeclareLaunchArgument('command_topic', default_value='/effort_controller/commands',
@@ -67,7 +75,8 @@ def generate_launch_description():
             name='planner_node',
             parameters=[LaunchConfiguration('params'),
                         {'profile': LaunchConfiguration('profile'),
-                         'bundle': LaunchConfiguration('bundle')}],
+                         'bundle': LaunchConfiguration('bundle'),
+                         'use_sim_time': LaunchConfiguration('use_sim_time')}],
             remappings=[('joint_states', LaunchConfiguration('state_topic')),
                         ('commands', LaunchConfiguration('command_topic')),
                         ('goal_pose', '/goal_pose'),
@@ -82,7 +91,7 @@ def generate_launch_description():
             executable='rviz2',
             name='rviz2',
             condition=IfCondition(LaunchConfiguration('use_rviz')),
-            arguments=['-d', PathJoinSubstitution(
-                [FindPackageShare('diffusion_planner_ros'), 'config', 'sim.rviz'])],
+            arguments=['-d', LaunchConfiguration('rviz_config')],
+            parameters=[{'use_sim_time': LaunchConfiguration('use_sim_time')}],
         ),
     ])

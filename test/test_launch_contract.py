@@ -75,7 +75,8 @@ def test_params_file_keys_match_node_names_and_declared_parameters(robot):
     assert set(params) == set(ours)
     for name, node in ours.items():
         assert node.params_files == [str(REPO / 'config' / 'sim' / f'{robot}.yaml')]
-        declared = declared_parameters(NODE_SOURCES[name])
+        # rclpy declares use_sim_time on every node.
+        declared = declared_parameters(NODE_SOURCES[name]) | {'use_sim_time'}
         given = set(params[name]['ros__parameters']) | set(node.parameters)
         assert given <= declared, given - declared
 
@@ -100,6 +101,10 @@ def test_launch_arguments_reach_the_nodes():
                                                'command_topic': '/drv/cmd'})
     by_name = {n.name: n for n in nodes}
     assert not by_name['sim_bridge_node'].enabled
+    # One clock per graph: the wall clock with a robot, the bridge's /clock with the bridge.
+    assert by_name['planner_node'].parameters['use_sim_time'] == 'false'
+    _, nodes = read_launch_file(LAUNCH, REPO)
+    assert {n.name: n for n in nodes}['planner_node'].parameters['use_sim_time'] == 'true'
     remaps = dict(by_name['planner_node'].remappings)
     assert remaps['joint_states'] == '/drv/js' and remaps['commands'] == '/drv/cmd'
     with pytest.raises(LaunchFileError, match='unknown launch argument'):
@@ -125,7 +130,8 @@ def test_installed_data_files_cover_what_the_launch_file_finds(robot):
     args, _ = read_launch_file(LAUNCH, REPO, {'robot': robot})
     for key in ('profile', 'bundle', 'params'):
         assert (REPO / args[key].replace(str(REPO) + '/', '')).exists(), key
-    assert (REPO / 'config' / 'sim.rviz').is_file()
+    assert args['rviz_config'] == str(REPO / 'config' / 'rviz' / f'{robot}.rviz')
+    assert (REPO / 'config' / 'rviz' / f'{robot}.rviz').is_file()
     # The robot's bundle was trained for its profile's env and commands its actuators.
     profile = load_profile(args['profile'])
     meta = json.loads((Path(args['bundle']) / 'config.json').read_text())
@@ -139,8 +145,8 @@ def test_a_list_inside_path_join_is_refused_as_older_jazzy_launch_does(tmp_path)
     text = LAUNCH.read_text()
     assert "LaunchConfiguration('robot')]), '.yaml']" in text
     old = text.replace("LaunchConfiguration('robot')]), '.yaml']",
-                       "[LaunchConfiguration('robot'), '.yaml']])").replace(
-        'default_value=[PathJoinSubstitution(', 'default_value=PathJoinSubstitution(')
+                       "[LaunchConfiguration('robot'), '.yaml']])", 1).replace(
+        'default_value=[PathJoinSubstitution(', 'default_value=PathJoinSubstitution(', 1)
     (tmp_path / 'old.launch.py').write_text(old)
     with pytest.raises(LaunchFileError, match='list inside PathJoinSubstitution'):
         read_launch_file(tmp_path / 'old.launch.py', REPO)

@@ -382,3 +382,44 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
         rclpy.try_shutdown()
         code = stop(bridge)
     assert 'ended after' in log.read_text() and code == 0
+
+
+def test_the_sim_graph_runs_on_the_bridge_clock(ros_env, tmp_path):
+    # The launch file's graph with the bridge: the planner stamps its plans with the bridge's
+    # sim time (/clock, from 0 s), not with this machine's clock; its timers still run.
+    from nav_msgs.msg import Path as PathMsg
+    from rosgraph_msgs.msg import Clock
+
+    from diffusion_planner_ros.launch_file import read_launch_file
+
+    _, specs = read_launch_file(REPO / 'launch' / 'sim.launch.py', REPO)
+    # In lockstep (cheaper to start); the clock is the same in both modes.
+    processes = [start(spec.executable, [*spec.ros_args(), '-p', 'lockstep:=true'], ros_env,
+                       tmp_path, spec.name)[0] for spec in specs if spec.enabled]
+    rclpy.init()
+    node = Node('clock_listener')
+    clocks, plans = [], []
+    node.create_subscription(Clock, '/clock', lambda m: clocks.append(
+        m.clock.sec + 1e-9 * m.clock.nanosec), 10)
+    node.create_subscription(PathMsg, '/plan', lambda m: plans.append(
+        m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec), 10)
+    goal = node.create_publisher(__import__('geometry_msgs.msg').msg.PoseStamped, '/goal_pose',
+                                 10)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        assert spin_until(executor, lambda: goal.get_subscription_count() > 0, 120), \
+            (tmp_path / 'planner_node.log').read_text()[-3000:]
+        message = goal.msg_type()
+        message.header.frame_id = 'map'
+        message.pose.position.x, message.pose.position.y = 1.0, 1.0
+        spin_until(executor, lambda: False, 0.5)
+        goal.publish(message)
+        assert spin_until(executor, lambda: len(plans) >= 5 and len(clocks) >= 5, 120)
+    finally:
+        codes = stop_nodes(processes, timeout=20)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    assert all(0.0 <= stamp <= max(clocks) + 1.0 for stamp in plans), (plans[:5], clocks[-5:])
+    assert max(plans) > 0.0
+    assert codes == [0] * len(processes)

@@ -51,6 +51,7 @@ from geometry_msgs.msg import Point, PoseStamped
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState
@@ -182,6 +183,9 @@ class PlannerNode(LifecycleNode):
             description='configure and activate at start; false waits for lifecycle '
                         'transitions (~/change_state)', read_only=True))
         self.planner = None
+        # Timers run on this machine's steady clock; only the stamps of what the node publishes
+        # follow the ROS clock (sim time under use_sim_time, as in the sim graph).
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._active = False
         # Held while a command is published and while activity changes, so no plan's command
         # can follow the zero of a deactivation or a stop.
@@ -349,7 +353,7 @@ class PlannerNode(LifecycleNode):
             self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10),
             self.create_subscription(String, 'episode_end', self._on_episode_end, reliable),
             self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10),
-            self.create_timer(1.0, self._publish_diagnostics),
+            self.create_timer(1.0, self._publish_diagnostics, clock=self._steady),
         ]
         # Everything allocated so far (models, messages, modules) lives as long as the node:
         # keep it out of the collector's full passes, which would otherwise pause planning.
@@ -529,7 +533,8 @@ class PlannerNode(LifecycleNode):
         if self.tracking:
             self._tick_period_s = min(max(self._control_period_s, TRACKING_TICK_S),
                                       0.5 * self._state_timeout_s)
-        self._control_timer = self.create_timer(self._tick_period_s, self._on_control_tick)
+        self._control_timer = self.create_timer(self._tick_period_s, self._on_control_tick,
+                                                clock=self._steady)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Check a runtime change as a whole and apply it only if all of it is valid.
