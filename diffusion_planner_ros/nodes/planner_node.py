@@ -271,6 +271,10 @@ class PlannerNode(LifecycleNode):
             **self._replan_option(gp('lockstep').value, self._setting('control_rate_hz'),
                                   self._setting('plan_rate_hz')))
         self.grid, self.kinematics = robot_world(self.profile)
+        if self.profile.maze_map and self.planner.condition_kind != 'goal':
+            raise ValueError(f'profile {self.profile.name!r} gives a maze_map, but bundle '
+                             f'{gp("bundle").value} plans for {self.planner.condition_kind}, '
+                             'not for goals: leave the map out')
         # Capture the stages now, so activation commands at once.
         self.planner.warm_up()
         self.lockstep = gp('lockstep').value
