@@ -137,6 +137,9 @@ def test_a_bundle_alone_runs_its_robot(ros_env, tmp_path):
         node.publish_goal(node.goal)
         assert spin_until(executor, lambda: 'goal' in log.read_text(), 10), log.read_text()
         node.publish_state()
+        # A driver that repeats its goal does not restart the plan each time.
+        assert spin_until(executor, lambda: node.steps >= 20, 60)
+        node.publish_goal(node.goal)
         assert spin_until(executor, lambda: node.reached or node.steps >= 300, 300)
         assert node.reached, f'ball did not reach {node.goal} in {node.steps} steps'
     finally:
@@ -145,6 +148,7 @@ def test_a_bundle_alone_runs_its_robot(ros_env, tmp_path):
         rclpy.try_shutdown()
     text = log.read_text()
     assert 'profile pointmaze_medium' in text and 'k=5' in text, text[-2000:]
+    assert text.count('new goal') == 1
     assert 'outside the free maze cells' not in text
     assert code == 0, text[-2000:]
 

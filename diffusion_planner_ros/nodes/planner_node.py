@@ -667,6 +667,8 @@ class PlannerNode(LifecycleNode):
                        f'dropped goal_pose {goal.tolist()}: outside the free maze cells')
             return
         with self._lock:
+            if self._goal is not None and np.array_equal(goal, self._goal):
+                return  # the goal in force, sent again: keep following its plan
             self._goal = goal
             self._goal_version += 1
         # Stop sending the old goal's actions now; the worker resets the planner before its next
