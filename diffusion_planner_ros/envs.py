@@ -16,7 +16,7 @@ MAZE_ENVS = {
     'medium': 'PointMaze_Medium-v3',
     'large': 'PointMaze_Large-v3',
 }
-# Locomotion envs of the D4RL-style datasets (issue 6).
+# Locomotion envs of the D4RL-style datasets.
 LOCOMOTION_ENVS = {
     'hopper': 'Hopper-v5',
     'walker2d': 'Walker2d-v5',

@@ -1,4 +1,4 @@
-"""Reliability over real rclpy (issue 7): fuzzing, faults, a lossy link, lifecycle, safe stop.
+"""Reliability over real rclpy: fuzzing, faults, a lossy link, lifecycle, safe stop.
 
 The timings these tests see are checked loosely (the machines are shared); the committed
 figures come from training/fault_drill.py and training/soak.py (docs/reliability.md).
@@ -251,8 +251,8 @@ def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
     assert np.any(np.array(dead['effort_before_kill']) != 0.0)
     assert dead['zero_applied_after_kill_s'] is not None, json.dumps(drill)
     # It never stepped the sim with the dead planner's command past the timeout: counted in
-    # sim time, which stands still while the bridge's process stalls. (Session 28 saw one
-    # drill in which the bridge sent nothing for 1 s, then 3 s, after the planner's SIGKILL;
+    # sim time, which stands still while the bridge's process stalls. (In one drill the
+    # bridge sent nothing for 1 s, then 3 s, after the planner's SIGKILL;
     # it had stepped 0.02 s of sim with the command, and a state most likely stepped before
     # the stall went out after it. docs/reliability.md.)
     assert dead['zero_applied_after_last_command_sim_s'] is not None, json.dumps(drill)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's GPU checks in one run, for a machine with a CUDA device and no network (the device
+# The GPU checks in one run, for a machine with a CUDA device and no network (the device
 # tool's H200 has torch, onnx and onnxruntime; gymnasium and MuJoCo travel as wheels, see
 # docs/latency.md, "GPU checks"). Writes every log and JSON into $OUT (default
 # runs/device_check):

@@ -5,7 +5,7 @@ Usage (rclpy wheels or a sourced ROS install; one private domain on localhost):
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python training/fault_drill.py --repeats 5 \
         --json docs/results/reliability/faults.json
 
-Targets (issue 7): zero command within state_timeout_s of the bridge's death, plans again
+Targets: zero command within state_timeout_s of the bridge's death, plans again
 within 1 s of the restarted bridge's first state, the bridge applies zero after
 command_timeout_s once the planner is dead. The params file sets both timeouts (0.5 s).
 """

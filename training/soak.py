@@ -5,7 +5,7 @@ Usage (alone on the machine; about 10 min for 100k steps here):
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python training/soak.py --steps 100000 \
         --json docs/results/reliability/soak.json
 
-Targets (issue 7): resident memory of each node grows less than 5% after warm-up (the first
+Targets: resident memory of each node grows less than 5% after warm-up (the first
 tenth of the steps), and plan latency p99 over the last tenth is within 20% of the first tenth.
 """
 

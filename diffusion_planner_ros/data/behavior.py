@@ -1,4 +1,4 @@
-"""Behavior policies and D4RL-style locomotion datasets (issue 6).
+"""Behavior policies and D4RL-style locomotion datasets.
 
 D4RL made its locomotion data with SAC policies: 'medium' is about 1M steps of a policy stopped
 at about a third of the expert's return, 'medium-replay' is the replay buffer that trained it up

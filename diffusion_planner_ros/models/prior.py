@@ -57,7 +57,7 @@ class CausalSelfAttention(nn.Module):
 
         The same arithmetic as forward with a length-1 x, written on 2-D tensors: an exported
         graph then needs no transposes and no reshapes around its matrix products, which is most
-        of the work at this size (issue 5).
+        of the work at this size.
         """
         batch, width = x.shape
         head_dim = width // self.n_head
