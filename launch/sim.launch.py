@@ -27,8 +27,8 @@ def generate_launch_description():
     """Bridge + planner + RViz, remapped to the ros2_control topic names."""
     return LaunchDescription([
         DeclareLaunchArgument('robot', default_value='pointmaze_umaze',
-                              description='pointmaze_umaze, pointmaze_medium or hopper: picks '
-                                          'profile, bundle and params by name'),
+                              description='pointmaze_umaze, pointmaze_medium, hopper or walker2d: '
+                                          'picks profile, bundle, params and view by name'),
         DeclareLaunchArgument('profile', default_value=[PathJoinSubstitution(
             [FindPackageShare('diffusion_planner_ros'), 'config', 'robots',
              LaunchConfiguration('robot')]), '.yaml'], description='robot profile YAML'),

@@ -171,10 +171,11 @@ class PlannerNode(LifecycleNode):
                         'default); one leaves a core to the executor and the other processes',
             read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=256, step=1)]))
-        p('plan_thread_nice', 10, ParameterDescriptor(
+        p('plan_thread_nice', 0, ParameterDescriptor(
             description='nice value added to the planning thread (Linux), so the executor '
-                        'that sends each state\'s command runs first when both are ready; 0 '
-                        'plans at the node\'s priority', read_only=True,
+                        'that sends each state\'s command runs first when both are ready '
+                        '(10 halved the late commands on Hopper here, but slowed the plans: '
+                        'docs/realtime.md); 0 plans at the node\'s priority', read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=19, step=1)]))
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
