@@ -164,3 +164,22 @@ def test_shipped_bundles_record_their_robot():
 
     for name in ('pointmaze_umaze', 'pointmaze_medium', 'hopper'):
         assert load_bundle(REPO / 'models' / name).robot == load_profile(name)
+
+
+def test_a_node_plans_for_the_bundles_robot_unless_a_fitting_profile_is_given(tmp_path):
+    from diffusion_planner_ros.planning import load_bundle, load_planner
+    from diffusion_planner_ros.planning.defaults import bundle_robot
+
+    umaze, hopper = load_bundle(REPO / 'models' / 'pointmaze_umaze'), load_bundle(
+        REPO / 'models' / 'hopper')
+    assert bundle_robot(umaze) == load_profile('pointmaze_umaze')
+    assert bundle_robot(umaze, 'pointmaze_umaze') == load_profile('pointmaze_umaze')
+    with pytest.raises(ValueError, match="does not fit bundle .*pointmaze_umaze 'pointmaze_umaze"
+                                         "': env 'PointMaze_Medium-v3'"):
+        bundle_robot(umaze, 'pointmaze_medium')
+    (tmp_path / 'map.yaml').write_text((REPO / 'config' / 'robots' / 'hopper.yaml').read_text()
+                                       .replace('env_id: Hopper-v5', 'maze_map: [[1, 0]]'))
+    with pytest.raises(ValueError, match='gives a maze_map, but bundle .* plans for returns'):
+        bundle_robot(hopper, str(tmp_path / 'map.yaml'))
+    # A loaded bundle builds its planner without being read again.
+    assert load_planner(umaze, backend='eager').bundle is umaze

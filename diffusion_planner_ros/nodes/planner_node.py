@@ -65,7 +65,8 @@ from std_msgs.msg import Float64, Float64MultiArray, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_planner_ros.planning import load_bundle, load_planner
-from diffusion_planner_ros.planning.defaults import bundle_settings, SAMPLER_PARAMETERS
+from diffusion_planner_ros.planning.defaults import (bundle_robot, bundle_settings,
+                                                     SAMPLER_PARAMETERS)
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      lower_thread_priority,
                                                      episode_target, LatencyStats,
@@ -73,8 +74,7 @@ from diffusion_planner_ros.planning.receding import (ActionChunk, configure_thre
                                                      StampGate, target_steps)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
-from diffusion_planner_ros.robots import (dims_mismatch, load_profile, profile_mismatch,
-                                          robot_world, RobotProfile)
+from diffusion_planner_ros.robots import robot_world
 
 WARN_PERIOD_S = 2.0
 # Lockstep: a state sent again within this long of the command for it crossed that command
@@ -258,7 +258,7 @@ class PlannerNode(LifecycleNode):
         gp = self.get_parameter
         configure_threads(gp('torch_threads').value)
         bundle = load_bundle(gp('bundle').value)
-        self.profile = self._robot_profile(gp('profile').value, bundle)
+        self.profile = bundle_robot(bundle, gp('profile').value)
         self._defaults = bundle_settings(bundle, self.profile)
         problem = self._timeout_problem(gp('state_timeout_s').value,
                                         self._setting('control_rate_hz'))
@@ -267,15 +267,11 @@ class PlannerNode(LifecycleNode):
         sampler = {name: self._given(name) for name in SAMPLER_PARAMETERS
                    if self._given(name) is not None}
         self.planner = load_planner(
-            gp('bundle').value, device=gp('device').value, backend=gp('backend').value,
+            bundle, device=gp('device').value, backend=gp('backend').value,
             threads=gp('torch_threads').value, **sampler,
             **self._replan_option(gp('lockstep').value, self._setting('control_rate_hz'),
                                   self._setting('plan_rate_hz')))
         self.grid, self.kinematics = robot_world(self.profile)
-        if self.profile.maze_map and self.planner.condition_kind != 'goal':
-            raise ValueError(f'profile {self.profile.name!r} gives a maze_map, but bundle '
-                             f'{gp("bundle").value} plans for {self.planner.condition_kind}, '
-                             'not for goals: leave the map out')
         # Capture the stages now, so activation commands at once.
         self.planner.warm_up()
         self.lockstep = gp('lockstep').value
@@ -479,23 +475,6 @@ class PlannerNode(LifecycleNode):
         if self.lockstep or budget_ms == 0:
             return None
         return AUTO_BUDGET_SHARE * 1e3 / plan_rate_hz if budget_ms < 0 else budget_ms
-
-    def _robot_profile(self, given: str, bundle) -> RobotProfile:
-        """Return the profile given (checked against the bundle's robot) or the bundle's."""
-        if not given:
-            if bundle.robot is None:
-                raise ValueError(f'bundle {bundle.path} records no robot profile: set parameter '
-                                 "'profile' (a YAML path or a name in config/robots)")
-            return bundle.robot
-        profile = load_profile(given)
-        problem = dims_mismatch(profile, bundle.dims.obs, bundle.dims.action)
-        if not problem and bundle.robot is not None:
-            problem = profile_mismatch(profile, bundle.robot)
-        if problem:
-            recorded = f' {bundle.robot.name!r}' if bundle.robot is not None else ''
-            raise ValueError(f'profile {given} does not fit bundle {bundle.path}{recorded}: '
-                             f'{problem}')
-        return profile
 
     def _given(self, name: str):
         """Return a parameter's value, None where it is unset."""

@@ -19,10 +19,11 @@ def planner_class(path: str | Path) -> type:
     return PLANNERS[read_method(path)]
 
 
-def load_planner(path: str | Path, device: str | None = None,
+def load_planner(path: str | Path | Bundle, device: str | None = None,
                  expected_env_id: str | None = None, **overrides) -> BasePlanner:
-    """Build the planner of whatever method the bundle at ``path`` holds."""
-    return planner_class(path).from_bundle(path, device, expected_env_id, **overrides)
+    """Build the planner of whatever method the bundle at ``path`` (or loaded) holds."""
+    cls = PLANNERS[path.method] if isinstance(path, Bundle) else planner_class(path)
+    return cls.from_bundle(path, device, expected_env_id, **overrides)
 
 
 __all__ = ['BCPlanner', 'BasePlanner', 'Bundle', 'DecisionDiffuserPlanner', 'SamplingDiverged',

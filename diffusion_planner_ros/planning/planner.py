@@ -157,10 +157,16 @@ class BasePlanner:
         self.reset()
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | None = None,
+    def from_bundle(cls, path: str | Path | Bundle, device: str | None = None,
                     expected_env_id: str | None = None, **overrides) -> 'BasePlanner':
-        """Load a bundle and build its planner; keyword overrides replace PlannerConfig fields."""
-        probe = load_bundle(path, 'cpu', expected_env_id)
+        """Load a bundle and build its planner; keyword overrides replace PlannerConfig fields.
+
+        ``path`` may also be a bundle already loaded (on the CPU), which is then not read again.
+        """
+        probe = path if isinstance(path, Bundle) else load_bundle(path, 'cpu', expected_env_id)
+        if expected_env_id is not None and probe.env_id != expected_env_id:
+            raise ValueError(f'bundle {probe.path} was trained for env {probe.env_id!r}, not '
+                             f'{expected_env_id!r}')
         if cls.methods and probe.method not in cls.methods:
             raise ValueError(f'bundle {path} holds method {probe.method!r}; {cls.__name__} '
                              f'runs {cls.methods} (planning.load_planner picks the class)')
