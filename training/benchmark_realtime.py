@@ -136,7 +136,8 @@ def pin(process, cores: set) -> None:
 
 
 def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
-              planner_params: dict, rewards: bool, pin_planner: bool = False) -> dict:
+              planner_params: dict, rewards: bool, pin_planner: bool = False,
+              recorder_idle: bool = True) -> dict:
     """Start the graph, run the episodes, stop it; return the run's figures.
 
     pin_planner: the planner's process gets the last core to itself, the bridge and this
@@ -174,6 +175,11 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
             planner_process = Path(process.args[0]).name == 'planner_node'
             pin(process, {cores[-1]} if planner_process else set(cores[:-1]))
         os.sched_setaffinity(0, set(cores[:-1]))
+    # This process records every message of the run, which a robot's computer would not do:
+    # with recorder_idle it takes only the CPU the robot's processes leave (Linux SCHED_IDLE;
+    # its messages queue meanwhile and are recorded late, with their stamps).
+    if recorder_idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     rclpy.init()
     client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
                         command_topic=launch_args['command_topic'])
@@ -203,6 +209,8 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         rclpy.try_shutdown()
         codes = stop_nodes(processes)
         os.sched_setaffinity(0, all_cores)
+        if recorder_idle:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     evaluation = read_config(launch_args['bundle']).evaluation
     outcome = summarize([EpisodeResult(r.seed, r.episode_return, r.success, len(r.rewards))
                          for r in records], evaluation.random_return,
@@ -279,6 +287,10 @@ def main() -> None:
     parser.add_argument('--pin-planner', action='store_true',
                         help='the planner on the last core, the bridge and this client on the '
                              'others')
+    parser.add_argument('--recorder', choices=('idle', 'normal'), default='idle',
+                        help='scheduling of this process, which records every message: idle '
+                             '(Linux SCHED_IDLE: the CPU the robot\'s processes leave) or '
+                             'normal (competing with them)')
     parser.add_argument('--quick', action='store_true',
                         help='2 episodes of 40 steps, eager planner: a smoke run')
     parser.add_argument('--json', default=None)
@@ -303,19 +315,20 @@ def main() -> None:
         common = {'backend': 'eager'}
 
     report = {'robot': args.robot, 'episodes': args.episodes, 'rewards': args.rewards,
-              'pin_planner': args.pin_planner,
+              'pin_planner': args.pin_planner, 'recorder': args.recorder,
               'machine': machine(), 'realtime': {}}
     if not args.no_lockstep:
         print('lockstep', flush=True)
         report['lockstep'] = run_graph(args.robot, True, args.episodes, args.steps, common,
-                                       args.rewards, args.pin_planner)
+                                       args.rewards, args.pin_planner,
+                                       args.recorder == 'idle')
     for name, params in ({} if args.no_realtime else variants).items():
         report['realtime'][name] = []
         for added in args.added_latency_ms:
             print(f'real time, {name}, added latency {added:g} ms', flush=True)
             run = run_graph(args.robot, False, args.episodes, args.steps,
                             {**common, **params, 'added_latency_ms': added}, args.rewards,
-                            args.pin_planner)
+                            args.pin_planner, args.recorder == 'idle')
             run['added_latency_ms'] = added
             if report.get('lockstep'):
                 reference = report['lockstep']['score_mean']

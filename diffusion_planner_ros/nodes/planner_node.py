@@ -26,8 +26,10 @@ In lockstep each state gets one command, its plan's first action. In real time:
 - The same command is repeated every 0.1 s at least.
 
 A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
-``autostart`` is false. Planning runs in a worker thread so the control timer is never
-blocked; only SingleThreadedExecutor is used (MultiThreadedExecutor misbehaves with the PyPI
+``autostart`` is false. A worker thread plans, so the executor is never blocked; in real time
+the plans themselves run in a child process (plan_process, planning/plan_process.py), so the
+executor that sends each state's command never waits for the planning thread's interpreter
+lock. Only SingleThreadedExecutor is used (MultiThreadedExecutor misbehaves with the PyPI
 rclpy wheels).
 
 Bad input never reaches the planner: joint_states with missing, duplicate or non-finite
@@ -67,6 +69,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diffusion_planner_ros.planning import load_bundle, load_planner
 from diffusion_planner_ros.planning.defaults import (bundle_robot, bundle_settings,
                                                      SAMPLER_PARAMETERS)
+from diffusion_planner_ros.planning.plan_process import PlanProcess
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      lower_thread_priority,
                                                      episode_target, LatencyStats,
@@ -172,11 +175,17 @@ class PlannerNode(LifecycleNode):
             read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=256, step=1)]))
         p('plan_thread_nice', 0, ParameterDescriptor(
-            description='nice value added to the planning thread (Linux), so the executor '
-                        'that sends each state\'s command runs first when both are ready '
-                        '(10 halved the late commands on Hopper here, but slowed the plans: '
-                        'docs/realtime.md); 0 plans at the node\'s priority', read_only=True,
+            description='nice value added to the planning thread, or the planning process '
+                        '(Linux), so the executor that sends each state\'s command runs first '
+                        'when both are ready; 0 plans at the node\'s priority (higher values '
+                        'slowed the plans more than they helped the commands on Hopper here: '
+                        'docs/realtime.md)', read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=19, step=1)]))
+        p('plan_process', True, ParameterDescriptor(
+            description='real time: plan in a child process, so the executor that sends each '
+                        "state's command never waits for the planning thread (false: a "
+                        'thread of this process; lockstep always plans in a thread)',
+            read_only=True))
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
                         'bridge) instead of the control timer', read_only=True))
@@ -184,6 +193,7 @@ class PlannerNode(LifecycleNode):
             description='configure and activate at start; false waits for lifecycle '
                         'transitions (~/change_state)', read_only=True))
         self.planner = None
+        self.plans = None  # what plans: self.planner, or a PlanProcess in real time
         # Timers run on this machine's steady clock; only the stamps of what the node publishes
         # follow the ROS clock (sim time under use_sim_time, as in the sim graph).
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -221,7 +231,7 @@ class PlannerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start commanding: a fresh episode, the timers, the publishers."""
         result = super().on_activate(state)
-        self.planner.reset()
+        self.plans.reset()
         self._forget_plan()
         if not self.lockstep:
             self._start_timers(self._setting('control_rate_hz'), self._setting('plan_rate_hz'))
@@ -266,20 +276,31 @@ class PlannerNode(LifecycleNode):
             raise ValueError(problem)
         sampler = {name: self._given(name) for name in SAMPLER_PARAMETERS
                    if self._given(name) is not None}
-        self.planner = load_planner(
-            bundle, device=gp('device').value, backend=gp('backend').value,
-            threads=gp('torch_threads').value, **sampler,
-            **self._replan_option(gp('lockstep').value, self._setting('control_rate_hz'),
-                                  self._setting('plan_rate_hz')))
+        options = dict(device=gp('device').value, backend=gp('backend').value,
+                       threads=gp('torch_threads').value, **sampler,
+                       **self._replan_option(gp('lockstep').value,
+                                             self._setting('control_rate_hz'),
+                                             self._setting('plan_rate_hz')))
+        self.planner = load_planner(bundle, **options)
         self.grid, self.kinematics = robot_world(self.profile)
-        # Capture the stages now, so activation commands at once.
-        self.planner.warm_up()
         self.lockstep = gp('lockstep').value
         self._plan_budget = self._budget(gp('plan_budget_ms').value,
                                          self._setting('plan_rate_hz'))
         self._added_latency_s = 1e-3 * gp('added_latency_ms').value
-        if self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime'):
-            self.planner.warm_up_anytime()  # every step count captured before the first plan
+        anytime = self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime')
+        if gp('plan_process').value and not self.lockstep:
+            # Plans in a child process: the executor that sends each state's command never
+            # waits for the planning thread's interpreter lock. This process's planner tracks
+            # and predicts (numpy) and checks runtime changes; it never plans.
+            self.plans = PlanProcess(bundle.path, options, nice=gp('plan_thread_nice').value,
+                                     anytime=anytime, torch_threads=gp('torch_threads').value)
+        else:
+            self.plans = self.planner
+            # Capture the stages now, so activation commands at once; with a budget, every
+            # step count is captured and measured before the first plan.
+            self.planner.warm_up()
+            if anytime:
+                self.planner.warm_up_anytime()
         self.chunk = ActionChunk(self.planner.action_dim)
         self.track = PlanTrack(self.planner.obs_dim)
         self.tracking = (not self.lockstep and gp('track_plan').value
@@ -359,7 +380,8 @@ class PlannerNode(LifecycleNode):
         # Everything allocated so far (models, messages, modules) lives as long as the node:
         # keep it out of the collector's full passes, which would otherwise pause planning.
         gc.freeze()
-        self._plan_nice = None  # the planning thread's nice value, once it has set it
+        # The planning thread's nice value, once it has set it (the planning process's).
+        self._plan_nice = getattr(self.plans, 'nice', None)
         self._worker = threading.Thread(target=self._plan_loop, daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -395,6 +417,9 @@ class PlannerNode(LifecycleNode):
             self._wake.set()
             self._worker.join(timeout=5.0)
             self._worker = None
+        if self.plans is not None and self.plans is not self.planner:
+            self.plans.close()
+        self.plans = None
         for entity in self._entities:
             if isinstance(entity, LifecyclePublisher):
                 self.destroy_lifecycle_publisher(entity)
@@ -408,9 +433,11 @@ class PlannerNode(LifecycleNode):
         self.planner = None
 
     def _backend_text(self) -> str:
-        for reason in self.planner.fallback_reasons:
+        for reason in self.plans.fallback_reasons:
             self.get_logger().warning(reason)
-        return f'backend {self.planner.backend} ({self.planner.backend_reason})'
+        where = (f'in planning process {self.plans.pid}' if self.plans is not self.planner
+                 else 'in a thread of this process')
+        return f'backend {self.plans.backend} ({self.plans.backend_reason}), {where}'
 
     # Parameters -----------------------------------------------------------------------------
     def _validate_start_parameters(self) -> None:
@@ -560,8 +587,11 @@ class PlannerNode(LifecycleNode):
             if 'plan_lead_steps' in new:
                 lead = self._plan_lead(new['plan_lead_steps'])
             if changes:
-                # Captured stages are rebuilt; they capture again on the next plan.
+                # Captured stages are rebuilt; they capture again on the next plan. This
+                # process's planner checks the change; a planning process then takes it.
                 self.planner.reconfigure(**changes)
+                if self.plans is not self.planner:
+                    self.plans.reconfigure(**changes)
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         self.lead = lead
@@ -575,7 +605,7 @@ class PlannerNode(LifecycleNode):
                                   plan_rate)
             if budget is not None and self._plan_budget is None \
                     and hasattr(self.planner, 'warm_up_anytime'):
-                self.planner.warm_up_anytime()
+                self.plans.warm_up_anytime()
             self._plan_budget = budget
         self._added_latency_s = 1e-3 * new.get('added_latency_ms', 1e3 * self._added_latency_s)
         if {'control_rate_hz', 'plan_rate_hz'} & set(new):
@@ -686,7 +716,9 @@ class PlannerNode(LifecycleNode):
 
     # Planning (worker thread) ------------------------------------------------------------------
     def _plan_loop(self) -> None:
-        self._plan_nice = lower_thread_priority(self.get_parameter('plan_thread_nice').value)
+        if self.plans is self.planner:
+            self._plan_nice = lower_thread_priority(
+                self.get_parameter('plan_thread_nice').value)
         consumed_sequence, steps_since_plan, goal_version = 0, None, 0
         # Lockstep: the (episode, step) last commanded and when, so a resent state gets no
         # second command (the bridge would step twice) unless that command looks lost.
@@ -700,7 +732,7 @@ class PlannerNode(LifecycleNode):
             if version != goal_version or self._history_stale:
                 goal_version = version
                 self._history_stale = False
-                self.planner.reset()
+                self.plans.reset()
                 steps_since_plan = None
             if state is None or (goal is None and self.planner.condition_kind == 'goal'):
                 continue
@@ -744,9 +776,9 @@ class PlannerNode(LifecycleNode):
                     start_state, _ = self.planner.predict_tracked(observation, in_flight)
                 else:
                     start_state = self.planner.predict_state(observation, in_flight)
-                plan = self.planner.plan(start_state, goal=goal,
-                                         returns_to_go=self.returns_to_go.at(step + lead),
-                                         budget_ms=budget)
+                plan = self.plans.plan(start_state, goal=goal,
+                                       returns_to_go=self.returns_to_go.at(step + lead),
+                                       budget_ms=budget)
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
                 self._forget_plan()
@@ -968,6 +1000,8 @@ class PlannerNode(LifecycleNode):
             'refine_reason': self._refine_reason,
             'plan_lead_steps_p50': _fmt(self.lead_steps_used.percentile(50)),
             'plan_thread_nice': str(self._plan_nice),
+            'plan_process': ('none' if self.plans is self.planner
+                             else str(getattr(self.plans, 'pid', 'none'))),
             'rewards_received': str(self.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),

@@ -104,8 +104,9 @@ class SimBridgeNode(Node):
         self.reward_pub = self.create_publisher(Float64, 'reward', reliable)
         self.end_pub = self.create_publisher(String, 'episode_end', reliable)
         self.tf_pub = self.create_publisher(TFMessage, '/tf', 10) if TFMessage else None
-        self.create_subscription(Float64MultiArray, 'commands', self._on_command,
-                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self._command_sub = self.create_subscription(
+            Float64MultiArray, 'commands', self._on_command,
+            QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.lockstep = self.get_parameter('lockstep').value
         self._reset_episode()
@@ -207,6 +208,7 @@ class SimBridgeNode(Node):
             self._step(self._command.copy())
 
     def _on_tick(self) -> None:
+        self._take_arrived_commands()
         # The applied command holds for one step: zero from the step that would end after the
         # command's age passes command_timeout_s.
         with self._lock:
@@ -214,6 +216,22 @@ class SimBridgeNode(Node):
                 'command_timeout_s').value
             action = self._command.copy() if fresh else np.zeros_like(self._command)
         self._step(action)
+
+    def _take_arrived_commands(self) -> None:
+        """Handle the commands that have arrived but wait in the executor's queue.
+
+        A robot applies at its step the latest command that reached it before the step, as a
+        ros2_control hardware interface reads its command buffer. rclpy's executor runs a ready
+        timer before a ready subscription, so without this a command that arrived while the
+        executor was busy would wait for the step after.
+        """
+        sub = self._command_sub
+        while True:
+            with sub.handle:
+                taken = sub.handle.take_message(sub.msg_type, sub.raw)
+            if taken is None:
+                return
+            self._on_command(*taken)
 
     def _on_lockstep_watchdog(self) -> None:
         if not self.ended and time.monotonic() - self._last_publish > 1.0:
