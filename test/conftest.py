@@ -5,6 +5,7 @@ import math
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,21 @@ def script_env(tmp_path) -> dict:
 
 
 PYTHON = sys.executable
+
+
+def process_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Wait (bounded) until process ``pid`` has exited (gone, or a zombie not yet reaped)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[-1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == 'Z':
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 # Each ROS test of a session gets the next domain (from a random start), so no test meets the

@@ -486,3 +486,37 @@ def test_a_stalled_bridge_does_not_apply_a_dead_planners_backlog(ros_env, record
         assert len(after) >= 5 and all(effort == [0.0, 0.0] for effort in after), after
     finally:
         bridge.destroy_node()
+
+
+def test_a_command_that_arrived_before_the_bridges_step_is_applied_at_that_step(
+        ros_env, recorder):
+    """Its step and a command fall due together: the step applies the command, as a robot would.
+
+    rclpy runs a ready timer before a ready subscription; the bridge takes the commands that
+    have arrived before it steps, so a command is never a period late for that reason.
+    """
+    node, executor = recorder(state_topic='joint_states', command_topic='commands')
+    bridge = SimBridgeNode(parameter_overrides=[Parameter('profile', value=PROFILE)])
+    bridge_executor = SingleThreadedExecutor()
+    bridge_executor.add_node(bridge)
+    try:
+        deadline = time.monotonic() + 30
+        while node.command_pub.get_subscription_count() == 0 or len(node.states) < 5:
+            assert time.monotonic() < deadline, 'bridge and recorder did not match'
+            bridge_executor.spin_once(timeout_sec=0.002)
+            executor.spin_once(timeout_sec=0.002)
+        for command in ([0.25, -0.5], [-0.75, 0.5]):
+            # The bridge is busy (not spinning) while the command arrives and its step falls due.
+            node.command_pub.publish(Float64MultiArray(data=command))
+            busy = time.monotonic() + 0.2
+            while time.monotonic() < busy:
+                executor.spin_once(timeout_sec=0.01)
+            seen = len(node.states)
+            deadline = time.monotonic() + 10
+            while len(node.states) == seen:   # the bridge's next step, whatever it serves first
+                assert time.monotonic() < deadline, 'the bridge published no state'
+                bridge_executor.spin_once(timeout_sec=0.01)
+                executor.spin_once(timeout_sec=0.01)
+            assert list(node.states[seen].effort) == command
+    finally:
+        bridge.destroy_node()

@@ -19,7 +19,7 @@ from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from conftest import process_gone, REPO  # noqa: E402
 from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL  # noqa: E402
 from diffusion_planner_ros.nodes.sim_graph import stop_nodes  # noqa: E402
 from ros_helpers import (BUNDLE, FakeDriver, get_planner_parameter, planner_args,  # noqa: E402
@@ -182,7 +182,8 @@ def test_a_profile_that_does_not_fit_the_bundle_stops_the_node(ros_env, tmp_path
 def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
     node, executor = driver
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
-    planner, log = start('planner_node', [*args, '-p', 'state_timeout_s:=0.3'], ros_env,
+    planner, log = start('planner_node', [*args, '-p', 'state_timeout_s:=0.3',
+                                          '-p', 'plan_process:=true'], ros_env,
                          tmp_path, 'planner')
     try:
         assert spin_until(executor, lambda: node.count_publishers('/drv/cmd') > 0, 60)
@@ -199,15 +200,20 @@ def test_planner_commands_zero_when_state_stops(driver, ros_env, tmp_path):
     text = log.read_text()
     assert 'in spin_node' in text, text[-3000:]
     assert 'no fresh joint_states: commanding zero' in text
-    # The node says which path plans and why (ONNX Runtime is the CPU default).
-    assert 'backend onnx (CPU with onnxruntime)' in text
+    # The node says which path plans and why (ONNX Runtime is the CPU default), and where: in
+    # real time, a planning process of its own, which ends with the node.
+    assert 'backend onnx (CPU with onnxruntime), in planning process' in text
     assert code == 0, text[-3000:]
+    child = int(re.search(r'in planning process (\d+)', text).group(1))
+    assert process_gone(child), f'planning process {child} outlived its node'
 
 
 def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
     node, executor = driver
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
-    planner, log = start('planner_node', args, ros_env, tmp_path, 'planner')
+    # In a planning process: every accepted change must reach it, and a rejected one not.
+    planner, log = start('planner_node', [*args, '-p', 'plan_process:=true'], ros_env,
+                         tmp_path, 'planner')
     try:
         assert spin_until(executor, lambda: node.count_publishers('/drv/cmd') > 0, 60)
         bad = [

@@ -26,11 +26,11 @@ In lockstep each state gets one command, its plan's first action. In real time:
 - The same command is repeated every 0.1 s at least.
 
 A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
-``autostart`` is false. A worker thread plans, so the executor is never blocked; in real time
-the plans themselves run in a child process (plan_process, planning/plan_process.py), so the
-executor that sends each state's command never waits for the planning thread's interpreter
-lock. Only SingleThreadedExecutor is used (MultiThreadedExecutor misbehaves with the PyPI
-rclpy wheels).
+``autostart`` is false. A worker thread plans, so the executor is never blocked; with
+plan_process (real time only) the plans themselves run in a child process
+(planning/plan_process.py), so the executor that sends each state's command never waits for
+the planning thread's interpreter lock. Only SingleThreadedExecutor is used
+(MultiThreadedExecutor misbehaves with the PyPI rclpy wheels).
 
 Bad input never reaches the planner: joint_states with missing, duplicate or non-finite
 profile joints, or with stamps that go backwards or leap ahead, are dropped with a throttled
@@ -181,10 +181,11 @@ class PlannerNode(LifecycleNode):
                         'slowed the plans more than they helped the commands on Hopper here: '
                         'docs/realtime.md)', read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=19, step=1)]))
-        p('plan_process', True, ParameterDescriptor(
+        p('plan_process', False, ParameterDescriptor(
             description='real time: plan in a child process, so the executor that sends each '
-                        "state's command never waits for the planning thread (false: a "
-                        'thread of this process; lockstep always plans in a thread)',
+                        "state's command never waits for the planning thread's interpreter "
+                        'lock (false: a thread of this process, which measured as well on '
+                        '2 cores: docs/realtime.md; lockstep always plans in a thread)',
             read_only=True))
         p('lockstep', False, ParameterDescriptor(
             description='one command per received state (deterministic runs with a lockstep '
