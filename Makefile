@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 export MINARI_DATASETS_PATH ?= $(CURDIR)/datasets
 
-.PHONY: setup demo evaluate test lint clean
+.PHONY: setup demo evaluate test check lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ evaluate: setup
 
 test: setup
 	$(PY) -m pytest -q test
+
+# The fast unit layer (no ROS graph, no whole runs), for a developer between edits.
+check: setup
+	$(PY) -m pytest -q test -m "not ros and not slow"
 
 lint: setup
 	$(PY) -m flake8 diffusion_planner_ros training test launch setup.py

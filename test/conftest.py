@@ -130,3 +130,14 @@ def reverse_chain_atol(schedule, levels: int, guidance_scale: float = 1.0, start
         gain = beta / math.sqrt((1.0 - float(schedule.alphas_cumprod[t])) * alpha)
         bound = bound / math.sqrt(alpha) + gain * eps_atol + step_atol
     return bound
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that runs real rclpy in a private domain (its ros_env) as ``ros``.
+
+    ``make check`` leaves out the ``ros`` and ``slow`` tests (the slow ones are marked where
+    they are written); ``make test`` runs everything.
+    """
+    for item in items:
+        if 'ros_env' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.ros)

@@ -134,6 +134,7 @@ def test_bag_becomes_the_rollout_it_recorded(episodes, tmp_path, storage):
     assert data.spec.env_spec.id == 'PointMaze_UMaze-v3'
 
 
+@pytest.mark.slow
 def test_train_py_accepts_a_converted_bag(episodes, tmp_path):
     bag = write_bag(tmp_path / 'bag', episodes)
     env = script_env(tmp_path)

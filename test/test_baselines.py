@@ -177,6 +177,7 @@ def method_config(method: str, steps: int = 150) -> ExperimentConfig:
                              device='cpu'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['diffuser', 'dmemm', 'bc', 'decision_diffuser'])
 def test_each_methods_losses_decrease_on_a_tiny_dataset(method, tmp_path):
     from diffusion_planner_ros.models import Dims, build_models
@@ -305,6 +306,7 @@ def dmemm_refiner_config(steps: int = 150, **method) -> ExperimentConfig:
                                                          modulation_terms=1, **method))
 
 
+@pytest.mark.slow
 def test_a_dmemm_trained_refiner_learns_after_the_networks_its_loss_calls(tmp_path):
     from diffusion_planner_ros.models import Dims, build_models
     torch.manual_seed(0)

@@ -128,6 +128,7 @@ def test_written_dataset_numbers_the_parts_in_order_and_refuses_its_id_again(tmp
         write_locomotion_dataset('test/hopper-mixed-v0', 'hopper', episodes, 'test', 'test')
 
 
+@pytest.mark.slow
 def test_train_behavior_keeps_medium_and_expert_and_replays_repeatably(tmp_path):
     args = ['training/train_behavior.py', '--env', 'hopper', '--steps', '300',
             '--medium-return', '-1000', '--eval-every', '100', '--eval-episodes', '1',
@@ -155,6 +156,7 @@ def test_train_behavior_keeps_medium_and_expert_and_replays_repeatably(tmp_path)
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_stopping_train_behavior_keeps_the_best_policy_so_far(tmp_path):
     args = ['training/train_behavior.py', '--env', 'hopper', '--steps', '1000000',
             '--medium-return', '1e9', '--eval-every', '100', '--eval-episodes', '1',
@@ -177,6 +179,7 @@ def test_stopping_train_behavior_keeps_the_best_policy_so_far(tmp_path):
     assert summary['expert']['return'] == card['eval_return']
 
 
+@pytest.mark.slow
 def test_make_locomotion_dataset_joins_medium_and_expert_and_names_bad_input(tmp_path):
     policies = tmp_path / 'policies'
     kept_policy(policies, 'medium', seed=0)

@@ -154,6 +154,7 @@ def test_a_diverging_method_is_tabulated_as_failed_and_the_suite_goes_on(tmp_pat
     assert runner.evaluate('a', 'dmemm_blowup', 0)['failed'] == rows[1]['failed']
 
 
+@pytest.mark.slow
 def test_example_plan_of_a_locomotion_bundle_is_drawn_against_time(tmp_path):
     path = benchmark.plot_example_plan(REPO / 'models' / 'hopper',
                                        tmp_path / 'hopper.png', steps=10, plan_at=2)

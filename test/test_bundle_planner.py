@@ -98,6 +98,7 @@ def assert_same_plans(planner, plans, reference):
                                    atol=NETWORK_ATOL)
 
 
+@pytest.mark.slow
 def test_save_and_load_give_identical_plans(bundle_dir, tmp_path):
     first = TrajectoryDiffuserPlanner.from_bundle(bundle_dir)
     copy = shutil.copytree(bundle_dir, tmp_path / 'copy')
@@ -386,6 +387,7 @@ def critic_bundle(path, levels=None, **planner):
     return write_bundle(path, config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['trajectory_diffuser', 'decision_diffuser'])
 def test_candidates_are_ranked_by_the_critic_on_every_path(method, tmp_path):
     # K = 10 levels: ONNX Runtime captures Decision Diffuser's levels unrolled, and 100 of them
@@ -430,6 +432,7 @@ def test_warm_start_levels_are_checked(bundle_dir):
         TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=-1)
 
 
+@pytest.mark.slow
 def test_untrained_bundle_has_fresh_networks_of_the_asked_sizes(bundle_dir, tmp_path):
     dd = derive_bundle(bundle_dir, 'decision_diffuser', tmp_path / 'dd')
     sizes = ['prior.n_layer=2', 'unet.dim_mults=[1, 2, 4]', 'data.horizon=12']

@@ -103,6 +103,7 @@ def test_warm_started_onnx_plans_match_eager(tmp_path):
     assert np.allclose(plans[1].prior_states[1:5], plans[0].refined_states[3:7], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_shipped_bundle_onnx_plans_match_eager_and_goal_inpainting_is_captured():
     eager = load_planner(SHIPPED, 'cpu', backend='eager', inpaint_goal=True)
     fast = load_planner(SHIPPED, 'cpu', backend='onnx', inpaint_goal=True)
@@ -129,6 +130,7 @@ def test_shipped_hopper_bundle_plans_alike_on_both_paths_and_keeps_the_hopper_up
     env.close()
 
 
+@pytest.mark.slow
 def test_a_new_input_shape_is_captured_again_not_replayed():
     stage = refine_stage()
     fast = make_stage(stage, 'onnx')
@@ -186,6 +188,7 @@ def test_reconfigure_rebuilds_the_stages_or_keeps_the_old_config(tmp_path):
     assert 'refine' not in planner.stages
 
 
+@pytest.mark.slow
 def test_decision_diffuser_sampling_stage_matches_eager(tmp_path):
     config = tiny_config()
     config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule,

@@ -45,6 +45,7 @@ def test_messages_round_trip_and_a_broken_one_is_refused():
         unpack(io.BytesIO(long).read)
 
 
+@pytest.mark.slow
 def test_the_planning_process_plans_what_this_process_plans():
     local = load_planner(HOPPER, **OPTIONS)
     local.warm_up()
@@ -101,6 +102,7 @@ def test_a_planning_process_that_dies_makes_every_plan_fail_loudly():
         remote.close()
 
 
+@pytest.mark.slow
 def test_a_planning_process_that_cannot_start_says_why(tmp_path):
     with pytest.raises(ValueError, match='nothing_here'):
         PlanProcess(tmp_path / 'nothing_here', OPTIONS)

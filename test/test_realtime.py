@@ -317,6 +317,7 @@ def test_tracking_sends_the_inverse_dynamics_from_the_measured_state(tmp_path):
     assert np.array_equal(none, np.zeros((1, 3)))
 
 
+@pytest.mark.slow
 def test_check_transition_reports_prediction_errors_and_refuses_a_bundle_without_a_model(
         tmp_path):
     from conftest import script_env

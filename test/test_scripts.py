@@ -12,6 +12,9 @@ from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.planning.bundle import derive_bundle, load_bundle
 from test_bundle_planner import write_bundle
 
+# Whole collect, train, evaluate and benchmark runs through their scripts: make test, not check.
+pytestmark = pytest.mark.slow
+
 TINY_MODEL = [
     '--set', 'prior.n_layer=1', '--set', 'prior.n_embd=32', '--set', 'prior.n_head=2',
     '--set', 'unet.dim=8', '--set', 'unet.dim_mults=[1, 2]', '--set', 'unet.embed_dim=8',
