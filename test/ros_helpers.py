@@ -102,6 +102,15 @@ def spin_until(executor, done, timeout_s):
     return done()
 
 
+def wait_logged(executor, log, text, times=1, timeout_s=30):
+    """Spin until ``text`` appears ``times`` times in a node's log (bounded); say if it did.
+
+    A node logs what it has taken in ('new goal ...', 'active: commanding'): waiting for the
+    line orders the next message after it without a fixed sleep.
+    """
+    return spin_until(executor, lambda: log.read_text().count(text) >= times, timeout_s)
+
+
 def call_service(node, executor, service_type, name, request, timeout_s=10.0):
     # The first call may come while the node's process still imports torch: wait for it.
     client = node.create_client(service_type, name)
