@@ -24,7 +24,7 @@ from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL  # noqa: E402
 from diffusion_planner_ros.nodes.sim_graph import stop_nodes  # noqa: E402
 from ros_helpers import (BUNDLE, FakeDriver, get_planner_parameter, planner_args,  # noqa: E402
                          PROFILE, RELIABLE, run_sim_graph, set_planner_parameter, spin_until,
-                         start, stop)
+                         start, stop, wait_logged)
 
 
 def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
@@ -91,7 +91,7 @@ def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path
         assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 0
                           and node.count_publishers('/drv/cmd') > 0
                           and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
-        spin_until(executor, lambda: False, 1.0)
+        assert wait_logged(executor, log, 'active: commanding'), log.read_text()
         # Bad input first: every message must be dropped with a warning, the node must live.
         node.state_pub.publish(JointState(name=['ball_x', 'ball_y'], position=[float('nan'), 0.0],
                                           velocity=[0.0, 0.0]))
@@ -100,11 +100,12 @@ def test_driver_swap_remapped_topics_other_joint_order(driver, ros_env, tmp_path
         node.state_pub.publish(JointState(name=['ball_x'], position=[0.0], velocity=[0.0]))
         node.publish_goal([0.0, 0.0])   # a wall cell of the U maze
         node.publish_goal([50.0, 3.0])  # outside the map
-        spin_until(executor, lambda: False, 1.0)
+        for warning in ('dropped joint_states: ', 'outside the free maze cells'):
+            assert wait_logged(executor, log, warning), log.read_text()[-2000:]
         assert planner.poll() is None
         assert node.commands == []
         node.publish_goal(node.goal)
-        spin_until(executor, lambda: False, 0.5)
+        assert wait_logged(executor, log, 'new goal'), log.read_text()[-2000:]
         node.publish_state()
         assert spin_until(executor, lambda: node.reached or node.steps >= 300, 180)
         assert node.reached, f'ball did not reach the goal in {node.steps} steps'
@@ -270,7 +271,8 @@ def test_bridge_drops_bad_commands_and_keeps_running(ros_env, tmp_path):
         assert spin_until(executor, lambda: len(states) > 10, 60), log.read_text()
         for data in ([1.0, 0.0, 0.0], [], [float('nan'), 0.0], [float('inf'), 1.0]):
             publisher.publish(Float64MultiArray(data=data))
-        spin_until(executor, lambda: False, 0.5)
+        for warning in ('dropped command of length 3', 'dropped command with NaN or inf'):
+            assert wait_logged(executor, log, warning, timeout_s=10), log.read_text()
         assert bridge.poll() is None
         # The bad commands were never applied: the ball, at rest at reset, has not moved.
         assert np.allclose(states[-1].velocity, 0.0, atol=1e-9)
@@ -297,9 +299,9 @@ def test_planner_node_runs_a_baselines_bundle(driver, ros_env, tmp_path):
     try:
         assert spin_until(executor, lambda: node.count_subscribers('/drv/joint_states') > 0
                           and node.goal_pub.get_subscription_count() > 0, 60), log.read_text()
-        spin_until(executor, lambda: False, 1.0)
+        assert wait_logged(executor, log, 'active: commanding'), log.read_text()
         node.publish_goal(node.goal)
-        spin_until(executor, lambda: False, 0.5)
+        assert wait_logged(executor, log, 'new goal'), log.read_text()[-2000:]
         node.publish_state()
         assert spin_until(executor, lambda: node.steps >= 12, 120), log.read_text()[-2000:]
         assert all(len(c) == 2 and np.all(np.isfinite(c)) and np.all(np.abs(c) <= 1.0)
@@ -370,9 +372,12 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
     publisher = node.create_publisher(Float64MultiArray, 'commands', RELIABLE)
     reset = node.create_client(Trigger, '/sim_bridge_node/reset')
     try:
+        # Matched both ways: the bridge hears the commands, this node its states, rewards
+        # and ends.
         assert spin_until(executor, lambda: publisher.get_subscription_count() > 0
-                          and reset.service_is_ready(), 60), log.read_text()
-        spin_until(executor, lambda: False, 0.5)
+                          and reset.service_is_ready() and len(states) > 0
+                          and node.count_publishers('reward') > 0
+                          and node.count_publishers('episode_end') > 0, 60), log.read_text()
         # Full torque on every joint throws the hopper over within a few dozen steps.
         for _ in range(200):
             if ends:
@@ -385,7 +390,7 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
         # The sim holds: commands after the fall step nothing.
         held, spent = len(states), len(rewards)
         publisher.publish(Float64MultiArray(data=[1.0, 1.0, 1.0]))
-        spin_until(executor, lambda: False, 0.5)
+        spin_until(executor, lambda: False, 0.5)   # nothing may come: nothing to wait for
         assert len(states) == held and len(rewards) == spent
         future = reset.call_async(Trigger.Request())
         assert spin_until(executor, lambda: future.done() and len(states) > held, 10)
@@ -427,7 +432,7 @@ def test_the_sim_graph_runs_on_the_bridge_clock(ros_env, tmp_path):
         message = goal.msg_type()
         message.header.frame_id = 'map'
         message.pose.position.x, message.pose.position.y = 1.0, 1.0
-        spin_until(executor, lambda: False, 0.5)
+        assert wait_logged(executor, tmp_path / 'planner_node.log', 'active: commanding')
         goal.publish(message)
         assert spin_until(executor, lambda: len(plans) >= 5 and len(clocks) >= 5, 120)
     finally:
