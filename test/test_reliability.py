@@ -214,7 +214,10 @@ def test_bridge_survives_10k_fuzzed_commands(ros_env, recorder, tmp_path):
             node.command_pub.publish(Float64MultiArray(data=[float(v) for v in data]))
 
         publish_paced(executor, FUZZ_MESSAGES, publish_one)
-        spin_until(executor, lambda: False, 0.5)
+        # A valid command after the fuzz: once a step applies it, the fuzz before it is handled.
+        node.command_pub.publish(Float64MultiArray(data=[0.125, -0.375]))
+        assert spin_until(executor, lambda: list(node.states[-1].effort) == [0.125, -0.375],
+                          10), log.read_text()[-3000:]
         assert bridge.poll() is None, log.read_text()[-3000:]
         count = len(node.states)
         assert spin_until(executor, lambda: len(node.states) > count + 20, 10)
@@ -375,7 +378,8 @@ def test_lockstep_planner_commands_a_resent_state_once(ros_env, recorder, tmp_pa
         assert spin_until(executor, lambda: len(node.commands) == 1, 30), log.read_text()
         # Three copies of the next step while it is planned or its command is on its way.
         send(100.01, copies=3)
-        spin_until(executor, lambda: False, 1.0)
+        assert spin_until(executor, lambda: len(node.commands) >= 2, 10), log.read_text()
+        spin_until(executor, lambda: False, 1.0)   # no second command may come: a window
         assert len(node.commands) == 2, log.read_text()[-2000:]
         # The same step long after its command: the command looks lost and goes out again.
         send(100.01)
