@@ -30,7 +30,8 @@ from ros_helpers import (BUNDLE, FakeDriver, get_planner_parameter, planner_args
 def test_sim_graph_lockstep_episodes_reach_their_goals(ros_env, tmp_path):
     output, summary = run_sim_graph(['--episodes', '2'], ros_env, tmp_path)
     assert summary['episodes'] == 2 and summary['timed_out'] == 0, output[-3000:]
-    assert summary['success_rate'] >= 0.5
+    # The shipped UMaze bundle reaches every goal of these seeds in lockstep (as evaluate.py).
+    assert summary['success_rate'] == 1.0, output[-3000:]
     assert summary['seeds'] == [1000, 1001]
     assert float(summary['planner_diagnostics']['plan_latency_p50_ms']) > 0
     assert all(code == 0 for code in summary['exit_codes'])
