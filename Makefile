@@ -44,8 +44,8 @@ check: setup
 	$(PY) -m pytest -q test -m "not ros and not slow"
 
 lint: setup
-	$(PY) -m flake8 diffusion_planner_ros training test launch setup.py
-	$(PY) -m pydocstyle diffusion_planner_ros training launch
+	$(PY) -m flake8 diffusion_planner_ros training tools test launch setup.py
+	$(PY) -m pydocstyle diffusion_planner_ros training tools/reliability launch
 
 clean:
 	rm -rf $(VENV) build install log

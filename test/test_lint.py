@@ -6,7 +6,7 @@ import pytest
 
 from conftest import PYTHON, REPO
 
-PATHS = ['diffusion_planner_ros', 'training', 'test', 'setup.py']
+PATHS = ['diffusion_planner_ros', 'training', 'tools', 'test', 'setup.py']
 
 
 @pytest.mark.linter
@@ -18,7 +18,8 @@ def test_flake8():
 
 @pytest.mark.linter
 def test_pep257():
-    result = subprocess.run([PYTHON, '-m', 'pydocstyle', 'diffusion_planner_ros', 'training'],
+    result = subprocess.run([PYTHON, '-m', 'pydocstyle', 'diffusion_planner_ros', 'training',
+                             'tools/reliability'],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -1,7 +1,7 @@
 """Reliability over real rclpy: fuzzing, faults, a lossy link, lifecycle, safe stop.
 
 The timings these tests see are checked loosely (the machines are shared); the committed
-figures come from training/fault_drill.py and training/soak.py (docs/reliability.md).
+figures come from tools/reliability/fault_drill.py and soak.py (docs/reliability.md).
 """
 
 import json
@@ -236,8 +236,9 @@ def test_bridge_survives_10k_fuzzed_commands(ros_env, recorder, tmp_path):
 
 def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
     out = tmp_path / 'faults.json'
-    result = subprocess.run([PYTHON, str(REPO / 'training' / 'fault_drill.py'), '--json',
-                             str(out)], env=ros_env, capture_output=True, text=True, timeout=300)
+    drill_script = REPO / 'tools' / 'reliability' / 'fault_drill.py'
+    result = subprocess.run([PYTHON, str(drill_script), '--json', str(out)], env=ros_env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     drill = json.loads(out.read_text())['drills'][0]
     # Bridge dead: zero, and only zero, once the last plan's chunk has run out (4 actions of

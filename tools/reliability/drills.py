@@ -6,7 +6,7 @@
 - Soak (lockstep): run episodes for a number of control steps, sampling the nodes' resident
   memory and recording every plan's latency (``~/plan_latency_ms``).
 
-training/fault_drill.py and training/soak.py are the command lines.
+fault_drill.py and soak.py beside it are the command lines.
 """
 
 from __future__ import annotations

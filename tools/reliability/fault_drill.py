@@ -2,7 +2,7 @@
 """Fault drill of the sim graph: kill the bridge, restart it, kill the planner; time the rest.
 
 Usage (rclpy wheels or a sourced ROS install; one private domain on localhost):
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python training/fault_drill.py --repeats 5 \
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python tools/reliability/fault_drill.py --repeats 5 \
         --json docs/results/reliability/faults.json
 
 Targets: zero command within state_timeout_s of the bridge's death, plans again
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_planner_ros.nodes.drills import run_fault_drill
 from diffusion_planner_ros.share import share_directory
+from drills import run_fault_drill
 
 FIGURES = (('bridge_killed', 'zero_after_kill_s'), ('bridge_killed', 'zero_after_last_state_s'),
            ('bridge_restarted', 'resume_after_fresh_state_s'),

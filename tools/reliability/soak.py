@@ -2,7 +2,7 @@
 """Soak run of the sim graph: lockstep control steps with memory and plan latency recorded.
 
 Usage (alone on the machine; about 10 min for 100k steps here):
-    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python training/soak.py --steps 100000 \
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python tools/reliability/soak.py --steps 100000 \
         --json docs/results/reliability/soak.json
 
 Targets: resident memory of each node grows less than 5% after warm-up (the first
@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusion_planner_ros.nodes.drills import run_soak
 from diffusion_planner_ros.share import share_directory
+from drills import run_soak
 
 
 def main() -> None:
