@@ -381,8 +381,8 @@ class PlannerNode(LifecycleNode):
         # Everything allocated so far (models, messages, modules) lives as long as the node:
         # keep it out of the collector's full passes, which would otherwise pause planning.
         gc.freeze()
-        # The planning thread's nice value, once it has set it (the planning process's).
-        self._plan_nice = getattr(self.plans, 'nice', None)
+        # The planning process's nice value, or the planning thread's once it has set it.
+        self._plan_nice = None if self.plans is self.planner else self.plans.nice
         self._worker = threading.Thread(target=self._plan_loop, daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -1001,8 +1001,7 @@ class PlannerNode(LifecycleNode):
             'refine_reason': self._refine_reason,
             'plan_lead_steps_p50': _fmt(self.lead_steps_used.percentile(50)),
             'plan_thread_nice': str(self._plan_nice),
-            'plan_process': ('none' if self.plans is self.planner
-                             else str(getattr(self.plans, 'pid', 'none'))),
+            'plan_process': 'none' if self.plans is self.planner else str(self.plans.pid),
             'rewards_received': str(self.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),

@@ -163,10 +163,13 @@ class BasePlanner:
 
         ``path`` may also be a bundle already loaded (on the CPU), which is then not read again.
         """
-        probe = path if isinstance(path, Bundle) else load_bundle(path, 'cpu', expected_env_id)
-        if expected_env_id is not None and probe.env_id != expected_env_id:
-            raise ValueError(f'bundle {probe.path} was trained for env {probe.env_id!r}, not '
+        if not isinstance(path, Bundle):
+            probe = load_bundle(path, 'cpu', expected_env_id)   # checks the env as it reads
+        elif expected_env_id is not None and path.env_id != expected_env_id:
+            raise ValueError(f'bundle {path.path} was trained for env {path.env_id!r}, not '
                              f'{expected_env_id!r}')
+        else:
+            probe = path
         if cls.methods and probe.method not in cls.methods:
             raise ValueError(f'bundle {path} holds method {probe.method!r}; {cls.__name__} '
                              f'runs {cls.methods} (planning.load_planner picks the class)')
