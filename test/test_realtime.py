@@ -125,7 +125,8 @@ def test_the_real_time_benchmark_runs_end_to_end(ros_env, tmp_path):
         (lockstep['episode_returns'], offline)
     # Lockstep applies each state's own command at the next step.
     assert lockstep['age_p50_periods'] == 1.0 and lockstep['age_max_periods'] == 1.0
-    assert lockstep['steps_recorded'] >= 80
+    # Each episode's steps, the reset state (no step produced it) not one of them.
+    assert lockstep['steps_recorded'] == 80
     # On the clock every applied command is matched with the plan it came from.
     assert realtime['steps_recorded'] >= 20 and realtime['age_p50_periods'] >= 1.0
     assert realtime['refine_steps_min'] >= 1       # the bundle's min_refine_steps
@@ -360,3 +361,28 @@ def test_the_planning_thread_lowers_only_its_own_priority():
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
     with pytest.raises(ValueError, match='nice must be >= 0'):
         lower_thread_priority(-1)
+
+
+def test_a_state_starts_a_plan_each_plan_period_and_at_once_when_no_plan_is_in_force():
+    from diffusion_planner_ros.planning.receding import PlanTrigger
+
+    trigger, control, plan = PlanTrigger(), 0.01, 0.04
+    states = [0.01 * i for i in range(12)]
+    due = [t for t in states if trigger.due(t, plan, control)]
+    # The first state, then every fourth (a plan period less half a control period).
+    assert np.allclose(due, [0.0, 0.04, 0.08])
+    trigger.plan_now()          # a new goal: the plan in force is dropped
+    assert trigger.due(0.12, plan, control)         # the next state, not a period later
+    assert not trigger.due(0.13, plan, control)
+    assert trigger.due(0.155, plan, control)
+
+
+def test_a_plan_with_nothing_to_follow_meanwhile_is_due_at_the_next_step():
+    from diffusion_planner_ros.planning.receding import budget_left_ms
+
+    assert budget_left_ms(None, 0.002, 0.008, following=False, share=0.75) is None
+    # Following a plan: the plan period's budget less what the state waited.
+    assert budget_left_ms(12.0, 0.002, 0.008, following=True, share=0.75) == pytest.approx(10.0)
+    # Nothing to follow: 3/4 of one control period, less the wait; never below zero.
+    assert budget_left_ms(12.0, 0.002, 0.008, following=False, share=0.75) == pytest.approx(4.0)
+    assert budget_left_ms(12.0, 0.010, 0.008, following=False, share=0.75) == 0.0

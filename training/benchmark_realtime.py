@@ -18,7 +18,8 @@ bridge step at wall clock and the planner on its own timers, for every variant (
 parameters) and every added plan latency (added_latency_ms, a stand-in for a slower computer).
 
 Per run: score and success, their ratio to lockstep, and from the bridge's applied commands
-(its joint_states effort) matched with the planner's ~/command_info:
+(its joint_states effort) matched with the planner's ~/command_info, over each episode's steps
+(the states after the reset state, which no step produced, up to the episode's length):
 - age: control periods from the state a command was computed from to the step that applied it
   (1 = the next step, the best a real-time planner can do), p50 and p99;
 - plan age: the same from the state the command's plan was made for (a tracked plan is followed
@@ -40,7 +41,6 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from diffusion_planner_ros.evaluation import EpisodeResult, machine, summarize
@@ -57,46 +57,32 @@ UNCONNECTED = '/benchmark_realtime/unconnected'
 class CommandWatcher(Node):
     """Matches each env step's applied command with the plan it came from."""
 
-    def __init__(self, profile, state_topic: str, info_topic: str, period_s: float):
+    def __init__(self, info_topic: str, period_s: float):
         super().__init__('benchmark_realtime_watcher')
-        self.profile, self.period_s = profile, period_s
-        self.create_subscription(JointState, state_topic, self._on_state, 1000)
+        self.period_s = period_s
         self.create_subscription(Float64MultiArray, info_topic, self._on_info,
                                  QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
-        self.recording = False
         # Command values -> every (state stamp, plan's state stamp, refine steps) of the
         # commands that sent them (a saturated command can come from several plans).
         self._sources: dict[tuple, list] = {}
-        # Per episode, per step: (state stamp, the command the step applied). Matched with the
-        # plans after the run: a command's info may arrive after the state that shows it applied.
-        self.episodes: list[list] = []
-
-    def start(self) -> None:
-        """Start an episode's record."""
-        self.episodes.append([])
-        self.recording = True
 
     def _on_info(self, msg: Float64MultiArray) -> None:
         stamp, plan_stamp, steps, _, *values = msg.data
         self._sources.setdefault(tuple(values), []).append((stamp, plan_stamp, steps))
 
-    def _on_state(self, msg: JointState) -> None:
-        if not self.recording or len(msg.effort) != len(msg.name):
-            return
-        effort = dict(zip(msg.name, msg.effort))
-        try:
-            applied = tuple(float(effort[name]) for name in self.profile.actuators)
-        except KeyError:
-            return
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
-        self.episodes[-1].append((stamp, applied))
+    def figures(self, records: list, steps_per_episode: int) -> dict:
+        """Age, commandless steps and refine steps over the episodes' steps.
 
-    def figures(self) -> dict:
-        """Age, commandless steps and refine steps over the steps recorded."""
+        An episode's steps are the states its client counted after the reset state (which no
+        step produced), up to the episode's length; each shows the command its step applied.
+        Matched after the run: a command's info may arrive after the state that shows it.
+        """
         steps = []  # (age in periods or None, a new command, refine steps or None, plan age)
-        for episode in self.episodes:
+        for record in records:
             previous = None
-            for stamp, applied in episode:
+            for stamp, applied in record.applied[1:steps_per_episode + 1]:
+                if applied is None:
+                    continue  # a state that carries no applied command (not the sim bridge)
                 # The latest plan that sent these values from a state before this step's end.
                 source = max((source for source in self._sources.get(applied, ())
                               if source[0] < stamp), default=None)
@@ -183,8 +169,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
     rclpy.init()
     client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
                         command_topic=launch_args['command_topic'])
-    watcher = CommandWatcher(profile, launch_args['state_topic'], '/planner_node/command_info',
-                             period_s)
+    watcher = CommandWatcher('/planner_node/command_info', period_s)
     executor = SingleThreadedExecutor()
     executor.add_node(client)
     executor.add_node(watcher)
@@ -193,17 +178,15 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         client.wait_for_graph(executor, launch_args['command_topic'])
         for episode in range(1, episodes + 1):
             timeout = 120.0 if lockstep else steps * period_s * 3 + 10
-            watcher.start()
             record = client.run_episode(executor, episode, steps, timeout,
                                         bridge_ends=lockstep)
-            watcher.recording = False
             records.append(record)
             print(f'  episode {episode}: seed {record.seed} return '
                   f'{record.episode_return:.1f} steps {len(record.rewards)}', flush=True)
         client.spin_until(executor, lambda: False, 1.2)  # the last diagnostics
     finally:
         diagnostics = dict(client.diagnostics)
-        figures = watcher.figures()
+        figures = watcher.figures(records, steps)
         client.destroy_node()
         watcher.destroy_node()
         rclpy.try_shutdown()

@@ -50,6 +50,9 @@ class EpisodeRecord:
     end: str = ''  # the bridge's episode_end reason
     success: bool = False
     timed_out: bool = False
+    # Per state counted: (its stamp, the command the step before it applied, by actuator, from
+    # the state's effort; None where the state carries none). The first is the reset state.
+    applied: list = field(default_factory=list)
 
     @property
     def episode_return(self) -> float:
@@ -102,6 +105,12 @@ class DemoClient(Node):
         if self._goal is not None:
             record.success |= bool(np.linalg.norm(observation[:2] - self._goal) <= GOAL_RADIUS)
         record.states += 1
+        effort = dict(zip(msg.name, msg.effort)) if len(msg.effort) == len(msg.name) else {}
+        applied = tuple(float(effort[name]) for name in self.profile.actuators
+                        if name in effort)
+        record.applied.append((msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec,
+                               applied if len(applied) == len(self.profile.actuators)
+                               else None))
 
     def _on_reward(self, msg: Float64) -> None:
         record = self._record

@@ -12,8 +12,10 @@ was computed from, the stamp of the state its plan was made for, the refinement 
 ran, its plan time in ms, then the command's values), and /diagnostics.
 
 In lockstep each state gets one command, its plan's first action. In real time:
-- A state starts a plan; the plan has a budget (plan_budget_ms, by default 3/4 of a plan
-  period) and runs as many of its k refinement steps as fit after the prior's rollout.
+- A state starts a plan once a plan period has passed, and at once when no plan is in force
+  (none yet, a new goal or episode); the plan has a budget (plan_budget_ms, by default 3/4 of
+  a plan period, and 3/4 of a control period when no plan is followed meanwhile) and runs as
+  many of its k refinement steps as fit after the prior's rollout.
 - The plan is tracked (track_plan, with a bundle that has inverse dynamics): each state's
   arrival sends the command for the robot's next step, inverse dynamics from that state to the
   plan's state for the step's end, so a plan still followed while the next one is computed acts
@@ -73,7 +75,8 @@ from diffusion_planner_ros.planning.plan_process import PlanProcess
 from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
                                                      lower_thread_priority,
                                                      episode_target, LatencyStats,
-                                                     PlanLead, PlanTrack, ReturnsToGo,
+                                                     PlanLead, PlanTrack, PlanTrigger,
+                                                     ReturnsToGo, budget_left_ms,
                                                      StampGate, target_steps)
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
@@ -344,10 +347,9 @@ class PlannerNode(LifecycleNode):
         self._history_stale = False
         self._last_latency_log = 0.0
         self._wake = threading.Event()
-        # Real time: a state starts a plan when a plan period less half a control period has
-        # passed since the state the last plan started from (every state when the two rates
-        # are equal), so a plan never starts from a state that waited for a timer.
-        self._last_plan_trigger = -math.inf
+        # Real time: a state starts a plan once a plan period has passed, or at once when no
+        # plan is in force.
+        self.trigger = PlanTrigger()
         self._plan_period_s = 1.0 / self._setting('plan_rate_hz')
         self.plan_wait = LatencyStats()  # state arrival to plan start, per plan
         self.executor_delay = LatencyStats()  # state arrival to its callback, per state
@@ -393,9 +395,13 @@ class PlannerNode(LifecycleNode):
             f'{self._backend_text()}')
 
     def _forget_plan(self) -> None:
-        """Drop the plan in force: its actions and the states it is followed to."""
+        """Drop the plan in force: its actions and the states it is followed to.
+
+        The next state starts a plan at once, with the robot's next step as its deadline.
+        """
         self.chunk.clear()
         self.track.clear()
+        self.trigger.plan_now()
 
     def _stop_commanding(self) -> None:
         """Leave the active state: no more plans' commands, then one zero command."""
@@ -655,9 +661,8 @@ class PlannerNode(LifecycleNode):
                 self._episode_step, self._last_stamp = self._episode_step + 1, stamp
             self._state = (observation, received, self._state_sequence,
                            (self._episode, self._episode_step), resent, stamp)
-        if self.lockstep or (received - self._last_plan_trigger
-                             >= self._plan_period_s - 0.5 * self._control_period_s):
-            self._last_plan_trigger = received
+        if self.lockstep or self.trigger.due(received, self._plan_period_s,
+                                             self._control_period_s):
             self._wake.set()
         if self.lockstep or not self._control_period_s:
             return
@@ -757,10 +762,11 @@ class PlannerNode(LifecycleNode):
             if self.lockstep and not self._await_rewards(episode, step):
                 continue  # the state's episode ended while it waited
             self.plan_wait.add(1e3 * (time.monotonic() - received))
-            budget = self._plan_budget
-            if budget is not None:
-                budget = max(0.0, budget - 1e3 * (self._added_latency_s
-                                                  + time.monotonic() - received))
+            budget = budget_left_ms(self._plan_budget,
+                                    self._added_latency_s + time.monotonic() - received,
+                                    self._control_period_s,
+                                    not (self.track.empty and self.chunk.empty),
+                                    AUTO_BUDGET_SHARE)
             # Latency-aware: plan from the state the plan's first command will act on, predicted
             # through the commands in flight, which stay the new chunk's first actions.
             lead = 0 if self.lockstep else self.lead.for_period(self._control_period_s)

@@ -124,6 +124,12 @@ class ActionChunk:
         return np.array([np.zeros(self.action_dim) if row is None else row for row in rows]
                         ).reshape(steps, self.action_dim)
 
+    @property
+    def empty(self) -> bool:
+        """Say whether there is no chunk (none yet, or cleared)."""
+        with self._lock:
+            return not len(self._actions)
+
     def next(self) -> np.ndarray | None:
         """Return the next action; past the end, hold the chunk's last one; None before any."""
         with self._lock:
@@ -137,6 +143,45 @@ class ActionChunk:
         """Forget the chunk (after a state timeout or a reset)."""
         with self._lock:
             self._actions, self._next = np.zeros((0, self.action_dim)), 0
+
+
+class PlanTrigger:
+    """When a state starts a plan in real time.
+
+    A state starts a plan once a plan period less half a control period has passed since the
+    state the last plan started from (every state when the two rates are equal), so no plan
+    starts from a state that waited for a timer; and at once when no plan is in force (none
+    yet, a new goal or episode, a failed plan), whatever the period.
+    """
+
+    def __init__(self):
+        self._last_s = -math.inf
+        self._now = True
+
+    def plan_now(self) -> None:
+        """Make the next state start a plan (no plan is in force)."""
+        self._now = True
+
+    def due(self, received_s: float, plan_period_s: float, control_period_s: float) -> bool:
+        """Say whether the state received at received_s starts a plan (and count it if so)."""
+        if self._now or received_s - self._last_s >= plan_period_s - 0.5 * control_period_s:
+            self._last_s, self._now = received_s, False
+            return True
+        return False
+
+
+def budget_left_ms(budget_ms: float | None, waited_s: float, control_period_s: float,
+                   following: bool, share: float) -> float | None:
+    """Return what is left of a plan's budget after its state waited waited_s (None: none).
+
+    With no plan being followed meanwhile the plan is due at the robot's next step: its budget
+    is at most ``share`` of one control period.
+    """
+    if budget_ms is None:
+        return None
+    if not following:
+        budget_ms = min(budget_ms, share * 1e3 * control_period_s)
+    return max(0.0, budget_ms - 1e3 * waited_s)
 
 
 class PlanTrack:
