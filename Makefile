@@ -45,7 +45,7 @@ check: setup
 
 lint: setup
 	$(PY) -m flake8 diffusion_planner_ros training tools test launch setup.py
-	$(PY) -m pydocstyle diffusion_planner_ros training tools/reliability launch
+	$(PY) -m pydocstyle diffusion_planner_ros training tools/reliability tools/benchmark launch
 
 clean:
 	rm -rf $(VENV) build install log

@@ -1,6 +1,6 @@
 """Train every network of a method on its Minari dataset and assemble the bundle.
 
-training/train.py and training/benchmark.py call this; it owns the order of work: config ->
+training/train.py and tools/benchmark/benchmark.py call this; it owns the order of work: config ->
 data -> networks -> one sanity batch each -> training loops with checkpoints -> bundle.
 """
 

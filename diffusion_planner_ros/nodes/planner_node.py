@@ -72,12 +72,11 @@ from diffusion_planner_ros.planning import load_bundle, load_planner
 from diffusion_planner_ros.planning.defaults import (bundle_robot, bundle_settings,
                                                      SAMPLER_PARAMETERS)
 from diffusion_planner_ros.planning.plan_process import PlanProcess
-from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
-                                                     lower_thread_priority,
-                                                     episode_target, LatencyStats,
-                                                     PlanLead, PlanTrack, PlanTrigger,
-                                                     ReturnsToGo, budget_left_ms,
-                                                     StampGate, target_steps)
+from diffusion_planner_ros.planning.realtime import (ActionChunk, budget_left_ms,
+                                                     CommandRepeat, LatencyStats, PlanLead,
+                                                     PlanTrack, PlanTrigger, StampGate)
+from diffusion_planner_ros.planning.returns import episode_target, ReturnsToGo, target_steps
+from diffusion_planner_ros.planning.threads import configure_threads, lower_thread_priority
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import robot_world
@@ -313,7 +312,7 @@ class PlannerNode(LifecycleNode):
         # What ~/command_info says of the last plan: the stamp of the state it was made for,
         # the refinement steps it ran and its plan time.
         self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
-        self._last_sent = (None, -math.inf)  # the last command (unclipped) and when it went
+        self.repeat = CommandRepeat(REPEAT_AFTER_S)  # the last command (unclipped), when sent
         self._last_source = None
         self._last_plan_command = -math.inf  # when the last plan's command went out
         self.refine_steps_used = LatencyStats()
@@ -881,7 +880,7 @@ class PlannerNode(LifecycleNode):
         elif not self.track.empty and self.track.target(now, self._control_period_s)[0] is None:
             self._send_changed(np.zeros(self.planner.action_dim), None)  # the plan is used up
         else:
-            self._send_changed(self._last_sent[0], self._last_source)   # a repeat, if due
+            self._send_changed(self.repeat.last, self._last_source)   # a repeat, if due
 
     def _send_tracked(self, observation, stamp: float, received: float) -> None:
         """Send the command that takes the state just measured to its plan target.
@@ -907,9 +906,7 @@ class PlannerNode(LifecycleNode):
 
     def _send_changed(self, action, source) -> None:
         """Send ``action`` if it differs from the last command, or the same after a while."""
-        last, sent_at = self._last_sent
-        if action is not None and (last is None or not np.array_equal(action, last)
-                                   or time.monotonic() - sent_at >= REPEAT_AFTER_S):
+        if self.repeat.due(action, time.monotonic()):
             self._publish_command(action, source)
 
     def _send_in_force(self, at_s: float) -> None:
@@ -944,7 +941,7 @@ class PlannerNode(LifecycleNode):
                 self._send(action, source)
 
     def _send(self, action, source: tuple | None = None) -> None:
-        self._last_sent = (np.array(action, dtype=np.float64), time.monotonic())
+        self.repeat.sent(action, time.monotonic())
         self._last_source = source
         action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
                          self.planner.bundle.action_low, self.planner.bundle.action_high)
