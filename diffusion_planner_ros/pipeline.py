@@ -22,8 +22,8 @@ from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.models import Dims, build_models, method_components
 from diffusion_planner_ros.planning.bundle import Bundle, save_bundle
 from diffusion_planner_ros.robots import dims_mismatch, profile_for
-from diffusion_planner_ros.trainer import (ComponentTrainer, component_setups, init_distributed,
-                                           parameter_checksum)
+from diffusion_planner_ros.losses import component_setups
+from diffusion_planner_ros.trainer import ComponentTrainer, init_distributed, parameter_checksum
 
 
 def write_line(text: str) -> None:
