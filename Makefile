@@ -37,7 +37,7 @@ evaluate: setup
 	$(PY) training/evaluate.py --bundle models/pointmaze_umaze --episodes 10 --seed 1000
 
 test: setup
-	$(PY) -m pytest -q test
+	$(PY) -m pytest -q test --durations=20
 
 # The fast unit layer (no ROS graph, no whole runs), for a developer between edits.
 check: setup
@@ -45,7 +45,7 @@ check: setup
 
 lint: setup
 	$(PY) -m flake8 diffusion_planner_ros training tools test launch setup.py
-	$(PY) -m pydocstyle diffusion_planner_ros training tools/reliability launch
+	$(PY) -m pydocstyle diffusion_planner_ros training tools/reliability tools/benchmark launch
 
 clean:
 	rm -rf $(VENV) build install log

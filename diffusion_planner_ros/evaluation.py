@@ -21,7 +21,7 @@ from diffusion_planner_ros.data.behavior import BehaviorPolicy, action_source
 from diffusion_planner_ros.data.maze import MazeGrid, WaypointController
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning.planner import BasePlanner
-from diffusion_planner_ros.planning.receding import episode_target, ReturnsToGo, target_steps
+from diffusion_planner_ros.planning.returns import episode_target, ReturnsToGo, target_steps
 
 Policy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 

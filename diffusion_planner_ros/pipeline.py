@@ -1,6 +1,6 @@
 """Train every network of a method on its Minari dataset and assemble the bundle.
 
-training/train.py and training/benchmark.py call this; it owns the order of work: config ->
+training/train.py and tools/benchmark/benchmark.py call this; it owns the order of work: config ->
 data -> networks -> one sanity batch each -> training loops with checkpoints -> bundle.
 """
 
@@ -22,8 +22,8 @@ from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.models import Dims, build_models, method_components
 from diffusion_planner_ros.planning.bundle import Bundle, save_bundle
 from diffusion_planner_ros.robots import dims_mismatch, profile_for
-from diffusion_planner_ros.trainer import (ComponentTrainer, component_setups, init_distributed,
-                                           parameter_checksum)
+from diffusion_planner_ros.losses import component_setups
+from diffusion_planner_ros.trainer import ComponentTrainer, init_distributed, parameter_checksum
 
 
 def write_line(text: str) -> None:

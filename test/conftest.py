@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The measurement tools beside the package (tools/benchmark: the suite runner, latency).
+sys.path.insert(0, str(REPO / 'tools' / 'benchmark'))
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,8 @@ from diffusion_planner_ros.planning import (BCPlanner, DecisionDiffuserPlanner,
                                             JointDiffusionPlanner, TrajectoryDiffuserPlanner,
                                             load_planner)
 from diffusion_planner_ros.planning.bundle import derive_bundle
-from diffusion_planner_ros.trainer import ComponentTrainer, DistributedContext, component_setups
+from diffusion_planner_ros.losses import component_setups
+from diffusion_planner_ros.trainer import ComponentTrainer, DistributedContext
 
 
 # Sampling ---------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ def test_a_critic_is_refused_where_the_method_ranks_by_its_objective(method):
 
 def test_dmemm_modulation_terms_reach_the_noise_model_only():
     from diffusion_planner_ros.models import Dims, build_models
-    from diffusion_planner_ros.trainer import dmemm_loss
+    from diffusion_planner_ros.losses import dmemm_loss
     config = method_config('dmemm')
     data = SequenceDataset(tiny_episodes(), 'goal')
     models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
@@ -336,7 +337,7 @@ def test_a_dmemm_trained_refiner_learns_after_the_networks_its_loss_calls(tmp_pa
 
 def test_a_dmemm_trained_refiners_modulation_reaches_the_noise_model_only():
     from diffusion_planner_ros.models import Dims, build_models
-    from diffusion_planner_ros.trainer import dmemm_refiner_loss
+    from diffusion_planner_ros.losses import dmemm_refiner_loss
     config = dmemm_refiner_config()
     data = SequenceDataset(tiny_episodes(), 'goal')
     models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))

@@ -218,7 +218,7 @@ def test_make_locomotion_dataset_joins_medium_and_expert_and_names_bad_input(tmp
 
 
 def test_a_benchmark_suite_collects_locomotion_data_from_kept_policies(tmp_path, monkeypatch):
-    from diffusion_planner_ros.benchmark import ensure_dataset
+    from suite import ensure_dataset
 
     monkeypatch.setenv('MINARI_DATASETS_PATH', str(tmp_path / 'datasets'))
     spec = {'collect': {'env': 'hopper', 'kind': 'random', 'steps': 50, 'seed': 3}}

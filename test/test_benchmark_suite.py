@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from diffusion_planner_ros import benchmark
-from diffusion_planner_ros.benchmark import SuiteRunner, load_suite
+import suite as benchmark
 from diffusion_planner_ros.config import load_config
+from suite import SuiteRunner, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def test_bad_derived_entries_are_named(tmp_path, entry, message):
 
 
 def test_committed_suites_parse():
-    paths = sorted((REPO / 'config' / 'benchmark').glob('*.yaml'))
+    paths = sorted((REPO / 'tools' / 'benchmark' / 'suites').glob('*.yaml'))
     assert {'quick', 'full', 'walker2d'} <= {path.stem for path in paths}
     for path in paths:
         suite = load_suite(path)

@@ -19,7 +19,7 @@ def test_flake8():
 @pytest.mark.linter
 def test_pep257():
     result = subprocess.run([PYTHON, '-m', 'pydocstyle', 'diffusion_planner_ros', 'training',
-                             'tools/reliability'],
+                             'tools/reliability', 'tools/benchmark'],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -12,8 +12,8 @@ from test_bundle_planner import OBS, GOAL, tiny_config, tiny_hopper_planner, wri
 
 from diffusion_planner_ros.evaluation import evaluate
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import (lower_thread_priority, ReturnsToGo,
-                                                     target_steps)
+from diffusion_planner_ros.planning.returns import ReturnsToGo, target_steps
+from diffusion_planner_ros.planning.threads import lower_thread_priority
 
 
 def test_paced_returns_fall_by_an_even_share_per_step_until_a_reward_arrives():
@@ -110,7 +110,7 @@ def test_the_real_time_benchmark_runs_end_to_end(ros_env, tmp_path):
     from diffusion_planner_ros.evaluation import run_planner_episode
 
     out = tmp_path / 'realtime.json'
-    subprocess.run([sys.executable, 'training/benchmark_realtime.py', '--robot', 'hopper',
+    subprocess.run([sys.executable, 'tools/benchmark/benchmark_realtime.py', '--robot', 'hopper',
                     '--quick', '--json', str(out)],
                    env=ros_env, check=True, timeout=900, cwd=Path(__file__).parents[1])
     report = json.loads(out.read_text())
@@ -232,7 +232,7 @@ def test_a_latency_aware_plan_starts_from_the_state_predicted_through_the_comman
 
 
 def test_the_commands_in_flight_stay_the_first_actions_of_the_next_chunk():
-    from diffusion_planner_ros.planning.receding import ActionChunk
+    from diffusion_planner_ros.planning.realtime import ActionChunk
 
     period = 0.01
     chunk = ActionChunk(2)
@@ -251,7 +251,7 @@ def test_the_commands_in_flight_stay_the_first_actions_of_the_next_chunk():
 
 
 def test_the_plan_lead_follows_the_measured_state_to_command_time():
-    from diffusion_planner_ros.planning.receding import PlanLead
+    from diffusion_planner_ros.planning.realtime import PlanLead
 
     lead = PlanLead(-1, max_steps=6)
     assert lead.for_period(0.008) == 0               # nothing measured yet
@@ -272,7 +272,7 @@ def test_the_plan_lead_follows_the_measured_state_to_command_time():
 
 
 def test_a_tracked_plan_gives_each_step_its_target_and_keeps_the_targets_in_flight():
-    from diffusion_planner_ros.planning.receding import PlanTrack
+    from diffusion_planner_ros.planning.realtime import PlanTrack
 
     period = 0.01
     track = PlanTrack(2)
@@ -364,7 +364,7 @@ def test_the_planning_thread_lowers_only_its_own_priority():
 
 
 def test_a_state_starts_a_plan_each_plan_period_and_at_once_when_no_plan_is_in_force():
-    from diffusion_planner_ros.planning.receding import PlanTrigger
+    from diffusion_planner_ros.planning.realtime import PlanTrigger
 
     trigger, control, plan = PlanTrigger(), 0.01, 0.04
     states = [0.01 * i for i in range(12)]
@@ -378,7 +378,7 @@ def test_a_state_starts_a_plan_each_plan_period_and_at_once_when_no_plan_is_in_f
 
 
 def test_a_plan_with_nothing_to_follow_meanwhile_is_due_at_the_next_step():
-    from diffusion_planner_ros.planning.receding import budget_left_ms
+    from diffusion_planner_ros.planning.realtime import budget_left_ms
 
     assert budget_left_ms(None, 0.002, 0.008, following=False, share=0.75) is None
     # Following a plan: the plan period's budget less what the state waited.
@@ -386,3 +386,15 @@ def test_a_plan_with_nothing_to_follow_meanwhile_is_due_at_the_next_step():
     # Nothing to follow: 3/4 of one control period, less the wait; never below zero.
     assert budget_left_ms(12.0, 0.002, 0.008, following=False, share=0.75) == pytest.approx(4.0)
     assert budget_left_ms(12.0, 0.010, 0.008, following=False, share=0.75) == 0.0
+
+
+def test_a_command_goes_out_when_it_changes_and_again_only_after_the_repeat_period():
+    from diffusion_planner_ros.planning.realtime import CommandRepeat
+
+    repeat = CommandRepeat(0.1)
+    assert not repeat.due(None, 0.0)                 # no command in force: nothing to send
+    assert repeat.due(np.zeros(2), 0.0)              # nothing sent yet
+    repeat.sent(np.zeros(2), 0.0)
+    assert not repeat.due(np.zeros(2), 0.05)         # the same, too soon
+    assert repeat.due(np.array([0.0, 0.1]), 0.05)    # changed
+    assert repeat.due(np.zeros(2), 0.1)              # the same, but a driver's timeout nears

@@ -12,8 +12,8 @@ from test_bundle_planner import write_bundle
 from diffusion_planner_ros.data.minari_io import load_minari, read_episodes, validate_dataset_id
 from diffusion_planner_ros.envs import make_env
 from diffusion_planner_ros.planning import load_planner
-from diffusion_planner_ros.planning.receding import (ActionChunk, episode_target, ReturnsToGo,
-                                                     StampGate)
+from diffusion_planner_ros.planning.realtime import ActionChunk, StampGate
+from diffusion_planner_ros.planning.returns import episode_target, ReturnsToGo
 
 
 class RunsCode:

@@ -150,7 +150,7 @@ def test_bad_config_key_fails_with_its_name(tmp_path):
 
 def test_benchmark_quick_suite_end_to_end(tmp_path):
     out = tmp_path / 'bench'
-    text = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
+    text = run(['tools/benchmark/benchmark.py', '--suite', 'quick', '--out', str(out),
                 '--no-progress'], tmp_path, timeout=900)
     suite_methods = ['trajectory_diffuser', 'prior_only', 'decision_diffuser',
                      'trajectory_diffuser_rerank', 'decision_diffuser_rerank', 'diffuser',
@@ -190,7 +190,7 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
     dd = next(x for x in table if x['name'] == 'decision_diffuser')
     assert dd['speedup_vs_reference'] == pytest.approx(1.0)
     # A second run loads everything and redoes nothing.
-    again = run(['training/benchmark.py', '--suite', 'quick', '--out', str(out),
+    again = run(['tools/benchmark/benchmark.py', '--suite', 'quick', '--out', str(out),
                  '--no-progress'], tmp_path, timeout=300)
     assert 'bundle written' not in again
 
@@ -198,7 +198,7 @@ def test_benchmark_quick_suite_end_to_end(tmp_path):
 def test_latency_benchmark_compares_eager_and_onnx(tmp_path):
     bundle = write_bundle(tmp_path / 'bundle')
     report_path = tmp_path / 'latency.json'
-    text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--calls', '20',
+    text = run(['tools/benchmark/benchmark_latency.py', '--bundle', str(bundle), '--calls', '20',
                 '--warmup', '3', '--json', str(report_path)], tmp_path)
     report = json.loads(report_path.read_text())
     assert report['eager']['backend'] == 'eager'
@@ -223,7 +223,7 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
     bundle = write_bundle(tmp_path / 'td')
     derive_bundle(bundle, 'decision_diffuser', tmp_path / 'dd')
     report_path = tmp_path / 'versus.json'
-    text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--versus',
+    text = run(['tools/benchmark/benchmark_latency.py', '--bundle', str(bundle), '--versus',
                 f'dd={tmp_path / "dd"}', '--versus',
                 f'warm={bundle},warm_start_steps=2,replan_every=2', '--calls', '6',
                 '--warmup', '1', '--paths', 'eager', 'onnx', '--json', str(report_path)],
@@ -248,7 +248,7 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
                             (f'ratios={tmp_path / "dd"}', 'reserved'),
                             (f'w={tmp_path / "dd"},warm', 'not key=value'),
                             (f'w={tmp_path / "dd"},k=five', 'not a number')):
-        result = subprocess.run([PYTHON, 'training/benchmark_latency.py', '--bundle',
+        result = subprocess.run([PYTHON, 'tools/benchmark/benchmark_latency.py', '--bundle',
                                  str(bundle), '--versus', versus], cwd=REPO,
                                 env=script_env(tmp_path), capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr
@@ -259,7 +259,7 @@ def test_latency_benchmark_times_untrained_networks_of_other_sizes(tmp_path):
     derive_bundle(bundle, 'decision_diffuser', tmp_path / 'dd')
     report_path = tmp_path / 'sizes.json'
     sizes = ['prior.n_layer=2', 'unet.dim=16']
-    text = run(['training/benchmark_latency.py', '--bundle', str(bundle), '--versus',
+    text = run(['tools/benchmark/benchmark_latency.py', '--bundle', str(bundle), '--versus',
                 f'dd={tmp_path / "dd"}', '--calls', '4', '--warmup', '1', '--paths', 'eager',
                 '--untrained', *sizes, '--json', str(report_path)], tmp_path)
     report = json.loads(report_path.read_text())
@@ -270,7 +270,7 @@ def test_latency_benchmark_times_untrained_networks_of_other_sizes(tmp_path):
     assert run_report['dd']['bundle'] == str(tmp_path / 'dd')
     assert run_report['dd']['method'] == 'decision_diffuser'
     assert run_report['ratios']['dd/trajectory_diffuser']['p50'] > 0.0
-    result = subprocess.run([PYTHON, 'training/benchmark_latency.py', '--bundle', str(bundle),
-                             '--untrained', 'planner.refine_steps=1'], cwd=REPO,
+    result = subprocess.run([PYTHON, 'tools/benchmark/benchmark_latency.py', '--bundle',
+                             str(bundle), '--untrained', 'planner.refine_steps=1'], cwd=REPO,
                             env=script_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 2 and 'not a size' in result.stderr

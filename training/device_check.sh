@@ -28,13 +28,13 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA")'
 run $PY -m pytest -q -p no:cacheprovider -rs test/test_fast_path.py > "$OUT/pytest_fast_path.txt" 2>&1
 tail -n 8 "$OUT/pytest_fast_path.txt"
 for bundle in pointmaze_umaze pointmaze_medium hopper; do
-    run $PY training/benchmark_latency.py --bundle "models/$bundle" --device "$DEVICE" \
+    run $PY tools/benchmark/benchmark_latency.py --bundle "models/$bundle" --device "$DEVICE" \
         --calls "$CALLS" --json "$OUT/gpu_$bundle.json"
 done
 # Decision Diffuser from the shipped UMaze bundle's networks (nothing trained).
 run $PY -c "from diffusion_planner_ros.planning.bundle import derive_bundle
 derive_bundle('models/pointmaze_umaze', 'decision_diffuser', '$OUT/umaze_dd')"
-run $PY training/benchmark_latency.py --bundle models/pointmaze_umaze --device "$DEVICE" \
+run $PY tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze --device "$DEVICE" \
     --versus "decision_diffuser=$OUT/umaze_dd" --paths eager auto --calls 100 --warmup 10 \
     --json "$OUT/gpu_umaze_interleaved.json"
 rm -rf "$OUT/umaze_dd"

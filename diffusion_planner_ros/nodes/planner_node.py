@@ -11,21 +11,10 @@ Publishes ``commands``, ``plan``, ``plan_markers``, ``~/plan_latency_ms`` (one p
 was computed from, the stamp of the state its plan was made for, the refinement steps that plan
 ran, its plan time in ms, then the command's values), and /diagnostics.
 
-In lockstep each state gets one command, its plan's first action. In real time:
-- A state starts a plan once a plan period has passed, and at once when no plan is in force
-  (none yet, a new goal or episode); the plan has a budget (plan_budget_ms, by default 3/4 of
-  a plan period, and 3/4 of a control period when no plan is followed meanwhile) and runs as
-  many of its k refinement steps as fit after the prior's rollout.
-- The plan is tracked (track_plan, with a bundle that has inverse dynamics): each state's
-  arrival sends the command for the robot's next step, inverse dynamics from that state to the
-  plan's state for the step's end, so a plan still followed while the next one is computed acts
-  from wherever the robot is. Past the plan's last state the command is zero. Without tracking
-  the plan's own actions go out by time; a chunk's last action holds one plan period past its
-  end (or its arrival), then zero.
-- A latency-aware plan (plan_lead_steps, with a bundle that carries a transition model) starts
-  from the state predicted for the step its first command will be applied in, through the
-  commands in flight, which stay the plan's first targets (or actions).
-- The same command is repeated every 0.1 s at least.
+What it does with them, in lockstep and in real time (when a state starts a plan, the plan's
+budget, the plan tracked from each state, the plan lead, repeats and the state timeout), is
+planning/commanding.py's CommandLoop, plain Python; this node is its parameters, lifecycle,
+topics and diagnostics.
 
 A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to active unless
 ``autostart`` is false. A worker thread plans, so the executor is never blocked; with
@@ -44,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import math
-import re
 import threading
 import time
 import traceback
@@ -72,34 +60,15 @@ from diffusion_planner_ros.planning import load_bundle, load_planner
 from diffusion_planner_ros.planning.defaults import (bundle_robot, bundle_settings,
                                                      SAMPLER_PARAMETERS)
 from diffusion_planner_ros.planning.plan_process import PlanProcess
-from diffusion_planner_ros.planning.receding import (ActionChunk, configure_threads,
-                                                     lower_thread_priority,
-                                                     episode_target, LatencyStats,
-                                                     PlanLead, PlanTrack, PlanTrigger,
-                                                     ReturnsToGo, budget_left_ms,
-                                                     StampGate, target_steps)
+from diffusion_planner_ros.planning.commanding import CommandLoop, plan_budget_ms
+from diffusion_planner_ros.planning.realtime import PlanLead
+from diffusion_planner_ros.planning.returns import episode_target, ReturnsToGo, target_steps
+from diffusion_planner_ros.planning.threads import configure_threads
 from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import robot_world
 
 WARN_PERIOD_S = 2.0
-# Lockstep: a state sent again within this long of the command for it crossed that command
-# (or came while it was planned) and gets none; later, the command is taken as lost.
-LOCKSTEP_RESEND_GRACE_S = 0.5
-# plan_budget_ms -1: this share of a plan period, leaving the rest for the command's way out.
-AUTO_BUDGET_SHARE = 0.75
-# The control timer sends the action in force when it changes, and the same action again only
-# after this long (a driver's command timeout must not expire): a repeat costs every listener
-# a callback and changes nothing under zero-order hold.
-REPEAT_AFTER_S = 0.1
-# States that resume after this long without one (and at least this many control periods),
-# counted from the later of the last state and this planner's last command, start a new
-# episode where the robot sends no episode_end: a robot that paused has been reset.
-NEW_EPISODE_GAP_S = 0.2
-NEW_EPISODE_GAP_PERIODS = 10
-# The control timer's period while a plan is tracked (at least the control period, at most
-# half the state timeout): commands then go out as states arrive.
-TRACKING_TICK_S = 0.02
 
 
 def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
@@ -198,6 +167,7 @@ class PlannerNode(LifecycleNode):
                         'transitions (~/change_state)', read_only=True))
         self.planner = None
         self.plans = None  # what plans: self.planner, or a PlanProcess in real time
+        self.loop = None  # the plan and command logic (CommandLoop), once configured
         # Timers run on this machine's steady clock; only the stamps of what the node publishes
         # follow the ROS clock (sim time under use_sim_time, as in the sim graph).
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -236,11 +206,11 @@ class PlannerNode(LifecycleNode):
         """Start commanding: a fresh episode, the timers, the publishers."""
         result = super().on_activate(state)
         self.plans.reset()
-        self._forget_plan()
+        self.loop.forget_plan()
         if not self.lockstep:
             self._start_timers(self._setting('control_rate_hz'), self._setting('plan_rate_hz'))
         with self._command_lock:
-            self._active = True
+            self._active = self.loop.active = True
         self.get_logger().info('active: commanding')
         return result
 
@@ -288,10 +258,9 @@ class PlannerNode(LifecycleNode):
         self.planner = load_planner(bundle, **options)
         self.grid, self.kinematics = robot_world(self.profile)
         self.lockstep = gp('lockstep').value
-        self._plan_budget = self._budget(gp('plan_budget_ms').value,
-                                         self._setting('plan_rate_hz'))
-        self._added_latency_s = 1e-3 * gp('added_latency_ms').value
-        anytime = self._plan_budget is not None and hasattr(self.planner, 'warm_up_anytime')
+        plan_budget = plan_budget_ms(gp('plan_budget_ms').value, self._setting('plan_rate_hz'),
+                                     self.lockstep)
+        anytime = plan_budget is not None and hasattr(self.planner, 'warm_up_anytime')
         if gp('plan_process').value and not self.lockstep:
             # Plans in a child process: the executor that sends each state's command never
             # waits for the planning thread's interpreter lock. This process's planner tracks
@@ -305,58 +274,24 @@ class PlannerNode(LifecycleNode):
             self.planner.warm_up()
             if anytime:
                 self.planner.warm_up_anytime()
-        self.chunk = ActionChunk(self.planner.action_dim)
-        self.track = PlanTrack(self.planner.obs_dim)
-        self.tracking = (not self.lockstep and gp('track_plan').value
-                         and self.planner.can_track)
         self.lead = self._plan_lead(gp('plan_lead_steps').value)
-        # What ~/command_info says of the last plan: the stamp of the state it was made for,
-        # the refinement steps it ran and its plan time.
-        self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
-        self._last_sent = (None, -math.inf)  # the last command (unclipped) and when it went
-        self._last_source = None
-        self._last_plan_command = -math.inf  # when the last plan's command went out
-        self.refine_steps_used = LatencyStats()
-        self.lead_steps_used = LatencyStats()
-        self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
-        self.overhead = LatencyStats()  # state-to-command minus plan time, per plan
-        # Runtime knobs read on the hot paths, kept current by _on_set_parameters.
-        self._state_timeout_s = gp('state_timeout_s').value
-        self._control_rate_hz = self._setting('control_rate_hz')
         # The paper's protocol where the robot reports rewards (the sim bridge does): the
         # returns-to-go target decreases by each reward and starts again at each episode's end;
         # where it reports none, by an even share per step.
-        self.returns_to_go = ReturnsToGo(
-            episode_target(self.planner, self._setting('target_return')),
-            target_steps(self.planner))
-        self._plan_budget_ms = 1e3 / self._setting('plan_rate_hz')
-        self._stamps = StampGate(stale_after_s=self._state_timeout_s)
-        self.deadline_misses = 0
-        self.rejected_states = 0
-        self._refine_reason = 'none yet'
-        self._lock = threading.Lock()
-        # (observation, receive time, sequence number, (episode number, step in the episode))
-        self._state = None
-        self._state_sequence = 0
-        # Steps into the episode (distinct stamps since the last episode_end, the reset state
-        # being step 0), so a lockstep plan can wait for the reward of the step before it.
-        self._episode_step, self._last_stamp, self._episode = -1, None, 0
-        self._rewards_absent = False
-        self._goal = None
-        self._goal_version = 0
-        self._history_stale = False
+        returns_to_go = ReturnsToGo(episode_target(self.planner, self._setting('target_return')),
+                                    target_steps(self.planner))
+        self.loop = CommandLoop(
+            self.planner, self.plans, lockstep=self.lockstep,
+            tracking=not self.lockstep and gp('track_plan').value and self.planner.can_track,
+            lead=self.lead, returns_to_go=returns_to_go, plan_budget=plan_budget,
+            added_latency_s=1e-3 * gp('added_latency_ms').value,
+            state_timeout_s=gp('state_timeout_s').value,
+            control_rate_hz=self._setting('control_rate_hz'),
+            plan_rate_hz=self._setting('plan_rate_hz'),
+            plan_thread_nice=gp('plan_thread_nice').value, send=self._publish_command,
+            warn=self._warn, log=self.get_logger().warning, on_plan=self._on_plan)
         self._last_latency_log = 0.0
-        self._wake = threading.Event()
-        # Real time: a state starts a plan once a plan period has passed, or at once when no
-        # plan is in force.
-        self.trigger = PlanTrigger()
-        self._plan_period_s = 1.0 / self._setting('plan_rate_hz')
-        self.plan_wait = LatencyStats()  # state arrival to plan start, per plan
-        self.executor_delay = LatencyStats()  # state arrival to its callback, per state
-        self._running = True
         self._control_timer = None
-        self._control_period_s = 0.0
-        self._tick_period_s = 0.0
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # Lifecycle publishers send only while the node is active.
@@ -383,9 +318,7 @@ class PlannerNode(LifecycleNode):
         # Everything allocated so far (models, messages, modules) lives as long as the node:
         # keep it out of the collector's full passes, which would otherwise pause planning.
         gc.freeze()
-        # The planning process's nice value, or the planning thread's once it has set it.
-        self._plan_nice = None if self.plans is self.planner else self.plans.nice
-        self._worker = threading.Thread(target=self._plan_loop, daemon=True)
+        self._worker = threading.Thread(target=self.loop.run, daemon=True)
         self._worker.start()
         self.get_logger().info(
             f'planning with {gp("bundle").value} on {self.planner.device}, profile '
@@ -394,24 +327,15 @@ class PlannerNode(LifecycleNode):
             f'replan every {self.planner.config.replan_every} control steps, '
             f'{self._backend_text()}')
 
-    def _forget_plan(self) -> None:
-        """Drop the plan in force: its actions and the states it is followed to.
-
-        The next state starts a plan at once, with the robot's next step as its deadline.
-        """
-        self.chunk.clear()
-        self.track.clear()
-        self.trigger.plan_now()
-
     def _stop_commanding(self) -> None:
         """Leave the active state: no more plans' commands, then one zero command."""
-        if self.planner is None:
+        if self.loop is None:
             return
         self._stop_timers()
-        self._forget_plan()
+        self.loop.forget_plan()
         with self._command_lock:
             if self._active:
-                self._active = False
+                self._active = self.loop.active = False
                 self._send(np.zeros(self.planner.action_dim))
                 # A publisher destroyed right after its last message can take that message
                 # with it: wait (bounded) until every reliable subscriber has acknowledged it.
@@ -420,8 +344,7 @@ class PlannerNode(LifecycleNode):
     def _release(self) -> None:
         """Stop the worker and destroy what configure created."""
         if self._worker is not None:
-            self._running = False
-            self._wake.set()
+            self.loop.stop()
             self._worker.join(timeout=5.0)
             self._worker = None
         if self.plans is not None and self.plans is not self.planner:
@@ -437,7 +360,7 @@ class PlannerNode(LifecycleNode):
             else:
                 self.destroy_timer(entity)
         self._entities = []
-        self.planner = None
+        self.planner = self.loop = None
 
     def _backend_text(self) -> str:
         for reason in self.plans.fallback_reasons:
@@ -504,12 +427,6 @@ class PlannerNode(LifecycleNode):
             steps = 0
         return PlanLead(steps, max(limit, 0))
 
-    def _budget(self, budget_ms: float, plan_rate_hz: float) -> float | None:
-        """Return a plan's budget in ms (None: no budget, always k; lockstep has none)."""
-        if self.lockstep or budget_ms == 0:
-            return None
-        return AUTO_BUDGET_SHARE * 1e3 / plan_rate_hz if budget_ms < 0 else budget_ms
-
     def _given(self, name: str):
         """Return a parameter's value, None where it is unset."""
         try:
@@ -543,16 +460,8 @@ class PlannerNode(LifecycleNode):
 
     def _start_timers(self, control_rate_hz: float, plan_rate_hz: float) -> None:
         self._stop_timers()
-        self._control_period_s = 1.0 / control_rate_hz
-        self._plan_period_s = 1.0 / plan_rate_hz
-        # A tracked plan's commands go out as states arrive; the timer only watches for a
-        # stale state, a used-up plan and a due repeat, so it need not wake every period.
-        self._tick_period_s = self._control_period_s
-        if self.tracking:
-            self._tick_period_s = min(max(self._control_period_s, TRACKING_TICK_S),
-                                      0.5 * self._state_timeout_s)
-        self._control_timer = self.create_timer(self._tick_period_s, self._on_control_tick,
-                                                clock=self._steady)
+        tick_s = self.loop.set_rates(control_rate_hz, plan_rate_hz, commanding=True)
+        self._control_timer = self.create_timer(tick_s, self.loop.tick, clock=self._steady)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Check a runtime change as a whole and apply it only if all of it is valid.
@@ -601,25 +510,24 @@ class PlannerNode(LifecycleNode):
                     self.plans.reconfigure(**changes)
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
-        self.lead = lead
-        self._state_timeout_s = new.get('state_timeout_s', self._state_timeout_s)
-        self._control_rate_hz = control_rate
-        self._stamps.stale_after_s = self._state_timeout_s
+        loop = self.loop
+        self.lead = loop.lead = lead
+        loop.set_state_timeout(new.get('state_timeout_s', loop.state_timeout_s))
         if 'target_return' in new:
-            self.returns_to_go.retarget(episode_target(self.planner, new['target_return']))
+            loop.returns_to_go.retarget(episode_target(self.planner, new['target_return']))
         if {'plan_budget_ms', 'plan_rate_hz'} & set(new):
-            budget = self._budget(new.get('plan_budget_ms', gp('plan_budget_ms').value),
-                                  plan_rate)
-            if budget is not None and self._plan_budget is None \
+            budget = plan_budget_ms(new.get('plan_budget_ms', gp('plan_budget_ms').value),
+                                    plan_rate, self.lockstep)
+            if budget is not None and loop.plan_budget is None \
                     and hasattr(self.planner, 'warm_up_anytime'):
                 self.plans.warm_up_anytime()
-            self._plan_budget = budget
-        self._added_latency_s = 1e-3 * new.get('added_latency_ms', 1e3 * self._added_latency_s)
-        if {'control_rate_hz', 'plan_rate_hz'} & set(new):
-            self._plan_budget_ms = 1e3 / plan_rate
+            loop.plan_budget = budget
+        loop.added_latency_s = 1e-3 * new.get('added_latency_ms', 1e3 * loop.added_latency_s)
         if {'control_rate_hz', 'plan_rate_hz', 'state_timeout_s'} & set(new):
             if not self.lockstep and self._active:
                 self._start_timers(control_rate, plan_rate)
+            else:
+                loop.set_rates(control_rate, plan_rate, commanding=False)
         return SetParametersResult(successful=True)
 
     # Input ---------------------------------------------------------------------------------
@@ -634,44 +542,12 @@ class PlannerNode(LifecycleNode):
             observation = self.profile.observation_from_joint_state(
                 msg.name, msg.position, msg.velocity)
         except ValueError as error:
-            self._reject_state(str(error))
+            self.loop.reject(str(error))
             return
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         # A state's age counts from its arrival: in a backlog handled late, only the newest is
         # fresh.
-        received = arrival(info)
-        self.executor_delay.add(1e3 * (time.monotonic() - received))
-        problem = self._stamps.check(stamp, received)
-        if problem is not None:
-            self._reject_state(problem)
-            return
-        with self._lock:
-            # A state that repeats the last one, stamp and values, is the same step sent again
-            # (a lockstep bridge's watchdog): it keeps its step number.
-            resent = (stamp != 0.0 and stamp == self._last_stamp and self._state is not None
-                      and np.array_equal(observation, self._state[0]))
-            if (self._state is not None and not resent
-                    and received - max(self._state[1], self._last_plan_command)
-                    > max(NEW_EPISODE_GAP_S, NEW_EPISODE_GAP_PERIODS / self._control_rate_hz)):
-                # States resume after a pause (not one this planner made by planning slowly):
-                # a robot that sends no episode_end has started anew.
-                self._start_episode()
-            self._state_sequence += 1
-            if not resent:
-                self._episode_step, self._last_stamp = self._episode_step + 1, stamp
-            self._state = (observation, received, self._state_sequence,
-                           (self._episode, self._episode_step), resent, stamp)
-        if self.lockstep or self.trigger.due(received, self._plan_period_s,
-                                             self._control_period_s):
-            self._wake.set()
-        if self.lockstep or not self._control_period_s:
-            return
-        # The robot applies the latest command at its next step: send the command for that
-        # step now, from this state where the plan is tracked, rather than at the timer's phase.
-        if self.tracking:
-            self._send_tracked(observation, stamp, received)
-        else:
-            self._send_in_force(received + 0.5 * self._control_period_s)
+        self.loop.on_state(observation, msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec,
+                           arrival(info))
 
     def _on_goal(self, msg: PoseStamped) -> None:
         goal = np.array([msg.pose.position.x, msg.pose.position.y])
@@ -682,254 +558,20 @@ class PlannerNode(LifecycleNode):
             self._warn('goal:outside',
                        f'dropped goal_pose {goal.tolist()}: outside the free maze cells')
             return
-        with self._lock:
-            if self._goal is not None and np.array_equal(goal, self._goal):
-                return  # the goal in force, sent again: keep following its plan
-            self._goal = goal
-            self._goal_version += 1
-        # Stop sending the old goal's actions now; the worker resets the planner before its next
-        # plan, so a reset never lands in the middle of one.
-        self._forget_plan()
-        self.get_logger().info(f'new goal {goal.round(3).tolist()}')
+        if self.loop.set_goal(goal):
+            self.get_logger().info(f'new goal {goal.round(3).tolist()}')
 
     def _on_reward(self, msg: Float64) -> None:
         if not math.isfinite(msg.data):
             self._warn('reward:nan', f'dropped reward {msg.data}')
             return
-        self.returns_to_go.spend(msg.data)
+        self.loop.spend_reward(msg.data)
 
     def _on_episode_end(self, msg: String) -> None:
-        with self._lock:
-            self._start_episode()
+        self.loop.end_episode()
         self.get_logger().info(f'episode ended ({msg.data}): starting afresh')
 
-    def _start_episode(self) -> None:
-        """Make the next state start a new episode: no actions, no history, the full target.
-
-        Called with self._lock held.
-        """
-        self._forget_plan()
-        self._history_stale = True
-        self._episode_step, self._last_stamp = -1, None
-        self._episode += 1
-        self.returns_to_go.reset()
-
-    def _reject_state(self, problem: str) -> None:
-        self.rejected_states += 1
-        # Throttle per kind of problem: the text before any listed values, numbers left out.
-        kind = re.sub(r'-?\d+(\.\d+)?', '#', problem.split(':')[0])
-        self._warn(f'joint_states:{kind}', f'dropped joint_states: {problem}')
-
-    # Planning (worker thread) ------------------------------------------------------------------
-    def _plan_loop(self) -> None:
-        if self.plans is self.planner:
-            self._plan_nice = lower_thread_priority(
-                self.get_parameter('plan_thread_nice').value)
-        consumed_sequence, steps_since_plan, goal_version = 0, None, 0
-        # Lockstep: the (episode, step) last commanded and when, so a resent state gets no
-        # second command (the bridge would step twice) unless that command looks lost.
-        commanded, commanded_at = None, -math.inf
-        while self._running:
-            if not self._wake.wait(timeout=0.1):
-                continue
-            self._wake.clear()
-            with self._lock:
-                state, goal, version = self._state, self._goal, self._goal_version
-            if version != goal_version or self._history_stale:
-                goal_version = version
-                self._history_stale = False
-                self.plans.reset()
-                steps_since_plan = None
-            if state is None or (goal is None and self.planner.condition_kind == 'goal'):
-                continue
-            observation, received, sequence, (episode, step), resent, stamp = state
-            if not self._active:
-                continue
-            if self.lockstep:
-                if sequence == consumed_sequence:
-                    continue
-                consumed_sequence = sequence
-                if (resent and commanded == (episode, step)
-                        and received - commanded_at < LOCKSTEP_RESEND_GRACE_S):
-                    continue  # sent again while its command was being planned or on its way
-                due = steps_since_plan is None or steps_since_plan >= \
-                    self.planner.config.replan_every
-                if not due:
-                    steps_since_plan += 1
-                    self._publish_command(self.chunk.next(), self._plan_source)
-                    commanded, commanded_at = (episode, step), time.monotonic()
-                    continue
-            if self.lockstep and not self._await_rewards(episode, step):
-                continue  # the state's episode ended while it waited
-            self.plan_wait.add(1e3 * (time.monotonic() - received))
-            budget = budget_left_ms(self._plan_budget,
-                                    self._added_latency_s + time.monotonic() - received,
-                                    self._control_period_s,
-                                    not (self.track.empty and self.chunk.empty),
-                                    AUTO_BUDGET_SHARE)
-            # Latency-aware: plan from the state the plan's first command will act on, predicted
-            # through the commands in flight, which stay the new chunk's first actions.
-            lead = 0 if self.lockstep else self.lead.for_period(self._control_period_s)
-            if self.tracking:
-                in_flight, in_flight_sources = self.track.ahead(received, lead,
-                                                                self._control_period_s)
-            else:
-                in_flight = self.chunk.ahead(received, lead, self._control_period_s,
-                                             self._plan_period_s)
-            try:
-                if not lead:
-                    start_state = observation
-                elif self.tracking:
-                    start_state, _ = self.planner.predict_tracked(observation, in_flight)
-                else:
-                    start_state = self.planner.predict_state(observation, in_flight)
-                plan = self.plans.plan(start_state, goal=goal,
-                                       returns_to_go=self.returns_to_go.at(step + lead),
-                                       budget_ms=budget)
-            except (ValueError, RuntimeError) as error:
-                # No plan, no old plan either: a held action must not outlive its plan.
-                self._forget_plan()
-                self._publish_command(np.zeros(self.planner.action_dim))
-                self._warn('plan', f'planning failed, commanding zero: {error}')
-                continue
-            if self._episode != episode:
-                continue  # planned from the last episode's state: no command for this one
-            if self._added_latency_s:
-                time.sleep(self._added_latency_s)  # a slower computer (benchmarks)
-            # The stamp of the state the plan was made for: lead periods after its state's own.
-            self._chunk_source = (stamp + lead * self._control_period_s,
-                                  -1 if plan.refine_steps is None else plan.refine_steps,
-                                  plan.timings_ms['total'])
-            # Command first, bookkeeping after: the robot waits for the command, not the stats.
-            if self.lockstep:
-                self.chunk.replace(plan.actions, consumed=1)
-                self._publish_command(plan.action, self._plan_source)
-                commanded, commanded_at = (episode, step), time.monotonic()
-            elif self.tracking:
-                # Target i is the state for the end of step i from this state's step: the
-                # commands in flight follow the old plan's, the new plan's follow.
-                targets = plan.refined_states[1:]
-                self.track.replace(np.concatenate([in_flight, targets]), start_s=received,
-                                   sources=in_flight_sources
-                                   + [self._chunk_source] * len(targets))
-                with self._lock:
-                    latest = self._state
-                self._send_tracked(latest[0], latest[5], latest[1])
-            else:
-                self.chunk.replace(np.concatenate([in_flight, plan.actions]), start_s=received,
-                                   installed_s=time.monotonic())
-                self._publish_command(self.chunk.at(time.monotonic(), self._control_period_s,
-                                                    self._plan_period_s), self._plan_source)
-            self._last_plan_command = time.monotonic()
-            state_to_command_ms = 1e3 * (time.monotonic() - received)
-            steps_since_plan = 1
-            self.command_latency.add(state_to_command_ms)
-            self.lead.add(state_to_command_ms)
-            self.lead_steps_used.add(lead)
-            self.plan_latency.add(plan.timings_ms['total'])
-            self.overhead.add(state_to_command_ms - plan.timings_ms['total'])
-            if plan.refine_steps is not None:
-                self.refine_steps_used.add(plan.refine_steps)
-                self._refine_reason = plan.refine_reason
-            if plan.timings_ms['total'] > self._plan_budget_ms and not self.lockstep:
-                self.deadline_misses += 1
-            if self.timing_pub.get_subscription_count():
-                self.timing_pub.publish(Float64(data=plan.timings_ms['total']))
-            self._publish_plan(plan, goal)
-
-    def _await_rewards(self, episode: int, step: int, timeout_s: float = 2.0) -> bool:
-        """Wait until the rewards of the episode's steps so far are spent (lockstep only).
-
-        A step's reward goes out before the state it led to, but on its own topic, so it may
-        arrive after it; waiting for it makes a lockstep run plan with the target evaluate.py
-        uses. A robot that sends no rewards is noticed at the first wait and never waited for.
-        False when the state's episode ended meanwhile (the state is not planned on).
-        """
-        if self.returns_to_go.value is None or self._rewards_absent:
-            return True
-        deadline = time.monotonic() + timeout_s
-        while self.returns_to_go.rewards < step and self._running:
-            if self._episode != episode:
-                return False
-            if time.monotonic() > deadline:
-                self._rewards_absent = True
-                self.get_logger().warning(
-                    f'no reward for step {step} within {timeout_s} s: planning without '
-                    'waiting for rewards from now on (the target falls by an even share per '
-                    'step)')
-                return True
-            time.sleep(1e-4)
-        return self._episode == episode
-
     # Output --------------------------------------------------------------------------------
-    def _on_control_tick(self) -> None:
-        with self._lock:
-            state = self._state
-        # A command holds until the next tick: zero goes out on the last tick before the
-        # state's age passes state_timeout_s, so no command from a stale state is ever in force.
-        if state is None or (time.monotonic() - state[1] + self._tick_period_s
-                             > self._state_timeout_s):
-            self._forget_plan()
-            # The history the prior conditions on is stale too: start afresh.
-            self._history_stale = True
-            self._warn('timeout', 'no fresh joint_states: commanding zero')
-            self._publish_command(np.zeros(self.planner.action_dim))
-            return
-        now = time.monotonic()
-        if not self.tracking:
-            self._send_in_force(now)
-        elif not self.track.empty and self.track.target(now, self._control_period_s)[0] is None:
-            self._send_changed(np.zeros(self.planner.action_dim), None)  # the plan is used up
-        else:
-            self._send_changed(self._last_sent[0], self._last_source)   # a repeat, if due
-
-    def _send_tracked(self, observation, stamp: float, received: float) -> None:
-        """Send the command that takes the state just measured to its plan target.
-
-        It is for the robot's next step (the target of the step from the state's arrival);
-        zero where no plan covers that step. The source names the state measured, then the
-        plan it follows.
-        """
-        target, source = self.track.target(received + 0.5 * self._control_period_s,
-                                           self._control_period_s)
-        if target is None:
-            if not self.track.empty:
-                self._send_changed(np.zeros(self.planner.action_dim), None)
-            return
-        try:
-            action = self.planner.track(observation, target)
-        except ValueError as error:
-            self._forget_plan()
-            self._publish_command(np.zeros(self.planner.action_dim))
-            self._warn('track', f'tracking the plan failed, commanding zero: {error}')
-            return
-        self._publish_command(action, None if source is None else (stamp, *source))
-
-    def _send_changed(self, action, source) -> None:
-        """Send ``action`` if it differs from the last command, or the same after a while."""
-        last, sent_at = self._last_sent
-        if action is not None and (last is None or not np.array_equal(action, last)
-                                   or time.monotonic() - sent_at >= REPEAT_AFTER_S):
-            self._publish_command(action, source)
-
-    def _send_in_force(self, at_s: float) -> None:
-        """Send the chunk's action for the control step under way at at_s, if it changed.
-
-        The same action goes out again only after REPEAT_AFTER_S.
-        """
-        action = self.chunk.at(at_s, self._control_period_s, self._plan_period_s)
-        if action is None:
-            return
-        # A chunk that ran out a plan period ago commands zero: no plan's command.
-        source = (None if self.chunk.expired(at_s, self._control_period_s, self._plan_period_s)
-                  else self._plan_source)
-        self._send_changed(action, source)
-
-    @property
-    def _plan_source(self) -> tuple:
-        """The ~/command_info source of a command that is the plan's own action."""
-        return (self._chunk_source[0], *self._chunk_source)
-
     def _publish_command(self, action, source: tuple | None = None) -> None:
         """Send ``action`` while active.
 
@@ -944,8 +586,7 @@ class PlannerNode(LifecycleNode):
                 self._send(action, source)
 
     def _send(self, action, source: tuple | None = None) -> None:
-        self._last_sent = (np.array(action, dtype=np.float64), time.monotonic())
-        self._last_source = source
+        self.loop.sent(action, source)
         action = np.clip(np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0),
                          self.planner.bundle.action_low, self.planner.bundle.action_high)
         values = [float(a) for a in action]
@@ -953,7 +594,10 @@ class PlannerNode(LifecycleNode):
         if source is not None and self.command_info_pub.get_subscription_count():
             self.command_info_pub.publish(Float64MultiArray(data=[*source, *values]))
 
-    def _publish_plan(self, plan, goal) -> None:
+    def _on_plan(self, plan, goal) -> None:
+        """Publish a plan's time, path and markers to whoever listens."""
+        if self.timing_pub.get_subscription_count():
+            self.timing_pub.publish(Float64(data=plan.timings_ms['total']))
         want_path = self.path_pub.get_subscription_count() > 0
         want_markers = self.marker_pub.get_subscription_count() > 0
         if not (want_path or want_markers):
@@ -983,36 +627,35 @@ class PlannerNode(LifecycleNode):
             self.marker_pub.publish(markers)
 
     def _publish_diagnostics(self) -> None:
-        with self._lock:
-            state = self._state
-        age = time.monotonic() - state[1] if state else float('inf')
+        loop = self.loop
+        age = loop.state_age_s()
         values = {
-            'plans': str(self.plan_latency.count),
-            'plan_latency_p50_ms': _fmt(self.plan_latency.percentile(50)),
-            'plan_latency_p99_ms': _fmt(self.plan_latency.percentile(99)),
-            'state_to_command_p50_ms': _fmt(self.command_latency.percentile(50)),
-            'state_to_command_p99_ms': _fmt(self.command_latency.percentile(99)),
-            'overhead_p50_ms': _fmt(self.overhead.percentile(50)),
-            'overhead_p99_ms': _fmt(self.overhead.percentile(99)),
-            'plan_wait_p50_ms': _fmt(self.plan_wait.percentile(50)),
-            'executor_delay_p50_ms': _fmt(self.executor_delay.percentile(50)),
-            'executor_delay_p99_ms': _fmt(self.executor_delay.percentile(99)),
-            'plan_wait_p99_ms': _fmt(self.plan_wait.percentile(99)),
-            'deadline_misses': str(self.deadline_misses),
-            'rejected_states': str(self.rejected_states),
-            'returns_to_go': _fmt(self.returns_to_go.value),
-            'plan_budget_ms': _fmt(self._plan_budget),
-            'refine_steps_p50': _fmt(self.refine_steps_used.percentile(50)),
-            'refine_steps_min': _fmt(self.refine_steps_used.percentile(0)),
-            'refine_reason': self._refine_reason,
-            'plan_lead_steps_p50': _fmt(self.lead_steps_used.percentile(50)),
-            'plan_thread_nice': str(self._plan_nice),
+            'plans': str(loop.plan_latency.count),
+            'plan_latency_p50_ms': _fmt(loop.plan_latency.percentile(50)),
+            'plan_latency_p99_ms': _fmt(loop.plan_latency.percentile(99)),
+            'state_to_command_p50_ms': _fmt(loop.command_latency.percentile(50)),
+            'state_to_command_p99_ms': _fmt(loop.command_latency.percentile(99)),
+            'overhead_p50_ms': _fmt(loop.overhead.percentile(50)),
+            'overhead_p99_ms': _fmt(loop.overhead.percentile(99)),
+            'plan_wait_p50_ms': _fmt(loop.plan_wait.percentile(50)),
+            'executor_delay_p50_ms': _fmt(loop.executor_delay.percentile(50)),
+            'executor_delay_p99_ms': _fmt(loop.executor_delay.percentile(99)),
+            'plan_wait_p99_ms': _fmt(loop.plan_wait.percentile(99)),
+            'deadline_misses': str(loop.deadline_misses),
+            'rejected_states': str(loop.rejected_states),
+            'returns_to_go': _fmt(loop.returns_to_go.value),
+            'plan_budget_ms': _fmt(loop.plan_budget),
+            'refine_steps_p50': _fmt(loop.refine_steps_used.percentile(50)),
+            'refine_steps_min': _fmt(loop.refine_steps_used.percentile(0)),
+            'refine_reason': loop.refine_reason,
+            'plan_lead_steps_p50': _fmt(loop.lead_steps_used.percentile(50)),
+            'plan_thread_nice': str(loop.plan_nice),
             'plan_process': 'none' if self.plans is self.planner else str(self.plans.pid),
-            'rewards_received': str(self.returns_to_go.rewards),
+            'rewards_received': str(loop.returns_to_go.rewards),
             'state_age_s': _fmt(age),
             'active': str(self._active).lower(),
         }
-        stale = age > self._state_timeout_s
+        stale = age > loop.state_timeout_s
         level = DiagnosticStatus.WARN if stale and self._active else DiagnosticStatus.OK
         message = ('inactive' if not self._active else 'state stale' if stale else 'ok')
         status = DiagnosticStatus(level=level, name='planner_node: planning',
@@ -1021,7 +664,7 @@ class PlannerNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
-        if self.plan_latency.count and time.monotonic() - self._last_latency_log >= 10:
+        if loop.plan_latency.count and time.monotonic() - self._last_latency_log >= 10:
             self._last_latency_log = time.monotonic()
             self.get_logger().info(
                 f'plan latency p50/p99 {values["plan_latency_p50_ms"]}/'

@@ -199,7 +199,7 @@ def serve(spec: dict, read, write) -> None:
     """Run the child: build the planner, say it is ready, answer calls until EOF."""
     # Import here: the parent's import of this module needs neither torch nor the models.
     from diffusion_planner_ros.planning import load_planner
-    from diffusion_planner_ros.planning.receding import configure_threads, lower_thread_priority
+    from diffusion_planner_ros.planning.threads import configure_threads, lower_thread_priority
 
     # Threads created from here on (ONNX Runtime's, torch's) inherit the nice value.
     nice = lower_thread_priority(spec['nice']) if spec['nice'] else None

@@ -1,4 +1,4 @@
-"""demo_client: drives episodes of the sim graph over ROS and measures them.
+"""The demo client: drives episodes of the sim graph over ROS and measures them.
 
 For each episode it sends the episode's random goal on goal_pose (goal envs: the maze), asks the
 bridge for a new episode (~/reset) and follows it until the bridge's ``episode_end`` or the

@@ -2,12 +2,12 @@
 """Real-time benchmark: the planner on the robot's clock, against lockstep on the same seeds.
 
 Usage:
-    python training/benchmark_realtime.py --robot hopper --episodes 10 \
+    python tools/benchmark/benchmark_realtime.py --robot hopper --episodes 10 \
         --json docs/results/realtime/hopper.json
-    python training/benchmark_realtime.py --robot hopper --episodes 10 \
+    python tools/benchmark/benchmark_realtime.py --robot hopper --episodes 10 \
         --added-latency-ms 0 4 8 --variant fixed_k=plan_budget_ms:=0 \
         --plot docs/results/realtime/hopper_latency.png
-    python training/benchmark_realtime.py --robot hopper --quick      # a smoke run
+    python tools/benchmark/benchmark_realtime.py --robot hopper --quick      # a smoke run
 
 Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
 process) as sim_graph does, with the planner's ``reward`` topic left unconnected, and in real
@@ -45,8 +45,8 @@ from std_msgs.msg import Float64MultiArray
 
 from diffusion_planner_ros.evaluation import EpisodeResult, machine, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
-from diffusion_planner_ros.nodes.demo_client import DemoClient
-from diffusion_planner_ros.nodes.sim_graph import _bridge_seed, start_nodes, stop_nodes
+from diffusion_planner_ros.demo.client import DemoClient
+from diffusion_planner_ros.demo.sim_graph import _bridge_seed, start_nodes, stop_nodes
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
 from diffusion_planner_ros.share import share_directory

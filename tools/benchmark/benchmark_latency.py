@@ -2,14 +2,14 @@
 """Plan latency per stage, eager against the optimized path (ONNX Runtime or CUDA graph).
 
 Usage:
-    python training/benchmark_latency.py --bundle models/pointmaze_umaze --device cpu \
+    python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze --device cpu \
         --json docs/results/latency/cpu_umaze.json
-    python training/benchmark_latency.py --bundle models/pointmaze_umaze --device cuda
-    python training/benchmark_latency.py --bundle models/pointmaze_umaze \
+    python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze --device cuda
+    python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus decision_diffuser=<bundle> --versus diffuser=<bundle> --calls 100
-    python training/benchmark_latency.py --bundle models/pointmaze_umaze \
+    python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus warm=models/pointmaze_umaze,warm_start_steps=5 --calls 100
-    python training/benchmark_latency.py --bundle models/pointmaze_umaze \
+    python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus decision_diffuser=<bundle> --untrained prior.n_embd=256 unet.dim=64
 
 With --versus the bundles plan in turn, one call each, on each of --paths (default eager and
@@ -29,8 +29,8 @@ import tempfile
 from pathlib import Path
 
 from diffusion_planner_ros.evaluation import machine
-from diffusion_planner_ros.latency import compare_backends, interleave, latency_table
 from diffusion_planner_ros.planning.bundle import untrained_bundle
+from latency import compare_backends, interleave, latency_table
 
 
 def versus_table(report: dict) -> str:

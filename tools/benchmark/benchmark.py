@@ -2,13 +2,13 @@
 """Train or load every seed system on every dataset of a suite, evaluate, tabulate and plot.
 
 Usage:
-    python training/benchmark.py --suite quick                       # minutes, CI
-    python training/benchmark.py --suite full --datasets umaze --seeds 0
-    python training/benchmark.py --suite full --report-only
+    python tools/benchmark/benchmark.py --suite quick                       # minutes, CI
+    python tools/benchmark/benchmark.py --suite full --datasets umaze --seeds 0
+    python tools/benchmark/benchmark.py --suite full --report-only
 
-Suites live in config/benchmark/<name>.yaml (or pass a path). Results go to --out (default
-runs/benchmark/<suite>): runs/ (bundles), results/ (one JSON per dataset, method and train seed),
-table.md, table.json and PNG plots. Finished runs are loaded, not redone.
+Suites live in tools/benchmark/suites/<name>.yaml (or pass a path). Results go to --out
+(default runs/benchmark/<suite>): runs/ (bundles), results/ (one JSON per dataset, method and
+train seed), table.md, table.json and PNG plots. Finished runs are loaded, not redone.
 """
 
 import argparse
@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from diffusion_planner_ros.benchmark import SuiteRunner, load_suite, write_report
+from suite import SuiteRunner, load_suite, write_report
 
 
 def main() -> None:
@@ -34,13 +34,14 @@ def main() -> None:
 
     suite_path = Path(args.suite)
     if not suite_path.suffix:
-        suite_path = Path('config/benchmark') / f'{args.suite}.yaml'
+        suite_path = Path(__file__).parent / 'suites' / f'{args.suite}.yaml'
     suite = load_suite(suite_path)
     out = Path(args.out or Path('runs/benchmark') / suite.name)
     if not args.report_only:
         SuiteRunner(suite, out, progress=not args.no_progress).run(
             args.datasets, args.methods, args.seeds)
-    command = 'python training/benchmark.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    arguments = ' '.join(shlex.quote(a) for a in sys.argv[1:])
+    command = f'python tools/benchmark/benchmark.py {arguments}'
     report = write_report(out, suite, command)
     print((out / 'table.md').read_text())
     print('plots: ' + ', '.join(str(p) for p in report['plots'].values()))

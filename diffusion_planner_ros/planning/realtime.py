@@ -1,55 +1,18 @@
-"""Receding-horizon bookkeeping shared by the planner node and offline runs (no ROS).
+"""A plan on the robot's clock (no ROS).
 
-The planner produces an action chunk per plan; commands go out one per control tick from that
-chunk, so the command rate does not depend on the plan latency.
+When a state starts a plan, what a plan may spend, which command is in force at each control
+step, when a command goes out, and the stamps and latencies around them.
+
+The node calls these; tests drive them without rclpy.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
 import threading
 from collections import deque
 
 import numpy as np
-import torch
-
-# Python hands the GIL to a waiting thread only every switch interval (5 ms by default). With a
-# planning thread and an executor thread in one process, a thread woken by a state or a timer
-# can wait that long; 0.5 ms bounds that wait at a small cost in switching.
-GIL_SWITCH_INTERVAL_S = 5e-4
-
-
-def configure_threads(torch_threads: int,
-                      switch_interval_s: float = GIL_SWITCH_INTERVAL_S) -> None:
-    """Process-wide thread settings for planning next to a ROS executor.
-
-    torch_threads > 0 sets torch's intra-op threads (0 keeps torch's default, one per core).
-    """
-    if torch_threads < 0:
-        raise ValueError(f'torch_threads must be >= 0, got {torch_threads}')
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    sys.setswitchinterval(switch_interval_s)
-
-
-def lower_thread_priority(nice: int) -> int | None:
-    """Raise the calling thread's nice value by ``nice``; return it (None: not supported).
-
-    Linux schedules each thread on its own, so a planning thread at a higher nice value gives
-    the CPU to the threads that send commands (the executor) and to other processes on the
-    robot whenever they are ready. Raising a nice value needs no privileges.
-    """
-    if nice < 0:
-        raise ValueError(f'nice must be >= 0, got {nice}')
-    try:
-        thread = threading.get_native_id()
-        value = min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice)
-        os.setpriority(os.PRIO_PROCESS, thread, value)
-    except (AttributeError, OSError):
-        return None
-    return value
 
 
 class ActionChunk:
@@ -184,6 +147,29 @@ def budget_left_ms(budget_ms: float | None, waited_s: float, control_period_s: f
     return max(0.0, budget_ms - 1e3 * waited_s)
 
 
+class CommandRepeat:
+    """Whether a command goes out: when it changes, and the same again only after a while.
+
+    Under zero-order hold a repeat changes nothing and costs every listener a callback, but a
+    driver's command timeout must not expire: the same command goes out again after
+    ``repeat_after_s``.
+    """
+
+    def __init__(self, repeat_after_s: float):
+        self.repeat_after_s = repeat_after_s
+        self.last, self.sent_s = None, -math.inf   # the last command sent, and when
+
+    def sent(self, action, now_s: float) -> None:
+        """Note that ``action`` went out at now_s."""
+        self.last, self.sent_s = np.array(action, dtype=np.float64), now_s
+
+    def due(self, action, now_s: float) -> bool:
+        """Say whether ``action`` should go out at now_s."""
+        return action is not None and (self.last is None
+                                       or not np.array_equal(action, self.last)
+                                       or now_s - self.sent_s >= self.repeat_after_s)
+
+
 class PlanTrack:
     """The states of the plan being followed in real time, by control step (thread-safe).
 
@@ -249,89 +235,6 @@ class PlanTrack:
         """Forget the plan (after a state timeout, a new goal or episode)."""
         with self._lock:
             self._targets, self._sources = np.zeros((0, self.obs_dim)), []
-
-
-def episode_target(planner, target_return: float | None = None) -> float | None:
-    """Return the returns-to-go an episode starts at: target_return, else the planner's own.
-
-    None for a planner that is not returns-conditioned; a NaN target_return means unset.
-    """
-    if planner.condition_kind != 'returns':
-        return None
-    if target_return is None or math.isnan(target_return):
-        return planner.config.target_return
-    return float(target_return)
-
-
-def target_steps(planner) -> int:
-    """Return the steps an episode's target is spread over where no rewards are reported.
-
-    The planner's target_steps, else the time limit of the bundle's gymnasium env (the length of
-    the episodes its target was chosen for). 0 for a planner that is not returns-conditioned.
-    """
-    if planner.condition_kind != 'returns':
-        return 0
-    if planner.config.target_steps:
-        return planner.config.target_steps
-    import gymnasium as gym
-
-    from diffusion_planner_ros.envs import register_envs
-
-    register_envs()
-    try:
-        limit = gym.spec(planner.bundle.env_id).max_episode_steps
-    except gym.error.Error:
-        limit = None
-    if not limit:
-        raise ValueError(f'bundle env {planner.bundle.env_id!r} has no episode length to spread '
-                         'its target over: set planner.target_steps in the bundle\'s config.json')
-    return int(limit)
-
-
-class ReturnsToGo:
-    """The returns-to-go condition of one episode.
-
-    Where the robot reports rewards, the target less each reward received (the paper's protocol).
-    Where it reports none, as a real robot does, the target less an even share per step:
-    ``target / steps`` for each step since the episode began. Measured on Hopper (docs/realtime.md)
-    the paced target scores within one point of the rewarded one; a target held constant loses
-    two thirds of the score. ``value`` is None for a planner that is not returns-conditioned.
-    """
-
-    def __init__(self, target: float | None, steps: int = 0):
-        if steps < 0:
-            raise ValueError(f'steps must be >= 0 (0: no pace), got {steps}')
-        self.target = None if target is None else float(target)
-        self.steps = steps
-        self.spent, self.rewards = 0.0, 0
-
-    @property
-    def value(self) -> float | None:
-        """Return the target less the rewards received so far."""
-        return None if self.target is None else self.target - self.spent
-
-    def at(self, step: int) -> float | None:
-        """Return the condition for the episode's ``step``: rewarded if any came, else paced.
-
-        Past ``steps`` the paced target stays at its last share. Without a pace (steps 0) the
-        target less the rewards received, as ``value``.
-        """
-        if self.target is None or self.rewards or not self.steps:
-            return self.value
-        return self.target * (1.0 - min(max(step, 0), self.steps - 1) / self.steps)
-
-    def spend(self, reward: float) -> None:
-        """Take one step's reward off the target."""
-        self.spent += float(reward)
-        self.rewards += 1
-
-    def retarget(self, target: float | None) -> None:
-        """Change the episode's target; what was spent stays spent."""
-        self.target = None if target is None else float(target)
-
-    def reset(self) -> None:
-        """Start the next episode at the target again."""
-        self.spent, self.rewards = 0.0, 0
 
 
 class LatencyStats:
