@@ -45,7 +45,7 @@ from std_msgs.msg import Float64MultiArray
 
 from diffusion_planner_ros.evaluation import EpisodeResult, machine, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
-from diffusion_planner_ros.demo.client import DemoClient
+from diffusion_planner_ros.demo.client import DemoClient, QUEUE
 from diffusion_planner_ros.demo.sim_graph import _bridge_seed, start_nodes, stop_nodes
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
@@ -61,7 +61,7 @@ class CommandWatcher(Node):
         super().__init__('benchmark_realtime_watcher')
         self.period_s = period_s
         self.create_subscription(Float64MultiArray, info_topic, self._on_info,
-                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+                                 QoSProfile(depth=QUEUE, reliability=ReliabilityPolicy.RELIABLE))
         # Command values -> every (state stamp, plan's state stamp, refine steps) of the
         # commands that sent them (a saturated command can come from several plans).
         self._sources: dict[tuple, list] = {}
