@@ -8,6 +8,7 @@ import yaml
 
 import suite as benchmark
 from diffusion_planner_ros.config import load_config
+from diffusion_planner_ros.planning.bundle import read_config
 from suite import SuiteRunner, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,10 +156,25 @@ def test_a_diverging_method_is_tabulated_as_failed_and_the_suite_goes_on(tmp_pat
 
 
 @pytest.mark.slow
-def test_example_plan_of_a_locomotion_bundle_is_drawn_against_time(tmp_path):
+def test_example_plan_of_a_locomotion_bundle_is_drawn_against_time(tmp_path, monkeypatch):
+    drawn = []
+    save = benchmark._save
+    monkeypatch.setattr(benchmark, '_save',
+                        lambda fig, path: drawn.append(fig) or save(fig, path))
     path = benchmark.plot_example_plan(REPO / 'models' / 'hopper',
                                        tmp_path / 'hopper.png', steps=10, plan_at=2)
-    assert path.stat().st_size > 10_000
+    assert path.is_file()
+    (figure,) = drawn
+    horizon = read_config(REPO / 'models' / 'hopper').data.horizon
+    for dim, axis in enumerate(figure.axes):     # torso height, then angle, against env steps
+        executed, prior, refined = axis.get_lines()
+        # The episode runs at least until the plan's end, so the plan is drawn against it.
+        assert len(executed.get_xdata()) == max(10, 2 + horizon)
+        # Both plans span the horizon from the step they were made at, and start from the
+        # state the robot was in there.
+        for plan in (prior, refined):
+            assert list(plan.get_xdata()) == list(range(2, 2 + horizon))
+            assert plan.get_ydata()[0] == pytest.approx(executed.get_ydata()[2], abs=1e-5)
 
 
 def test_seed_table_gives_each_train_seed_and_the_stderr_over_seeds():
