@@ -377,15 +377,12 @@ def test_a_state_starts_a_plan_each_plan_period_and_at_once_when_no_plan_is_in_f
     assert trigger.due(0.155, plan, control)
 
 
-def test_a_plan_with_nothing_to_follow_meanwhile_is_due_at_the_next_step():
+def test_a_plans_budget_counts_from_its_states_arrival():
     from diffusion_planner_ros.planning.realtime import budget_left_ms
 
-    assert budget_left_ms(None, 0.002, 0.008, following=False, share=0.75) is None
-    # Following a plan: the plan period's budget less what the state waited.
-    assert budget_left_ms(12.0, 0.002, 0.008, following=True, share=0.75) == pytest.approx(10.0)
-    # Nothing to follow: 3/4 of one control period, less the wait; never below zero.
-    assert budget_left_ms(12.0, 0.002, 0.008, following=False, share=0.75) == pytest.approx(4.0)
-    assert budget_left_ms(12.0, 0.010, 0.008, following=False, share=0.75) == 0.0
+    assert budget_left_ms(None, 0.002) is None                       # no budget: always k
+    assert budget_left_ms(12.0, 0.002) == pytest.approx(10.0)        # less what it waited
+    assert budget_left_ms(12.0, 0.020) == 0.0                        # never below zero
 
 
 def test_a_command_goes_out_when_it_changes_and_again_only_after_the_repeat_period():

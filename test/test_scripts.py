@@ -1,5 +1,6 @@
 """Smoke runs of the real scripts in subprocesses, with tiny sizes."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -7,10 +8,10 @@ import subprocess
 import pytest
 
 from conftest import NETWORK_ATOL, PYTHON, REPO, reverse_chain_atol, script_env
-from diffusion_planner_ros.config import load_config
+from diffusion_planner_ros.config import load_config, ScheduleConfig
 from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.planning.bundle import derive_bundle, load_bundle
-from test_bundle_planner import write_bundle
+from test_bundle_planner import tiny_config, write_bundle
 
 # Whole collect, train, evaluate and benchmark runs through their scripts: make test, not check.
 pytestmark = pytest.mark.slow
@@ -220,7 +221,10 @@ def test_latency_benchmark_compares_eager_and_onnx(tmp_path):
 
 
 def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
-    bundle = write_bundle(tmp_path / 'td')
+    # 10 noise levels: Decision Diffuser samples them all, and what is tested here is the
+    # interleaving and the ratios, not a long sampler's cost.
+    bundle = write_bundle(tmp_path / 'td', dataclasses.replace(
+        tiny_config(), schedule=ScheduleConfig(num_steps=10)))
     derive_bundle(bundle, 'decision_diffuser', tmp_path / 'dd')
     report_path = tmp_path / 'versus.json'
     text = run(['tools/benchmark/benchmark_latency.py', '--bundle', str(bundle), '--versus',

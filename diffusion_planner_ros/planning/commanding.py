@@ -9,8 +9,7 @@ In lockstep each state gets one command: its plan's first action, or the next ac
 plan's chunk between plans (planner.replan_every). In real time:
 - A state starts a plan once a plan period has passed, and at once when no plan is in force
   (none yet, a new goal or episode, a failed plan); the plan has a budget (by default 3/4 of a
-  plan period, and 3/4 of a control period when no plan is followed meanwhile) and runs as
-  many of its k refinement steps as fit after the prior's rollout.
+  plan period) and runs as many of its k refinement steps as fit after the prior's rollout.
 - The plan is tracked (with a bundle that has inverse dynamics): each state's arrival sends the
   command for the robot's next step, inverse dynamics from that state to the plan's state for
   the step's end. Past the plan's last state the command is zero. Without tracking the plan's
@@ -39,8 +38,8 @@ from diffusion_planner_ros.planning.realtime import (ActionChunk, budget_left_ms
 from diffusion_planner_ros.planning.returns import ReturnsToGo
 from diffusion_planner_ros.planning.threads import lower_thread_priority
 
-# A plan's budget where none is given: this share of a plan period (and, with no plan followed
-# meanwhile, of a control period), leaving the rest for the command's way out.
+# A plan's budget where none is given: this share of a plan period, leaving the rest for the
+# command's way out.
 AUTO_BUDGET_SHARE = 0.75
 # Lockstep: a state sent again within this long of the command for it crossed that command
 # (or came while it was planned) and gets none; later, the command is taken as lost.
@@ -177,7 +176,7 @@ class CommandLoop:
     def forget_plan(self) -> None:
         """Drop the plan in force: its actions and the states it is followed to.
 
-        The next state starts a plan at once, with the robot's next step as its deadline.
+        The next state starts a plan at once.
         """
         self.chunk.clear()
         self.track.clear()
@@ -300,10 +299,7 @@ class CommandLoop:
                 continue  # the state's episode ended while it waited
             self.plan_wait.add(1e3 * (time.monotonic() - received))
             budget = budget_left_ms(self.plan_budget,
-                                    self.added_latency_s + time.monotonic() - received,
-                                    self.control_period_s,
-                                    not (self.track.empty and self.chunk.empty),
-                                    AUTO_BUDGET_SHARE)
+                                    self.added_latency_s + time.monotonic() - received)
             # Latency-aware: plan from the state the plan's first command will act on, predicted
             # through the commands in flight, which stay the new chunk's first actions.
             lead = 0 if self.lockstep else self.lead.for_period(self.control_period_s)

@@ -133,18 +133,9 @@ class PlanTrigger:
         return False
 
 
-def budget_left_ms(budget_ms: float | None, waited_s: float, control_period_s: float,
-                   following: bool, share: float) -> float | None:
-    """Return what is left of a plan's budget after its state waited waited_s (None: none).
-
-    With no plan being followed meanwhile the plan is due at the robot's next step: its budget
-    is at most ``share`` of one control period.
-    """
-    if budget_ms is None:
-        return None
-    if not following:
-        budget_ms = min(budget_ms, share * 1e3 * control_period_s)
-    return max(0.0, budget_ms - 1e3 * waited_s)
+def budget_left_ms(budget_ms: float | None, waited_s: float) -> float | None:
+    """Return what is left of a plan's budget after its state waited waited_s (None: none)."""
+    return None if budget_ms is None else max(0.0, budget_ms - 1e3 * waited_s)
 
 
 class CommandRepeat:
