@@ -134,7 +134,7 @@ class CommandLoop:
         self.control_rate_hz = control_rate_hz
         self.control_period_s = 0.0   # 0 until commanding starts in real time (set_rates)
         self.plan_period_s = 1.0 / plan_rate_hz
-        self.plan_budget_ms = 1e3 / plan_rate_hz   # a plan longer than this missed its deadline
+        self.deadline_ms = 1e3 / plan_rate_hz   # a plan longer than a plan period missed it
         self.tick_period_s = 0.0
 
     # Settings ---------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class CommandLoop:
         state, a used-up plan and a due repeat, so it need not wake every period.
         """
         self.control_rate_hz = control_rate_hz
-        self.plan_budget_ms = 1e3 / plan_rate_hz
+        self.deadline_ms = 1e3 / plan_rate_hz
         if commanding:
             self.control_period_s = 1.0 / control_rate_hz
             self.plan_period_s = 1.0 / plan_rate_hz
@@ -364,7 +364,7 @@ class CommandLoop:
             if plan.refine_steps is not None:
                 self.refine_steps_used.add(plan.refine_steps)
                 self.refine_reason = plan.refine_reason
-            if plan.timings_ms['total'] > self.plan_budget_ms and not self.lockstep:
+            if plan.timings_ms['total'] > self.deadline_ms and not self.lockstep:
                 self.deadline_misses += 1
             self.on_plan(plan, goal)
 
