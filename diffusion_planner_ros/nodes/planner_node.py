@@ -299,10 +299,8 @@ class PlannerNode(LifecycleNode):
         self.path_pub = self.create_lifecycle_publisher(Path, 'plan', 10)
         self.marker_pub = self.create_lifecycle_publisher(MarkerArray, 'plan_markers', 10)
         self.timing_pub = self.create_lifecycle_publisher(Float64, '~/plan_latency_ms', 10)
-        # One per command, for whoever measures the commands (a record: a long history).
         self.command_info_pub = self.create_lifecycle_publisher(
-            Float64MultiArray, '~/command_info',
-            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+            Float64MultiArray, '~/command_info', reliable)
         # Diagnostics go out in every state: an inactive planner still reports.
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._entities = [

@@ -101,10 +101,7 @@ class SimBridgeNode(Node):
         self.marker_pub = self.create_publisher(MarkerArray, 'robot_markers', 10)
         self.goal_pub = self.create_publisher(PoseStamped, 'episode_goal', latched)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        # Each step's reward is a record: a slow subscriber (one that scores the episode) takes
-        # them late, from a history long enough for an episode.
-        self.reward_pub = self.create_publisher(
-            Float64, 'reward', QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        self.reward_pub = self.create_publisher(Float64, 'reward', reliable)
         self.end_pub = self.create_publisher(String, 'episode_end', reliable)
         self.tf_pub = self.create_publisher(TFMessage, '/tf', 10) if TFMessage else None
         self._command_sub = self.create_subscription(
