@@ -80,7 +80,7 @@ setup(
         'console_scripts': [
             'planner_node = diffusion_planner_ros.nodes.planner_node:main',
             'sim_bridge_node = diffusion_planner_ros.nodes.sim_bridge_node:main',
-            'sim_graph = diffusion_planner_ros.demo.sim_graph:main',
+            'sim_graph = diffusion_planner_ros.nodes.demo.sim_graph:main',
         ],
     },
 )

@@ -24,7 +24,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from conftest import PYTHON, REPO  # noqa: E402
 from diffusion_planner_ros.envs import make_env, split_observation  # noqa: E402
 from diffusion_planner_ros.launch_file import read_launch_file  # noqa: E402
-from diffusion_planner_ros.demo.sim_graph import stop_nodes  # noqa: E402
+from diffusion_planner_ros.nodes.demo.sim_graph import stop_nodes  # noqa: E402
 
 PROFILE = str(REPO / 'config' / 'robots' / 'pointmaze_umaze.yaml')
 BUNDLE = str(REPO / 'models' / 'pointmaze_umaze')

@@ -21,7 +21,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from conftest import process_gone, REPO  # noqa: E402
 from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL  # noqa: E402
-from diffusion_planner_ros.demo.sim_graph import stop_nodes  # noqa: E402
+from diffusion_planner_ros.nodes.demo.sim_graph import stop_nodes  # noqa: E402
 from ros_helpers import (BUNDLE, FakeDriver, get_planner_parameter, planner_args,  # noqa: E402
                          PROFILE, RELIABLE, run_sim_graph, set_planner_parameter, spin_until,
                          start, stop, wait_logged)

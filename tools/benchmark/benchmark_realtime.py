@@ -45,8 +45,8 @@ from std_msgs.msg import Float64MultiArray
 
 from diffusion_planner_ros.evaluation import EpisodeResult, machine, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
-from diffusion_planner_ros.demo.client import DemoClient, QUEUE
-from diffusion_planner_ros.demo.sim_graph import _bridge_seed, start_nodes, stop_nodes
+from diffusion_planner_ros.nodes.demo.client import DemoClient, QUEUE
+from diffusion_planner_ros.nodes.demo.sim_graph import _bridge_seed, start_nodes, stop_nodes
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
 from diffusion_planner_ros.share import share_directory

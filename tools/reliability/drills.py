@@ -25,8 +25,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 
 from diffusion_planner_ros.launch_file import read_launch_file
-from diffusion_planner_ros.demo.client import DemoClient, spin_until
-from diffusion_planner_ros.demo.sim_graph import _bridge_seed, start_nodes, stop_nodes
+from diffusion_planner_ros.nodes.demo.client import DemoClient, spin_until
+from diffusion_planner_ros.nodes.demo.sim_graph import _bridge_seed, start_nodes, stop_nodes
 from diffusion_planner_ros.nodes.timing import sent
 from diffusion_planner_ros.robots import load_profile
 

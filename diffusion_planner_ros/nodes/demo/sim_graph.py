@@ -27,8 +27,8 @@ from rclpy.executors import SingleThreadedExecutor
 
 from diffusion_planner_ros.evaluation import EpisodeResult, summarize
 from diffusion_planner_ros.launch_file import read_launch_file
-from diffusion_planner_ros.demo.client import DemoClient
-from diffusion_planner_ros.demo.lossy_relay import LossyRelay
+from diffusion_planner_ros.nodes.demo.client import DemoClient
+from diffusion_planner_ros.nodes.demo.lossy_relay import LossyRelay
 from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL
 from diffusion_planner_ros.planning.bundle import read_config
 from diffusion_planner_ros.robots import load_profile
