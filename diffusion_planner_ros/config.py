@@ -190,11 +190,6 @@ class MethodConfig:
     # head, on clean state windows) that picks the best of planner.candidates plans, as the
     # official Trajectory Diffuser code ranks its 32 candidates.
     critic: bool = False
-    # Trajectory / Decision Diffuser: train the states-only U-Net with DMEMM's objective (the
-    # fields above: Eq. 11 weighting, Eq. 9-10 modulation) instead of Eq. 6 alone, a
-    # combination neither paper tried. The modulation terms take their actions from the frozen
-    # inverse dynamics between consecutive denoised states; planning is unchanged.
-    dmemm_refiner: bool = False
     # Trajectory / Decision Diffuser: the bundle also carries a transition model s' = f(s, a)
     # (DMEMM's ensemble, section dynamics) that predicts the state a late command will act on,
     # from the state now and the commands already in flight (latency-aware planning).
@@ -205,9 +200,6 @@ class MethodConfig:
         _require(not self.critic or self.name in CRITIC_METHODS,
                  f'method.critic applies to {CRITIC_METHODS}, not {self.name} (Diffuser and '
                  'DMEMM rank candidates by their guidance objective)')
-        _require(not self.dmemm_refiner or self.name in CRITIC_METHODS,
-                 f'method.dmemm_refiner applies to the states-only U-Nets of {CRITIC_METHODS}, '
-                 f'not {self.name} (DMEMM itself is method.name dmemm)')
         _require(not self.transition_model or self.name in CRITIC_METHODS,
                  f'method.transition_model applies to {CRITIC_METHODS}, not {self.name} '
                  '(DMEMM carries its transition ensemble anyway)')

@@ -2,8 +2,7 @@
 
 Trajectory Diffuser's prior, U-Net, inverse dynamics and optional candidate critic; Diffuser's
 joint state-action U-Net and return model J; DMEMM's transition ensemble, reward model and
-modulated U-Net (its Eq. 8-12), also as the objective of a states-only U-Net
-(method.dmemm_refiner); the BC policy. ``component_setups`` pairs each network of a method
+modulated U-Net (its Eq. 8-12); the BC policy. ``component_setups`` pairs each network of a method
 with its loss, its batches and its steps; trainer.py runs them.
 """
 
@@ -122,31 +121,6 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
     return loss + modulation_loss(states, actions, condition, method, transition, reward)
 
 
-def dmemm_refiner_loss(model: nn.Module, batch: dict[str, torch.Tensor],
-                       schedule: DDPMSchedule, condition_dropout: float, method: MethodConfig,
-                       inverse_dynamics: nn.Module, transition: nn.Module, reward: nn.Module,
-                       data: SequenceDataset) -> torch.Tensor:
-    """Return DMEMM's objective (Eq. 11-12) for the states-only U-Net (dmemm_refiner).
-
-    Eq. 6 weighted per window as in Eq. 11, plus Eq. 9-10 on the one-shot denoised state
-    trajectory (Eq. 8 with the conditional noise model). Those terms need actions, which the
-    frozen inverse dynamics supplies between consecutive denoised states (paper Eq. 3).
-    """
-    weights = data.reward_weights(batch[REWARDS]) if method.reward_weighting else None
-    loss = diffusion_loss(model, batch, schedule, condition_dropout, weights)
-    if method.transition_weight == 0.0 and method.reward_weight == 0.0:
-        return loss
-    x0, condition = batch[STATES], batch[CONDITIONS][:, 0]  # (B, H, obs), (B, cond)
-
-    def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return model(x, t, condition[rows], torch.ones(x.shape[0], device=x.device))
-
-    states = one_shot_denoise(epsilon, schedule, x0, *_modulation_draws(x0, schedule, method),
-                              method.modulation_terms)
-    actions = frozen_call(inverse_dynamics, states[:, :-1], states[:, 1:])  # (B, H-1, act)
-    return loss + modulation_loss(states, actions, condition, method, transition, reward)
-
-
 def _modulation_draws(x0: torch.Tensor, schedule: DDPMSchedule,
                       method: MethodConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Levels k (B,) of Eq. 9-10, from 1 .. modulation_levels, and the noise eps of Eq. 8."""
@@ -262,13 +236,6 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
     elif method.name == 'dmemm':
         recipes['diffuser'] = lambda: ComponentSetup(
             partial(dmemm_loss, schedule=schedule, obs_dim=obs_dim, method=method,
-                    transition=models['transition'], reward=models['reward'], data=data),
-            joint_windows, train.diffuser_steps, train.ema_decay)
-    elif method.dmemm_refiner:
-        recipes['diffuser'] = lambda: ComponentSetup(
-            partial(dmemm_refiner_loss, schedule=schedule,
-                    condition_dropout=train.condition_dropout, method=method,
-                    inverse_dynamics=models['inverse_dynamics'],
                     transition=models['transition'], reward=models['reward'], data=data),
             joint_windows, train.diffuser_steps, train.ema_decay)
     else:

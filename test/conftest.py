@@ -120,8 +120,8 @@ def reverse_chain_atol(schedule, levels: int, guidance_scale: float = 1.0, start
     everywhere at the noisiest levels, that path is cut and x_t reaches x_{t-1} through ct_t
     only, far below the 1 / sqrt(alpha_t) counted.
 
-    start: the difference in the plan a refinement starts from (Trajectory Diffuser's prior, a
-    warm start's previous plan). Noising it to level ``levels`` scales it by sqrt(abar), and the
+    start: the difference in the plan a refinement starts from (Trajectory Diffuser's prior).
+    Noising it to level ``levels`` scales it by sqrt(abar), and the
     steps' carries multiply it back by exactly 1 / sqrt(abar). Sampling from noise starts at 0:
     both paths read the same draws.
     """

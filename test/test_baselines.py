@@ -300,76 +300,6 @@ def test_dmemm_modulation_terms_reach_the_noise_model_only():
     assert not torch.isclose(full, plain)
 
 
-def dmemm_refiner_config(steps: int = 150, **method) -> ExperimentConfig:
-    import dataclasses
-    base = method_config('trajectory_diffuser', steps)
-    return dataclasses.replace(base, method=MethodConfig(dmemm_refiner=True,
-                                                         modulation_terms=1, **method))
-
-
-@pytest.mark.slow
-def test_a_dmemm_trained_refiner_learns_after_the_networks_its_loss_calls(tmp_path):
-    from diffusion_planner_ros.models import Dims, build_models
-    torch.manual_seed(0)
-    config = dmemm_refiner_config()
-    data = SequenceDataset(tiny_episodes(), 'goal')
-    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
-    setups = component_setups(config, data, DDPMSchedule(config.schedule), models)
-    # Its loss calls the inverse dynamics and DMEMM's environment models: they train first.
-    assert list(setups) == ['prior', 'inverse_dynamics', 'transition', 'reward', 'diffuser']
-    for name in list(setups)[1:]:  # the prior's loss is Trajectory Diffuser's (tested above)
-        setup = setups[name]
-        trainer = ComponentTrainer(name, models[name], setup.loss_fn, setup.sample_batch,
-                                   1e-3, torch.device('cpu'), tmp_path / name,
-                                   DistributedContext(), setup.ema_decay)
-        losses = trainer.train(setup.steps, 0, 25, 10_000, progress=False)
-        assert losses[-1] < losses[0], (name, losses)
-    # The bundle carries the environment models; planning is Trajectory Diffuser's, and a
-    # Decision Diffuser derived from it shares the refiner.
-    path = write_bundle(tmp_path / 'td', config)
-    assert {'transition.safetensors', 'reward.safetensors'} <= {f.name for f in path.iterdir()}
-    planner = load_planner(path, backend='eager')
-    assert isinstance(planner, TrajectoryDiffuserPlanner)
-    assert np.isfinite(planner.plan(OBS, goal=GOAL).actions).all()
-    derived = derive_bundle(path, 'decision_diffuser', tmp_path / 'dd')
-    assert isinstance(load_planner(derived, backend='eager'), DecisionDiffuserPlanner)
-
-
-def test_a_dmemm_trained_refiners_modulation_reaches_the_noise_model_only():
-    from diffusion_planner_ros.models import Dims, build_models
-    from diffusion_planner_ros.losses import dmemm_refiner_loss
-    config = dmemm_refiner_config()
-    data = SequenceDataset(tiny_episodes(), 'goal')
-    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
-    batch = data.sample_windows(np.random.default_rng(0), 8, 8, with_actions=True)
-    s = DDPMSchedule(config.schedule)
-    frozen = ('inverse_dynamics', 'transition', 'reward')
-
-    def loss(method):
-        torch.manual_seed(0)
-        return dmemm_refiner_loss(models['diffuser'], batch, s, 0.25, method,
-                                  *(models[name] for name in frozen), data)
-
-    full = loss(config.method)
-    full.backward()
-    for name in frozen:
-        assert all(p.grad is None for p in models[name].parameters()), name
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for p in models['diffuser'].parameters())
-    # Each term counts: without them, and without the weighting, the loss changes.
-    bare = MethodConfig(dmemm_refiner=True, transition_weight=0.0, reward_weight=0.0)
-    assert not torch.isclose(full, loss(bare))
-    unweighted = MethodConfig(dmemm_refiner=True, transition_weight=0.0, reward_weight=0.0,
-                              reward_weighting=False)
-    assert not torch.isclose(loss(bare), loss(unweighted))
-
-
-@pytest.mark.parametrize('method', ['diffuser', 'dmemm', 'bc'])
-def test_a_dmemm_refiner_is_refused_where_the_method_has_no_states_only_unet(method):
-    with pytest.raises(ValueError, match='method.dmemm_refiner applies to'):
-        MethodConfig(name=method, dmemm_refiner=True)
-
-
 # Bundles and planners ---------------------------------------------------------------------
 def method_bundle(path, method, **planner):
     config = method_config(method)
@@ -424,7 +354,7 @@ def test_decision_diffuser_bundle_shares_trajectory_diffusers_networks(tmp_path)
         assert (derived / f'{name}.safetensors').read_bytes() == \
             (source / f'{name}.safetensors').read_bytes()
     assert type(load_planner(derived, backend='eager')) is DecisionDiffuserPlanner
-    with pytest.raises(ValueError, match='needs a prior to extend'):
+    with pytest.raises(ValueError, match='decision_diffuser planner plans every time afresh'):
         load_planner(derived, warm_start_steps=2)
     with pytest.raises(ValueError, match='cannot be derived'):
         derive_bundle(source, 'diffuser', tmp_path / 'x')

@@ -69,30 +69,25 @@ def assert_same_plans(planner, plans, reference):
 
     States are compared in normalised units, where conftest.reverse_chain_atol bounds what the
     reverse steps make of the backends' rounding (its start: the prior's difference). The
-    prior's rollout takes no reverse step: one network call's tolerance (it differs by ~1e-6),
-    plus, on a warm replan, the previous plan's bound (its states are kept or rolled on from).
+    prior's rollout takes no reverse step: one network call's tolerance (it differs by ~1e-6).
     Actions are one inverse-dynamics call: the captured planner's, against the eager inverse
-    dynamics on its own plan. plans are made in order with one goal (test_fast_path's
-    plan_sequence), so a warm-starting planner starts warm from its second plan on.
+    dynamics on its own plan.
     """
     config, normalizers = planner.config, planner.bundle.normalizers
     states, actions = normalizers['states'], normalizers['actions']
-    previous = 0.0  # bound on the last refined plan's difference
-    for index, (plan, expected) in enumerate(zip(plans, reference)):
+    for plan, expected in zip(plans, reference):
         if planner.method == 'decision_diffuser':  # all K levels from noise, no prior
             prior, steps = None, planner.levels
         else:
-            warm = bool(config.warm_start_steps) and index > 0
-            prior = NETWORK_ATOL + (previous if warm else 0.0)
-            steps = config.warm_start_steps if warm else config.refine_steps
+            prior, steps = NETWORK_ATOL, config.refine_steps
             np.testing.assert_allclose(states.normalize(plan.prior_states),
                                        states.normalize(expected.prior_states), rtol=0,
                                        atol=prior)
-        previous = (reverse_chain_atol(planner.schedule, steps, config.guidance_scale,
-                                       start=prior or 0.0) if steps else prior)
+        refined = (reverse_chain_atol(planner.schedule, steps, config.guidance_scale,
+                                      start=prior or 0.0) if steps else prior)
         np.testing.assert_allclose(states.normalize(plan.refined_states),
                                    states.normalize(expected.refined_states), rtol=0,
-                                   atol=previous)
+                                   atol=refined)
         np.testing.assert_allclose(actions.normalize(plan.actions),
                                    actions.normalize(eager_actions(planner, plan)), rtol=0,
                                    atol=NETWORK_ATOL)
@@ -305,7 +300,7 @@ def test_planning_from_a_recorded_state_restores_it_and_reads_the_history_first(
         run_planner_from_data(planner, env, recorded, 7, seed=0)
 
 
-def test_an_observed_history_is_read_by_the_next_plan_and_leaves_warm_start_cold(bundle_dir):
+def test_an_observed_history_is_read_by_the_next_plan(bundle_dir):
     run_up, now = [OBS - 0.2, OBS - 0.1], OBS
     # Prior only: its plans are deterministic, so they show the history the prior read.
     lived, observed, fresh = (TrajectoryDiffuserPlanner.from_bundle(
@@ -316,43 +311,8 @@ def test_an_observed_history_is_read_by_the_next_plan_and_leaves_warm_start_cold
     plan = observed.plan(now, goal=GOAL)
     assert np.allclose(plan.refined_states, lived.plan(now, goal=GOAL).refined_states)
     assert not np.allclose(plan.refined_states, fresh.plan(now, goal=GOAL).refined_states)
-    # With warm start, the first plan after an observed run-up starts cold: no plan was kept.
-    warm, cold = (TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=levels,
-                                                        backend='eager') for levels in (2, 0))
-    for planner in (warm, cold):
-        for state in run_up:
-            planner.observe(state, goal=GOAL)
-    assert np.array_equal(warm.plan(now, goal=GOAL).actions, cold.plan(now, goal=GOAL).actions)
     with pytest.raises(ValueError, match='observation must have shape'):
-        warm.observe(OBS[:2], goal=GOAL)
-
-
-# Trajectory Diffuser with warm start (a combination none of the papers tried) --------------
-def test_warm_start_keeps_the_previous_plan_ahead_and_extends_it_with_the_prior(tmp_path):
-    bundle = write_bundle(tmp_path / 'warm', tiny_config(replan_every=2, warm_start_steps=3))
-    planner = TrajectoryDiffuserPlanner.from_bundle(bundle)
-    cold = TrajectoryDiffuserPlanner.from_bundle(bundle, warm_start_steps=0)
-    first, reference = planner.plan(OBS, goal=GOAL), cold.plan(OBS, goal=GOAL)
-    # An episode's first plan has nothing to start from: the cold plan.
-    assert np.array_equal(first.refined_states, reference.refined_states)
-    moved = OBS + 0.05
-    second = planner.plan(moved, goal=GOAL)
-    # The state now, then the previous plan's states after the 2 executed steps, then the
-    # prior's 2 new states; refinement starts from that plan.
-    assert np.allclose(second.prior_states[0], moved, atol=1e-5)
-    assert np.allclose(second.prior_states[1:6], first.refined_states[3:8], atol=1e-5)
-    assert not np.allclose(second.prior_states[6:], first.refined_states[-1], atol=1e-3)
-    assert not np.allclose(second.refined_states, second.prior_states)
-    # A new goal or a reset starts afresh: the cold planner's plan for the same inputs (same
-    # history, same noise drawn so far).
-    cold.plan(moved, goal=GOAL)
-    other = np.array([-1.0, 0.5])
-    assert np.array_equal(planner.plan(moved, goal=other).refined_states,
-                          cold.plan(moved, goal=other).refined_states)
-    planner.reset()
-    cold.reset()
-    assert np.array_equal(planner.plan(OBS, goal=GOAL).refined_states,
-                          cold.plan(OBS, goal=GOAL).refined_states)
+        observed.observe(OBS[:2], goal=GOAL)
 
 
 def test_candidates_without_a_critic_are_refused(bundle_dir):
@@ -419,17 +379,15 @@ def test_candidates_need_noise_to_differ(tmp_path):
     path = critic_bundle(tmp_path / 'td')
     with pytest.raises(ValueError, match='refine_steps 0 would be copies'):
         TrajectoryDiffuserPlanner.from_bundle(path, candidates=4, refine_steps=0)
-    warm = TrajectoryDiffuserPlanner.from_bundle(path, candidates=4, warm_start_steps=2,
-                                                 backend='eager')
-    first, second = warm.plan(OBS, goal=GOAL), warm.plan(OBS, goal=GOAL)
-    assert np.isfinite(second.refined_states).all() and first.actions.shape == (1, 2)
 
 
-def test_warm_start_levels_are_checked(bundle_dir):
-    with pytest.raises(ValueError, match='warm_start_steps 500 exceeds'):
-        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=500)
+def test_trajectory_diffuser_refuses_a_warm_start_and_checks_its_levels(bundle_dir):
+    with pytest.raises(ValueError, match='warm_start_steps 2: a trajectory_diffuser planner'):
+        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=2)
     with pytest.raises(ValueError, match='warm_start_steps -1 must be >= 0'):
         TrajectoryDiffuserPlanner.from_bundle(bundle_dir, warm_start_steps=-1)
+    with pytest.raises(ValueError, match='refine_steps 500 exceeds'):
+        TrajectoryDiffuserPlanner.from_bundle(bundle_dir, refine_steps=500)
 
 
 @pytest.mark.slow

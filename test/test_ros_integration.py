@@ -221,7 +221,7 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
         bad = [
             ('refine_steps', 500, 'trained levels'),      # the bundle has 100 levels
             ('refine_steps', -1, ''),                     # below the declared range
-            ('warm_start_steps', 500, 'trained levels'),
+            ('warm_start_steps', 2, 'has no warm start'),   # a Trajectory Diffuser bundle
             ('candidates', 4, 'no critic to rank plans'),  # the shipped bundle has none
             ('candidates', 0, ''),                        # below the declared range
             ('guidance_scale', 'high', ''),               # wrong type
@@ -243,7 +243,6 @@ def test_planner_rejects_invalid_runtime_parameters(driver, ros_env, tmp_path):
             assert get_planner_parameter(node, executor, name) == before
         assert set_planner_parameter(node, executor, 'refine_steps', 2).successful
         assert get_planner_parameter(node, executor, 'refine_steps') == 2
-        assert set_planner_parameter(node, executor, 'warm_start_steps', 2).successful
         assert set_planner_parameter(node, executor, 'candidates', 1).successful
         assert set_planner_parameter(node, executor, 'plan_rate_hz', 50.0).successful
         assert set_planner_parameter(node, executor, 'plan_budget_ms', 4.0).successful

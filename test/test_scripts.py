@@ -229,7 +229,7 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
     report_path = tmp_path / 'versus.json'
     text = run(['tools/benchmark/benchmark_latency.py', '--bundle', str(bundle), '--versus',
                 f'dd={tmp_path / "dd"}', '--versus',
-                f'warm={bundle},warm_start_steps=2,replan_every=2', '--calls', '6',
+                f'short={bundle},refine_steps=1,replan_every=2', '--calls', '6',
                 '--warmup', '1', '--paths', 'eager', 'onnx', '--json', str(report_path)],
                tmp_path)
     report = json.loads(report_path.read_text())
@@ -244,9 +244,9 @@ def test_latency_benchmark_interleaves_bundles_and_refuses_bad_versus(tmp_path):
         assert ratio['p50'] == pytest.approx(totals[1] / totals[0])
         assert ratio['median_per_call'] > 0.0
         # The same bundle under another name, with its own planner options.
-        assert run_report['warm']['settings'] == {'warm_start_steps': 2, 'replan_every': 2}
-        assert 'warm/trajectory_diffuser' in run_report['ratios']
-    assert '| onnx | dd | onnx |' in text and '| onnx | warm | onnx |' in text
+        assert run_report['short']['settings'] == {'refine_steps': 1, 'replan_every': 2}
+        assert 'short/trajectory_diffuser' in run_report['ratios']
+    assert '| onnx | dd | onnx |' in text and '| onnx | short | onnx |' in text
 
     for versus, message in (('dd', 'NAME=BUNDLE'), (f'x={tmp_path / "none"}', 'no bundle'),
                             (f'ratios={tmp_path / "dd"}', 'reserved'),

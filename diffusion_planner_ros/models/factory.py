@@ -23,12 +23,6 @@ METHOD_COMPONENTS = {
     'dmemm': ('transition', 'reward', 'diffuser'),
     'bc': ('policy',),
 }
-# With method.dmemm_refiner the states-only U-Net's loss calls the inverse dynamics and DMEMM's
-# environment models, so they are trained before it.
-DMEMM_REFINER_COMPONENTS = {
-    'trajectory_diffuser': ('prior', 'inverse_dynamics', 'transition', 'reward', 'diffuser'),
-    'decision_diffuser': ('inverse_dynamics', 'transition', 'reward', 'diffuser'),
-}
 
 
 def method_components(config: ExperimentConfig, method: str | None = None) -> tuple:
@@ -39,8 +33,6 @@ def method_components(config: ExperimentConfig, method: str | None = None) -> tu
     """
     method = method or config.method.name
     extra = ('critic',) if config.method.critic and method in CRITIC_METHODS else ()
-    if config.method.dmemm_refiner and method in DMEMM_REFINER_COMPONENTS:
-        return DMEMM_REFINER_COMPONENTS[method] + extra
     if config.method.transition_model and method in CRITIC_METHODS:
         extra = ('transition',) + extra
     return METHOD_COMPONENTS[method] + extra

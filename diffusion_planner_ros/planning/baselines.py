@@ -31,12 +31,6 @@ class DecisionDiffuserPlanner(TrajectoryDiffuserPlanner):
 
     methods = ('decision_diffuser',)
 
-    def _check_config(self, config: PlannerConfig) -> None:
-        super()._check_config(config)
-        if config.warm_start_steps:
-            raise ValueError('warm_start_steps needs a prior to extend the previous plan; '
-                             'Decision Diffuser samples every plan from noise')
-
     def _stage_modules(self) -> dict:
         return {
             'sample': SampleStage(self.diffuser, self.schedule, self.config.guidance_scale,

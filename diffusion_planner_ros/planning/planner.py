@@ -4,10 +4,8 @@ Trajectory Diffuser per call (the paper's Algorithm 1 in appendix A.3): the prio
 states after the history; the diffuser noises that trajectory to level k and denoises it with
 classifier-free guidance, the current state written in after every step; inverse dynamics turns
 consecutive planned states into actions. With candidates > 1 the refiner draws that many
-plans from the one rollout and the bundle's critic picks one. With warm_start_steps > 0 (a
-combination none of the papers tried) a replan keeps the previous plan's states still ahead,
-the prior rolls out only the steps past its end, and the refiner starts from that level
-instead of k.
+plans from the one rollout and the bundle's critic picks one. Every plan starts afresh from the
+prior's rollout: Trajectory Diffuser has no warm start (Diffuser's is in planning/baselines.py).
 
 Anytime planning: ``plan(..., budget_ms=B)`` has a feasible plan as soon as the prior has rolled
 out, and spends what is left of B on as many of the k refinement steps as fit (measured costs
@@ -35,7 +33,7 @@ from diffusion_planner_ros.diffusion import DDPMSchedule, draw_noise
 from diffusion_planner_ros.planning.accelerate import choose_backend, make_stage
 from diffusion_planner_ros.planning.bundle import Bundle, load_bundle
 from diffusion_planner_ros.planning.stages import (InverseStage, PriorStage, RankStage,
-                                                   RefineStage, WarmPriorStage)
+                                                   RefineStage)
 
 
 # Anytime planning: recent costs kept per stage, plans per step count measured at warm-up, and
@@ -244,8 +242,6 @@ class BasePlanner:
         goal = np.zeros(width) if self.condition_kind == 'goal' else None
         with torch.no_grad():
             self._propose(states, conditions, goal)
-            if self.config.warm_start_steps:
-                self._propose(states, conditions, goal)  # a warm-started plan, captured too
         self.reset()
 
     def _check_vector(self, name: str, value, size: int) -> np.ndarray:
@@ -304,7 +300,7 @@ class BasePlanner:
         """Add an observation to the history without planning (a recorded run-up, say).
 
         The checks are plan()'s. No noise is drawn and no plan is kept, so the next plan() is
-        the same as if the history had been lived, and a warm-started planner starts cold.
+        the same as if the history had been lived.
         """
         self._remember(observation, goal, returns_to_go)
 
@@ -454,16 +450,13 @@ class TrajectoryDiffuserPlanner(BasePlanner):
                 and not config.refine_steps:
             raise ValueError(f'candidates {config.candidates} with refine_steps 0 would be '
                              'copies of one plan: the prior\'s rollout is deterministic')
-        for name in ('refine_steps', 'warm_start_steps'):
-            if getattr(config, name) > self.levels:
-                raise ValueError(f'{name} {getattr(config, name)} exceeds the diffuser\'s '
-                                 f'{self.levels} trained levels')
-
-    def reset(self) -> None:
-        """Forget the history and the previous plan (warm start)."""
-        super().reset()
-        self._previous = None   # (1, H, obs_dim) normalised, the last plan
-        self._previous_condition = None
+        if config.refine_steps > self.levels:
+            raise ValueError(f'refine_steps {config.refine_steps} exceeds the diffuser\'s '
+                             f'{self.levels} trained levels')
+        if config.warm_start_steps:
+            raise ValueError(f'warm_start_steps {config.warm_start_steps}: a {self.method} '
+                             'planner plans every time afresh and has no warm start; set it to '
+                             '0 (Diffuser and DMEMM planners have one)')
 
     def _configured(self) -> None:
         """Resolve the backend and wrap the stage modules for it."""
@@ -524,15 +517,6 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         if self.config.refine_steps:
             modules['refine'] = RefineStage(self.diffuser, self.schedule, self.config.refine_steps,
                                             self.config.guidance_scale, self.config.noise_scale)
-        warm = self.config.warm_start_steps
-        if warm:
-            modules['warm_prior'] = WarmPriorStage(self.prior, self.horizon,
-                                                   self.config.replan_every,
-                                                   self.condition_kind == 'goal')
-            if warm != self.config.refine_steps:
-                modules['warm_refine'] = RefineStage(self.diffuser, self.schedule, warm,
-                                                     self.config.guidance_scale,
-                                                     self.config.noise_scale)
         modules['inverse'] = InverseStage(self.inverse_dynamics, self.config.replan_every)
         return {**modules, **self._rank_modules()}
 
@@ -546,17 +530,6 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         """Return the condition now once per candidate plan: (N, cond_dim)."""
         return conditions[:, -1].expand(self.config.candidates, -1).contiguous()
 
-    def _warm(self, conditions: torch.Tensor) -> bool:
-        """Say whether this plan starts from the previous one.
-
-        Not at an episode's start, and not after the goal changed (the old plan heads for the
-        old goal).
-        """
-        if not self.config.warm_start_steps or self._previous is None:
-            return False
-        return (self.condition_kind != 'goal'
-                or torch.equal(conditions[:, -1], self._previous_condition))
-
     @property
     def fallback_reasons(self) -> list[str]:
         """Why captured stages run eagerly (empty when every capture worked)."""
@@ -566,19 +539,14 @@ class TrajectoryDiffuserPlanner(BasePlanner):
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
         stages = self.stages  # one set for the whole plan, even if reconfigure runs meanwhile
         clock = StageClock(self.device)
-        # Planning stage (lines 8-12): autoregressive rollout of H - 1 states (warm: of the
-        # replan_every states past the previous plan's end).
-        if self._warm(conditions):
-            prior_plan = stages['warm_prior'](states, conditions, self._previous)
-            refine = stages.get('warm_refine', stages.get('refine'))
-        else:
-            prior_plan = stages['prior'](states, conditions)  # (1, H, obs_dim)
-            refine = stages.get('refine')
+        # Planning stage (lines 8-12): autoregressive rollout of H - 1 states.
+        prior_plan = stages['prior'](states, conditions)  # (1, H, obs_dim)
+        refine = stages.get('refine')
         clock.mark('prior')
 
         # Anytime: the prior's rollout is a feasible plan; refine with the steps that fit.
         steps, reason = (refine.module.steps if refine is not None else 0), 'configured'
-        if refine is not None and refine is stages.get('refine'):  # cold plans only
+        if refine is not None:
             budgeted = self._budgeted_steps
             if budgeted is None and self._budget_ms is not None:
                 budgeted = self._steps_within(self._budget_ms)
@@ -599,9 +567,6 @@ class TrajectoryDiffuserPlanner(BasePlanner):
         if refined.shape[0] > 1:
             refined = stages['rank'](refined, condition)  # (1, H, obs) the critic's pick
             clock.mark('rank')
-        if self.config.warm_start_steps:
-            # Copies: a captured stage may reuse its output buffer on the next call.
-            self._previous, self._previous_condition = refined.clone(), conditions[:, -1].clone()
 
         # Lines 24-25: actions from consecutive planned states.
         actions = stages['inverse'](refined)  # (replan_every, action_dim)

@@ -1,8 +1,7 @@
 """The planners' work as pure tensor functions, the unit the fast paths capture.
 
 Trajectory Diffuser's plan is three stages (prior, refine, inverse); Decision Diffuser's is two
-(sample, inverse). A warm-started Trajectory Diffuser plan swaps its prior stage for
-WarmPriorStage. With candidates, RankStage picks one plan before inverse dynamics.
+(sample, inverse). With candidates, RankStage picks one plan before inverse dynamics.
 
 Each stage is an nn.Module whose forward takes and returns tensors only, with every planner knob
 (horizon, k, w, noise scale) fixed at construction and the sampler's noise passed in as a tensor.
@@ -33,36 +32,6 @@ class PriorStage(nn.Module):
         """History (1, h, obs_dim), (1, h, cond_dim) -> plan (1, H, obs_dim) from the state now."""
         rolled, _ = self.prior.rollout(states, conditions, self.horizon - 1, self.hold_condition)
         return torch.cat([states[:, -1:], rolled], dim=1)
-
-
-class WarmPriorStage(nn.Module):
-    """Warm start: keep the previous plan's states still ahead, roll the prior out past its end.
-
-    Diffuser's warm start (its section 5.4) on Trajectory Diffuser: after ``executed`` control
-    steps, the previous plan's states from index executed + 1 on are still ahead of the robot.
-    They follow the history as tokens (under the condition now), and the prior predicts only
-    the ``executed`` states that extend the plan back to ``horizon`` states.
-    """
-
-    def __init__(self, prior: nn.Module, horizon: int, executed: int, hold_condition: bool):
-        super().__init__()
-        self.prior, self.horizon = prior, horizon
-        self.executed, self.hold_condition = executed, hold_condition
-
-    def extra_repr(self) -> str:
-        """Show the settings fixed in the stage (they key its captures)."""
-        return (f'horizon={self.horizon}, executed={self.executed}, '
-                f'hold_condition={self.hold_condition}')
-
-    def forward(self, states: torch.Tensor, conditions: torch.Tensor,
-                previous: torch.Tensor) -> torch.Tensor:
-        """History (1, h, obs), (1, h, cond) and the last plan (1, H, obs) -> plan (1, H, obs)."""
-        kept = previous[:, self.executed + 1:]  # (1, H - n - 1, obs): planned, not yet reached
-        held = conditions[:, -1:].expand(-1, kept.shape[1], -1)  # (1, H - n - 1, cond)
-        rolled, _ = self.prior.rollout(torch.cat([states, kept], dim=1),
-                                       torch.cat([conditions, held], dim=1), self.executed,
-                                       self.hold_condition)
-        return torch.cat([states[:, -1:], kept, rolled], dim=1)
 
 
 class RefineStage(nn.Module):

@@ -8,7 +8,7 @@ Usage:
     python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus decision_diffuser=<bundle> --versus diffuser=<bundle> --calls 100
     python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze \
-        --versus warm=models/pointmaze_umaze,warm_start_steps=5 --calls 100
+        --versus k3=models/pointmaze_umaze,refine_steps=3 --calls 100
     python tools/benchmark/benchmark_latency.py --bundle models/pointmaze_umaze \
         --versus decision_diffuser=<bundle> --untrained prior.n_embd=256 unet.dim=64
 
