@@ -4,7 +4,9 @@ import itertools
 import math
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +15,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # The measurement tools beside the package (tools/benchmark: the suite runner, latency).
 sys.path.insert(0, str(REPO / 'tools' / 'benchmark'))
+
+
+def pytest_configure(config):
+    """Keep exported ONNX models for this run only (its planner nodes too), not the user's."""
+    if 'PYTEST_XDIST_WORKER' not in os.environ:  # xdist workers inherit the controller's
+        os.environ['DIFFUSION_PLANNER_CACHE_DIR'] = tempfile.mkdtemp(prefix='dpr-test-cache-')
+
+
+def pytest_unconfigure(config):
+    """Remove this run's exported models."""
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        shutil.rmtree(os.environ.pop('DIFFUSION_PLANNER_CACHE_DIR', ''), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +69,19 @@ def process_gone(pid: int, timeout_s: float = 10.0) -> bool:
 
 
 # Each ROS test of a session gets the next domain (from a random start), so no test meets the
-# participants of an earlier one (killed nodes linger in discovery for a while).
-_DOMAINS = itertools.count(random.randrange(100))
+# participants of an earlier one (killed nodes linger in discovery for a while). Under
+# pytest-xdist each worker cycles through its own share of domains 1-200, so tests running side
+# by side never share one.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+_WORKER = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:])
+_DOMAIN_SPAN = 200 // _WORKERS
+_DOMAINS = itertools.count(random.randrange(_DOMAIN_SPAN))
 
 
 @pytest.fixture
 def ros_env(tmp_path, monkeypatch):
     """A private ROS domain on localhost for this test and the processes it starts."""
-    domain = str(1 + next(_DOMAINS) % 100)
+    domain = str(1 + _WORKER * _DOMAIN_SPAN + next(_DOMAINS) % _DOMAIN_SPAN)
     monkeypatch.setenv('ROS_DOMAIN_ID', domain)
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env = script_env(tmp_path)

@@ -132,6 +132,7 @@ def test_a_failed_capture_runs_eagerly_and_says_why(monkeypatch):
         raise RuntimeError('operator not supported')
 
     monkeypatch.setattr(accelerate, '_ONNX_CACHE', {})
+    monkeypatch.setenv(accelerate.CACHE_ENV, 'off')
     monkeypatch.setattr(torch.onnx, 'export', broken_export)
     stage = refine_stage()
     fast = OnnxStage(stage)
@@ -139,6 +140,44 @@ def test_a_failed_capture_runs_eagerly_and_says_why(monkeypatch):
     torch.testing.assert_close(fast(*inputs), stage(*inputs))
     assert 'operator not supported' in fast.fallback_reason
     assert 'running eager' in fast.fallback_reason
+
+
+def test_an_export_is_kept_on_disk_and_a_damaged_one_redone(tmp_path, monkeypatch):
+    exports = []
+    export = torch.onnx.export
+
+    def counted_export(*args, **kwargs):
+        exports.append(1)
+        return export(*args, **kwargs)
+
+    monkeypatch.setenv(accelerate.CACHE_ENV, str(tmp_path / 'cache'))
+    monkeypatch.setattr(torch.onnx, 'export', counted_export)
+    stage, inputs = refine_stage(), refine_inputs(8)
+    expected = stage(*inputs)
+
+    def fresh_process_run():
+        monkeypatch.setattr(accelerate, '_ONNX_CACHE', {})  # as in a new process
+        fast = OnnxStage(stage)
+        torch.testing.assert_close(fast(*inputs), expected, rtol=0, atol=refine_atol(stage))
+        assert fast.fallback_reason is None
+
+    fresh_process_run()
+    (kept,) = (tmp_path / 'cache' / 'onnx').glob('*.onnx')
+    fresh_process_run()
+    assert len(exports) == 1  # the second run loaded the file
+    kept.write_bytes(b'not an onnx model')
+    fresh_process_run()
+    assert len(exports) == 2 and kept.read_bytes() != b'not an onnx model'
+    # Other weights are another model; 'off' keeps nothing.
+    with torch.no_grad():
+        next(stage.parameters()).add_(0.1)
+    expected = stage(*inputs)
+    fresh_process_run()
+    assert len(list((tmp_path / 'cache' / 'onnx').glob('*.onnx'))) == 2
+    monkeypatch.setenv(accelerate.CACHE_ENV, 'off')
+    assert accelerate.onnx_cache_dir() is None
+    fresh_process_run()
+    assert len(exports) == 4
 
 
 def test_warm_up_changes_no_plan(tmp_path):

@@ -274,7 +274,6 @@ class PlannerNode(LifecycleNode):
             self.planner.warm_up()
             if anytime:
                 self.planner.warm_up_anytime()
-        self.lead = self._plan_lead(gp('plan_lead_steps').value)
         # The paper's protocol where the robot reports rewards (the sim bridge does): the
         # returns-to-go target decreases by each reward and starts again at each episode's end;
         # where it reports none, by an even share per step.
@@ -283,7 +282,8 @@ class PlannerNode(LifecycleNode):
         self.loop = CommandLoop(
             self.planner, self.plans, lockstep=self.lockstep,
             tracking=not self.lockstep and gp('track_plan').value and self.planner.can_track,
-            lead=self.lead, returns_to_go=returns_to_go, plan_budget=plan_budget,
+            lead=self._plan_lead(gp('plan_lead_steps').value), returns_to_go=returns_to_go,
+            plan_budget=plan_budget,
             added_latency_s=1e-3 * gp('added_latency_ms').value,
             state_timeout_s=gp('state_timeout_s').value,
             control_rate_hz=self._setting('control_rate_hz'),
@@ -498,7 +498,7 @@ class PlannerNode(LifecycleNode):
         for name in ('warm_start_steps', 'candidates'):
             if name in new:
                 changes[name] = new[name]
-        lead = self.lead
+        lead = self.loop.lead
         try:
             if 'plan_lead_steps' in new:
                 lead = self._plan_lead(new['plan_lead_steps'])
@@ -511,7 +511,7 @@ class PlannerNode(LifecycleNode):
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         loop = self.loop
-        self.lead = loop.lead = lead
+        loop.lead = lead
         loop.set_state_timeout(new.get('state_timeout_s', loop.state_timeout_s))
         if 'target_return' in new:
             loop.returns_to_go.retarget(episode_target(self.planner, new['target_return']))

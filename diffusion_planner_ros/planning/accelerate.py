@@ -14,6 +14,12 @@ replaying it each tick:
 A stage is captured once per input signature (shapes, dtypes, device): a new signature, such as
 another horizon, captures again rather than replaying a graph of the wrong shape. If a capture
 fails the stage runs eagerly from then on and ``fallback_reason`` says why.
+
+Exporting a stage to ONNX takes seconds (about 13 s for a maze bundle's three stages on a 2-core
+CPU, most of a planner node's start), so exported models are kept on disk, keyed by everything
+that shapes them (see ``OnnxStage._cache_key``), in ``$DIFFUSION_PLANNER_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/diffusion_planner_ros``, else ``~/.cache/diffusion_planner_ros``);
+``DIFFUSION_PLANNER_CACHE_DIR=off`` exports every time. The files are ONNX protobufs, not pickles.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ import hashlib
 import importlib.util
 import io
 import logging
+import os
+import tempfile
 import warnings
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -31,9 +41,82 @@ from diffusion_planner_ros.models.onnx_friendly import onnx_friendly
 
 LOG = logging.getLogger(__name__)
 
-# Exported ONNX models by content (weights, stage settings, input signature): planners built
-# from the same bundle in one process export once.
+# Exported ONNX models by content (weights, stage settings, input signature, the code that
+# exports them): planners built from the same bundle in one process export once, and on disk
+# (onnx_cache_dir) once per machine.
 _ONNX_CACHE: dict[str, bytes] = {}
+CACHE_ENV = 'DIFFUSION_PLANNER_CACHE_DIR'
+# The exported files kept on disk at most; the least recently used go first.
+CACHE_LIMIT_BYTES = 1 << 30
+# The code whose change changes an exported graph: the stage and network modules, the diffusion
+# schedule and sampler they call, and the ONNX rewrite and export here.
+_EXPORTED_CODE = ('planning/stages.py', 'planning/accelerate.py', 'models', 'diffusion')
+_code_digest: str | None = None
+
+
+def onnx_cache_dir() -> Path | None:
+    """Return the folder of exported ONNX models kept between runs (None: the cache is off)."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ('', 'off') else Path(chosen) / 'onnx'
+    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+    return Path(base) / 'diffusion_planner_ros' / 'onnx'
+
+
+def _exported_code_digest() -> str:
+    """Hash of the package source that an exported graph depends on (computed once)."""
+    global _code_digest
+    if _code_digest is None:
+        package = Path(__file__).resolve().parents[1]
+        digest = hashlib.sha256(torch.__version__.encode())
+        for entry in _EXPORTED_CODE:
+            path = package / entry
+            for source in sorted(path.rglob('*.py')) if path.is_dir() else [path]:
+                digest.update(str(source.relative_to(package)).encode())
+                digest.update(source.read_bytes())
+        _code_digest = digest.hexdigest()
+    return _code_digest
+
+
+def _read_cached(key: str) -> bytes | None:
+    folder = onnx_cache_dir()
+    if folder is None:
+        return None
+    path = folder / f'{key}.onnx'
+    try:
+        data = path.read_bytes()
+        os.utime(path)  # recently used: pruned last
+    except OSError:
+        return None
+    return data or None
+
+
+def _write_cached(key: str, data: bytes) -> None:
+    """Keep an exported model on disk (atomically; a cache that cannot be written is skipped)."""
+    folder = onnx_cache_dir()
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix='.part', delete=False) as handle:
+            handle.write(data)
+        os.replace(handle.name, folder / f'{key}.onnx')
+        files = sorted(folder.glob('*.onnx'), key=lambda f: f.stat().st_mtime, reverse=True)
+        kept = 0
+        for file in files:
+            kept += file.stat().st_size
+            if kept > CACHE_LIMIT_BYTES:
+                file.unlink(missing_ok=True)
+    except OSError as error:
+        LOG.info('ONNX export cache %s not written: %s', folder, error)
+
+
+def forget_cached(key: str) -> None:
+    """Drop an exported model from memory and disk (one ONNX Runtime could not load)."""
+    _ONNX_CACHE.pop(key, None)
+    folder = onnx_cache_dir()
+    if folder is not None:
+        (folder / f'{key}.onnx').unlink(missing_ok=True)
 
 
 def onnxruntime_available() -> bool:
@@ -164,7 +247,9 @@ class OnnxStage(CapturedStage):
         self.threads = threads
 
     def _cache_key(self, inputs: tuple) -> str:
-        digest = hashlib.sha256(repr(self.module).encode())
+        """Hash of what shapes the exported graph: code, torch, settings, signature, weights."""
+        digest = hashlib.sha256(_exported_code_digest().encode())
+        digest.update(repr(self.module).encode())
         digest.update(repr(_signature(inputs)).encode())
         for name, tensor in self.module.state_dict().items():
             digest.update(name.encode())
@@ -172,36 +257,53 @@ class OnnxStage(CapturedStage):
         return digest.hexdigest()
 
     def _capture(self, inputs: tuple):
+        key = self._cache_key(inputs)
+        model = _ONNX_CACHE.get(key) or _read_cached(key)
+        session = None
+        if model is not None:
+            try:
+                session = self._session(model)
+            except Exception as error:  # noqa: BLE001 - a damaged cached file: export again
+                LOG.warning('cached ONNX model %s could not be loaded (%s); exporting again',
+                            key[:12], error)
+                forget_cached(key)
+        if session is None:
+            model = self._export(inputs)
+            _write_cached(key, model)
+            session = self._session(model)
+        _ONNX_CACHE[key] = model
+        # The exporter drops inputs the graph does not read (noise at noise_scale 0).
+        kept = [int(arg.name.split('_')[1]) for arg in session.get_inputs()]
+        return session, kept
+
+    def _export(self, inputs: tuple) -> bytes:
+        """Export the stage (rewritten into ONNX Runtime's fastest ops) for these inputs."""
+        names = [f'input_{index}' for index in range(len(inputs))]
+        # The same function in the ops ONNX Runtime runs fastest (models/onnx_friendly.py).
+        module = onnx_friendly(self.module)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter('ignore')
+            try:
+                # The TorchScript exporter: seconds per stage where torch.export takes tens.
+                torch.onnx.export(module, tuple(inputs), buffer, input_names=names,
+                                  output_names=['output'], dynamo=False)
+            except Exception as error:  # noqa: BLE001 - deprecated since torch 2.9
+                LOG.info('TorchScript ONNX export failed (%s); using torch.export', error)
+                buffer = io.BytesIO()
+                torch.onnx.export(module, tuple(inputs), buffer, input_names=names,
+                                  output_names=['output'], dynamo=True)
+        return buffer.getvalue()
+
+    def _session(self, model: bytes):
         import onnxruntime
 
-        key = self._cache_key(inputs)
-        if key not in _ONNX_CACHE:
-            names = [f'input_{index}' for index in range(len(inputs))]
-            # The same function in the ops ONNX Runtime runs fastest (models/onnx_friendly.py).
-            module = onnx_friendly(self.module)
-            buffer = io.BytesIO()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter('ignore')
-                try:
-                    # The TorchScript exporter: seconds per stage where torch.export takes tens.
-                    torch.onnx.export(module, tuple(inputs), buffer, input_names=names,
-                                      output_names=['output'], dynamo=False)
-                except Exception as error:  # noqa: BLE001 - deprecated since torch 2.9
-                    LOG.info('TorchScript ONNX export failed (%s); using torch.export', error)
-                    buffer = io.BytesIO()
-                    torch.onnx.export(module, tuple(inputs), buffer, input_names=names,
-                                      output_names=['output'], dynamo=True)
-            _ONNX_CACHE[key] = buffer.getvalue()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(_ONNX_CACHE[key], options,
-                                               providers=['CPUExecutionProvider'])
-        # The exporter drops inputs the graph does not read (noise at noise_scale 0).
-        kept = [int(arg.name.split('_')[1]) for arg in session.get_inputs()]
-        return session, kept
+        return onnxruntime.InferenceSession(model, options, providers=['CPUExecutionProvider'])
 
     def _replay(self, capture, inputs: tuple) -> torch.Tensor:
         session, kept = capture

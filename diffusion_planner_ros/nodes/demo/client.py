@@ -5,7 +5,9 @@ bridge for a new episode (~/reset) and follows it until the bridge's ``episode_e
 step limit: the return is the sum of the bridge's ``reward`` messages (the env's own rewards);
 success is reaching the goal (within 0.45 m) in a goal env, not falling (no termination) in a
 locomotion env. The goal comes from the env's own seeded reset, the same one the bridge makes,
-so a lockstep run sees the same episodes as training/evaluate.py.
+so a lockstep run sees the same episodes as training/evaluate.py. That reset also tells the
+client where the episode starts: the first state equal to its reset state, so no message of the
+old episode counts for the new one however late this client takes it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ GOAL_RADIUS = 0.45
 # Messages an episode's subscriptions hold: a client starved of CPU (the real-time benchmark
 # runs it at SCHED_IDLE) takes them late, and must not lose a reward or a state meanwhile.
 QUEUE = 5000
+# A state equal to the episode's reset state within this (joint units) is that state: the bridge
+# sends the env's own float64 values, so the match is to rounding.
+START_ATOL = 1e-9
 
 
 def spin_until(executor, done, timeout_s: float, step_s: float = 0.005) -> bool:
@@ -48,6 +53,8 @@ class EpisodeRecord:
 
     seed: int
     goal: list | None
+    start: np.ndarray | None = None  # the reset state (observation without the goal)
+    started: bool = False            # the reset state has arrived: this episode's messages
     states: int = 0
     rewards: list = field(default_factory=list)
     end: str = ''  # the bridge's episode_end reason
@@ -105,6 +112,12 @@ class DemoClient(Node):
                 msg.name, msg.position, msg.velocity)
         except ValueError:
             return
+        if not record.started:
+            # States before the episode's reset state belong to the old episode.
+            if record.start is None or not np.allclose(observation, record.start, rtol=0,
+                                                       atol=START_ATOL):
+                return
+            record.started = True
         if self._goal is not None:
             record.success |= bool(np.linalg.norm(observation[:2] - self._goal) <= GOAL_RADIUS)
         record.states += 1
@@ -119,20 +132,21 @@ class DemoClient(Node):
         # The episode's end may be taken before rewards queued ahead of it (an executor takes
         # one message per subscription per turn): a reward counts until the episode's length.
         record = self._record
-        if record is not None and len(record.rewards) < self._steps:
+        if record is not None and record.started and len(record.rewards) < self._steps:
             record.rewards.append(float(msg.data))
 
     def _on_end(self, msg: String) -> None:
         self._bridge_ended = True
         record = self._record
-        # 'reset' ends the episode before this one (the client asked for the new one).
-        if record is not None and msg.data != 'reset':
+        # 'reset' ends the episode before this one (the client asked for the new one), and so
+        # does any end before this episode's reset state.
+        if record is not None and record.started and msg.data != 'reset':
             record.end = msg.data
 
     def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
         # When the planner sent it (DDS source timestamp): the planner's rhythm, not this
         # client's.
-        if self._record is not None:
+        if self._record is not None and self._record.started:
             self.command_times.append(sent(info))
 
     def command_rate(self) -> dict:
@@ -190,7 +204,7 @@ class DemoClient(Node):
         or ``steps`` states after the reset state.
         """
         observation, _ = self.env.reset(seed=self.seed + episode)
-        _, goal = split_observation(observation)
+        start, goal = split_observation(observation)
         self._goal, self._steps = goal, steps
         if goal is not None:
             msg = PoseStamped()
@@ -201,18 +215,12 @@ class DemoClient(Node):
             self.goal_pub.publish(msg)
         # Let the planner take the goal, or the last episode's end, before the reset state.
         self.spin_until(executor, lambda: False, 0.3)
-        record = EpisodeRecord(self.seed + episode, None if goal is None else goal.tolist())
-        ended, self._bridge_ended = self._bridge_ended, False
-        if ended:
-            # The bridge starts the next episode at once: its first state may beat the reply.
-            self._record = record
+        record = EpisodeRecord(self.seed + episode, None if goal is None else goal.tolist(),
+                               start=np.asarray(start, dtype=np.float64))
+        self._bridge_ended = False
+        self._record = record
         future = self.reset_client.call_async(Trigger.Request())
         self.spin_until(executor, future.done, 10.0)
-        if not ended:
-            # A running episode holds at the reset and the next starts a pause later: let what
-            # the old one sent arrive first, so none of it counts for this one.
-            self.spin_until(executor, lambda: False, 0.05)
-            self._record = record
         record.timed_out = not self.spin_until(
             executor, lambda: record.end or (not bridge_ends and record.states > steps),
             timeout_s)
