@@ -36,8 +36,14 @@ demo: setup
 evaluate: setup
 	$(PY) training/evaluate.py --bundle models/pointmaze_umaze --episodes 10 --seed 1000
 
+# Two tests at a time (pytest-xdist), then the serial ones alone: a sim graph scored through its
+# client needs every message, and a starved client loses some from the bridge's queues.
+# Both share one ONNX export cache (.test-cache/), so a bundle exports once.
 test: setup
-	$(PY) -m pytest -q test --durations=20
+	DIFFUSION_PLANNER_CACHE_DIR=$(CURDIR)/.test-cache \
+		$(PY) -m pytest -q test -n 2 -m "not serial" --durations=20
+	DIFFUSION_PLANNER_CACHE_DIR=$(CURDIR)/.test-cache \
+		$(PY) -m pytest -q test -m serial --durations=10
 
 # The fast unit layer (no ROS graph, no whole runs), for a developer between edits.
 check: setup
@@ -48,4 +54,4 @@ lint: setup
 	$(PY) -m pydocstyle diffusion_planner_ros training tools/reliability tools/benchmark launch
 
 clean:
-	rm -rf $(VENV) build install log
+	rm -rf $(VENV) build install log .test-cache

@@ -62,7 +62,7 @@ setup(
     extras_require={
         'ros': ROS_WHEELS,
         # colcon: the workspace build test (test/test_colcon_build.py), as a ROS user builds.
-        'dev': ['pytest', 'flake8', 'pydocstyle', 'colcon-core', 'colcon-ros'],
+        'dev': ['pytest', 'pytest-xdist', 'flake8', 'pydocstyle', 'colcon-core', 'colcon-ros'],
         # The faster CPU path: the planner's stages exported to ONNX and run by ONNX Runtime.
         'fast': ['onnx>=1.16', 'onnxruntime>=1.18'],
         # training/bag_to_minari.py: ROS 2 bags (MCAP, sqlite3) read without a ROS install.

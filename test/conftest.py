@@ -17,16 +17,29 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tools' / 'benchmark'))
 
 
+_OWN_CACHE: list[str] = []
+
+
 def pytest_configure(config):
-    """Keep exported ONNX models for this run only (its planner nodes too), not the user's."""
-    if 'PYTEST_XDIST_WORKER' not in os.environ:  # xdist workers inherit the controller's
-        os.environ['DIFFUSION_PLANNER_CACHE_DIR'] = tempfile.mkdtemp(prefix='dpr-test-cache-')
+    """Share exported ONNX models across the run (its planner nodes too), not the user's cache.
+
+    `make test` names a folder for both of its phases; a bare pytest run gets a temporary one.
+    xdist workers inherit the controller's, and take one torch thread each: two workers on two
+    cores, not four threads.
+    """
+    if 'PYTEST_XDIST_WORKER' in os.environ:
+        os.environ['OMP_NUM_THREADS'] = '1'
+        import torch
+        torch.set_num_threads(1)
+    elif 'DIFFUSION_PLANNER_CACHE_DIR' not in os.environ:
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix='dpr-test-cache-'))
+        os.environ['DIFFUSION_PLANNER_CACHE_DIR'] = _OWN_CACHE[0]
 
 
 def pytest_unconfigure(config):
-    """Remove this run's exported models."""
-    if 'PYTEST_XDIST_WORKER' not in os.environ:
-        shutil.rmtree(os.environ.pop('DIFFUSION_PLANNER_CACHE_DIR', ''), ignore_errors=True)
+    """Remove the exported models of a temporary cache."""
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

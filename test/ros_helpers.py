@@ -111,19 +111,44 @@ def wait_logged(executor, log, text, times=1, timeout_s=30):
     return spin_until(executor, lambda: log.read_text().count(text) >= times, timeout_s)
 
 
-def call_service(node, executor, service_type, name, request, timeout_s=10.0):
-    # The first call may come while the node's process still imports torch: wait for it.
-    client = node.create_client(service_type, name)
-    try:
+# A service is ready once its server sees this client's request writer; the server's reply
+# writer may not have matched this client's reply reader yet, and a reply sent before then is
+# lost (seen in full runs). The first contact therefore repeats a request that changes nothing
+# until one is answered, each this long apart.
+FIRST_CONTACT_RESEND_S = 1.0
+
+
+def call_service(node, executor, service_type, name, request, timeout_s=10.0, probe=None):
+    """Call service ``name`` from ``node`` and return the reply.
+
+    The node keeps one client per service. Its first contact repeats ``request`` until it is
+    answered (a query or a parameter change: doing it twice changes nothing), or ``probe``
+    first where ``request`` must go out once (a lifecycle transition).
+    """
+    clients = node.__dict__.setdefault('_service_clients', {})
+    client = clients.get(name)
+    if client is None:
+        client = node.create_client(service_type, name)
+        # The first call may come while the node's process still imports torch: wait for it.
         assert spin_until(executor, client.service_is_ready, 60), f'{name} not available'
-        # Ready means the server sees the request writer; its reply writer may not be matched
-        # with this client yet, and a reply sent before that is lost (seen once in a full run).
-        spin_until(executor, lambda: False, 0.5)
+        reply = _first_contact(executor, client, request if probe is None else probe, 30.0)
+        assert reply is not None, f'{name} never answered'
+        clients[name] = client
+        if probe is None:
+            return reply
+    future = client.call_async(request)
+    assert spin_until(executor, future.done, timeout_s), f'{name} did not answer'
+    return future.result()
+
+
+def _first_contact(executor, client, request, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         future = client.call_async(request)
-        assert spin_until(executor, future.done, timeout_s), f'{name} did not answer'
-        return future.result()
-    finally:
-        node.destroy_client(client)
+        if spin_until(executor, future.done, FIRST_CONTACT_RESEND_S):
+            return future.result()
+        client.remove_pending_request(future)
+    return None
 
 
 def set_planner_parameter(node, executor, name, value):

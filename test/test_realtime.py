@@ -103,6 +103,7 @@ def test_a_bad_budget_is_refused(anytime_planner, budget):
         anytime_planner.plan(OBS, goal=GOAL, budget_ms=budget)
 
 
+@pytest.mark.serial
 def test_the_real_time_benchmark_runs_end_to_end(ros_env, tmp_path):
     # Hopper: returns-conditioned, and the planner hears no reward and no episode_end, so the
     # paced target and the start of each episode come from the states alone.
