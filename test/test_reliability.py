@@ -284,8 +284,9 @@ def test_goals_reached_with_a_fifth_of_the_states_dropped(ros_env, tmp_path):
     assert summary['success_rate'] >= 0.5, output[-2000:]
 
 
-# A transition no lifecycle node has: refused, so it changes nothing (first contact's probe).
-NO_TRANSITION = ChangeState.Request(transition=Transition(id=250))
+# A transition label no lifecycle node has: answered with success false, nothing changed (the
+# probe of a first contact; an unknown id would raise in the node's service callback instead).
+NO_TRANSITION = ChangeState.Request(transition=Transition(label='no_such_transition'))
 
 
 def _lifecycle(node, executor, transition=None):
