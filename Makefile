@@ -37,7 +37,8 @@ evaluate: setup
 	$(PY) training/evaluate.py --bundle models/pointmaze_umaze --episodes 10 --seed 1000
 
 # Two tests at a time (pytest-xdist), then the serial ones alone: a sim graph scored through its
-# client needs every message, and a starved client loses some from the bridge's queues.
+# client needs every message, and a starved client loses some from the bridge's queues; a node
+# fuzzed at 500 Hz must take in (nearly) every message.
 # Both share one ONNX export cache (.test-cache/), so a bundle exports once.
 test: setup
 	DIFFUSION_PLANNER_CACHE_DIR=$(CURDIR)/.test-cache \

@@ -152,6 +152,7 @@ def publish_paced(executor, count, publish_one, rate_hz=500.0):
             executor.spin_once(timeout_sec=left)
 
 
+@pytest.mark.serial
 def test_planner_survives_10k_fuzzed_messages(ros_env, recorder, tmp_path):
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
     planner, log = start('planner_node', args, ros_env, tmp_path, 'planner')
@@ -197,6 +198,7 @@ def test_planner_survives_10k_fuzzed_messages(ros_env, recorder, tmp_path):
     assert len(text.splitlines()) < 1000, 'warnings are not throttled'
 
 
+@pytest.mark.serial
 def test_bridge_survives_10k_fuzzed_commands(ros_env, recorder, tmp_path):
     bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
                         ros_env, tmp_path, 'bridge')
