@@ -48,7 +48,7 @@ test: setup
 
 # The fast unit layer (no ROS graph, no whole runs), for a developer between edits.
 check: setup
-	$(PY) -m pytest -q test -m "not ros and not slow"
+	$(PY) -m pytest -q test -n 2 -m "not ros and not slow"
 
 lint: setup
 	$(PY) -m flake8 diffusion_planner_ros training tools test launch setup.py
