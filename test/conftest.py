@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from diffusion_planner_ros.planning.accelerate import CACHE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 # The measurement tools beside the package (tools/benchmark: the suite runner, latency).
 sys.path.insert(0, str(REPO / 'tools' / 'benchmark'))
@@ -31,9 +33,9 @@ def pytest_configure(config):
         os.environ['OMP_NUM_THREADS'] = '1'
         import torch
         torch.set_num_threads(1)
-    elif 'DIFFUSION_PLANNER_CACHE_DIR' not in os.environ:
+    elif CACHE_ENV not in os.environ:
         _OWN_CACHE.append(tempfile.mkdtemp(prefix='dpr-test-cache-'))
-        os.environ['DIFFUSION_PLANNER_CACHE_DIR'] = _OWN_CACHE[0]
+        os.environ[CACHE_ENV] = _OWN_CACHE[0]
 
 
 def pytest_unconfigure(config):

@@ -101,17 +101,18 @@ def _write_cached(key: str, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, suffix='.part', delete=False) as handle:
             handle.write(data)
         os.replace(handle.name, folder / f'{key}.onnx')
-        files = sorted(folder.glob('*.onnx'), key=lambda f: f.stat().st_mtime, reverse=True)
+        files = sorted(((f.stat(), f) for f in folder.glob('*.onnx')),
+                       key=lambda entry: entry[0].st_mtime, reverse=True)
         kept = 0
-        for file in files:
-            kept += file.stat().st_size
+        for stat, file in files:
+            kept += stat.st_size
             if kept > CACHE_LIMIT_BYTES:
                 file.unlink(missing_ok=True)
     except OSError as error:
         LOG.info('ONNX export cache %s not written: %s', folder, error)
 
 
-def forget_cached(key: str) -> None:
+def _forget_cached(key: str) -> None:
     """Drop an exported model from memory and disk (one ONNX Runtime could not load)."""
     _ONNX_CACHE.pop(key, None)
     folder = onnx_cache_dir()
@@ -266,7 +267,7 @@ class OnnxStage(CapturedStage):
             except Exception as error:  # noqa: BLE001 - a damaged cached file: export again
                 LOG.warning('cached ONNX model %s could not be loaded (%s); exporting again',
                             key[:12], error)
-                forget_cached(key)
+                _forget_cached(key)
         if session is None:
             model = self._export(inputs)
             _write_cached(key, model)

@@ -53,7 +53,7 @@ class EpisodeRecord:
 
     seed: int
     goal: list | None
-    start: np.ndarray | None = None  # the reset state (observation without the goal)
+    start: np.ndarray                # the reset state (observation without the goal)
     started: bool = False            # the reset state has arrived: this episode's messages
     states: int = 0
     rewards: list = field(default_factory=list)
@@ -100,7 +100,7 @@ class DemoClient(Node):
         self.command_times: list[float] = []
         self._record: EpisodeRecord | None = None
         self._goal, self._steps = None, 0
-        self._bridge_ended = False  # the bridge's first episode runs until the first reset
+        self._bridge_ended = False  # the bridge's first episode ended before the first reset
         self.diagnostics: dict = {}
 
     def _on_state(self, msg: JointState) -> None:
@@ -114,8 +114,7 @@ class DemoClient(Node):
             return
         if not record.started:
             # States before the episode's reset state belong to the old episode.
-            if record.start is None or not np.allclose(observation, record.start, rtol=0,
-                                                       atol=START_ATOL):
+            if not np.allclose(observation, record.start, rtol=0, atol=START_ATOL):
                 return
             record.started = True
         if self._goal is not None:
@@ -216,8 +215,7 @@ class DemoClient(Node):
         # Let the planner take the goal, or the last episode's end, before the reset state.
         self.spin_until(executor, lambda: False, 0.3)
         record = EpisodeRecord(self.seed + episode, None if goal is None else goal.tolist(),
-                               start=np.asarray(start, dtype=np.float64))
-        self._bridge_ended = False
+                               np.asarray(start, dtype=np.float64))
         self._record = record
         future = self.reset_client.call_async(Trigger.Request())
         self.spin_until(executor, future.done, 10.0)
