@@ -7,6 +7,7 @@ default.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,6 +16,8 @@ import yaml
 
 CONDITION_KINDS = ('goal', 'returns')
 BETA_SCHEDULES = ('cosine', 'linear')
+PREDICTIONS = ('epsilon', 'x0')
+TRANSITION_GUIDES = ('log_likelihood', 'normalised')
 DEVICES = ('auto', 'cpu', 'cuda')
 # How the planner runs its stages (planning/accelerate.py); 'auto' picks the fastest available.
 BACKENDS = ('auto', 'eager', 'onnx', 'cuda_graph')
@@ -64,6 +67,10 @@ class DataConfig:
     # node runs from the bundle alone; empty takes the shipped profile of the data's env, if
     # there is one.
     robot_profile: str = ''
+    # Goal data: let a training window span the data's goal switches (Diffuser's maze windows,
+    # which need horizons longer than most goal segments). False keeps every window inside one
+    # goal segment, so that its hindsight goal is one the data's controller was pursuing.
+    span_goal_switches: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset_id), 'data.dataset_id must name a Minari dataset')
@@ -146,9 +153,14 @@ class ScheduleConfig:
     beta_schedule: str = 'cosine'
     # Clip the predicted x0 to the normalised range [-1, 1] in each reverse step.
     clip_denoised: bool = True
+    # What the noise model outputs: 'epsilon' (the noise, DDPM) or 'x0' (the clean sample, the
+    # official Diffuser's maze setting, predict_epsilon False).
+    prediction: str = 'epsilon'
 
     def __post_init__(self) -> None:
         _require(self.num_steps >= 1, f'schedule.num_steps {self.num_steps} must be at least 1')
+        _require(self.prediction in PREDICTIONS,
+                 f'schedule.prediction {self.prediction!r} must be one of {PREDICTIONS}')
         _require(self.beta_schedule in BETA_SCHEDULES,
                  f'schedule.beta_schedule {self.beta_schedule!r} must be one of {BETA_SCHEDULES}')
 
@@ -194,6 +206,10 @@ class MethodConfig:
     # (DMEMM's ensemble, section dynamics) that predicts the state a late command will act on,
     # from the state now and the commands already in flight (latency-aware planning).
     transition_model: bool = False
+    # Diffuser / DMEMM on goal data: the window's last state is given to the noise model in
+    # training as its first state is (start and goal inpainting, Diffuser's maze protocol),
+    # and a plan's last state is the goal at rest (its other state dimensions zero).
+    goal_inpainting: bool = False
 
     def __post_init__(self) -> None:
         _require(self.name in METHODS, f'method.name {self.name!r} must be one of {METHODS}')
@@ -209,6 +225,9 @@ class MethodConfig:
                  f'method.modulation_terms {self.modulation_terms} must be >= 0')
         _require(self.modulation_levels >= 0,
                  f'method.modulation_levels {self.modulation_levels} must be >= 0')
+        _require(not self.goal_inpainting or self.name in JOINT_METHODS,
+                 f'method.goal_inpainting applies to {JOINT_METHODS}, not {self.name} '
+                 '(planner.inpaint_goal writes the goal into a states-only plan)')
 
 
 @dataclass
@@ -310,6 +329,16 @@ class PlannerConfig:
     value_guidance_scale: float = 0.1
     # DMEMM: lambda of Eq. 13, the weight of the transition log-likelihood in the guide.
     transition_guidance: float = 1.0
+    # DMEMM: the transition term as 'log_likelihood' (Eq. 13: its gradient scales as
+    # 1 / sigma^2 of the ensemble, ~1e5 here) or 'normalised' (the log-likelihood times each
+    # dimension's sigma^2: a squared error, whose gradient is the gap to the predicted state).
+    transition_guide: str = 'log_likelihood'
+    # Diffuser / DMEMM: the guide acts at levels below this one only (0: at every level). A
+    # model of clean trajectories means nothing on the noisy means of the high levels.
+    guide_levels: int = 0
+    # Diffuser / DMEMM: the largest move of any entry of a reverse-step mean along the guide,
+    # normalised units (0: no limit).
+    guide_step_limit: float = 0.0
     # Replan from the previous plan noised to this many levels (Diffuser section 5.4); 0 makes
     # every plan afresh. Diffuser / DMEMM: instead of pure noise. Trajectory Diffuser: the
     # previous plan's states still ahead, extended by the prior, refined from this level
@@ -329,6 +358,15 @@ class PlannerConfig:
     # state further out is a sensor fault or a robot the bundle knows nothing about, and the
     # planner refuses it instead of extrapolating.
     observation_limit: float = 10.0
+    # Diffuser / DMEMM: Diffuser's maze protocol. Plan once, then follow the plan's states with
+    # a PD controller, a = p_gain (p' - p) + d_gain (v' - v), from the state measured to the
+    # plan's next one (positions: data.goal_state_dims, velocities: the other state dims, one
+    # action per position); plan again when the goal changes, the plan has run out, or the
+    # robot is more than drift_limit (env units, positions) from the planned path (0: never).
+    track_states: bool = False
+    track_p_gain: float = 10.0
+    track_d_gain: float = 1.0
+    drift_limit: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -352,6 +390,17 @@ class PlannerConfig:
         _require(self.backend in BACKENDS,
                  f'planner.backend {self.backend!r} must be one of {BACKENDS}')
         _require(self.threads >= 0, f'planner.threads {self.threads} must be >= 0')
+        _require(self.transition_guide in TRANSITION_GUIDES,
+                 f'planner.transition_guide {self.transition_guide!r} must be one of '
+                 f'{TRANSITION_GUIDES}')
+        _require(self.guide_levels >= 0, f'planner.guide_levels {self.guide_levels} must be >= 0')
+        for name in ('track_p_gain', 'track_d_gain', 'drift_limit', 'guide_step_limit'):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0.0,
+                     f'planner.{name} {value} must be a finite number >= 0')
+        _require(not self.track_states or self.replan_every == 1,
+                 f'planner.track_states computes every step\'s action: replan_every '
+                 f'{self.replan_every} must be 1')
 
 
 @dataclass
@@ -400,6 +449,11 @@ class ExperimentConfig:
         _require(self.planner.replan_every <= self.data.horizon - 1,
                  f'planner.replan_every {self.planner.replan_every} must be below data.horizon '
                  f'{self.data.horizon}: the action chunk comes from one plan')
+        _require(not self.method.goal_inpainting or self.data.condition == 'goal',
+                 'method.goal_inpainting needs goal data (data.condition goal)')
+        _require(not self.planner.track_states or self.method.name in JOINT_METHODS,
+                 f'planner.track_states is Diffuser\'s maze protocol ({JOINT_METHODS}); '
+                 f'{self.method.name} follows its plans with inverse dynamics')
 
 
 def _check_type(section: str, name: str, default: Any, value: Any) -> Any:

@@ -85,9 +85,10 @@ def _act_until_done(planner: BasePlanner, env, observation, result: EpisodeResul
         if index == 0:
             plan = planner.plan(state, goal=goal, returns_to_go=returns_to_go.at(result.steps))
             chunk = plan.actions
-            result.plan_ms.append(plan.timings_ms['total'])
-            for stage, values in result.stage_ms.items():
-                values.append(plan.timings_ms.get(stage))
+            if plan.fresh:   # a step that follows an earlier plan made none
+                result.plan_ms.append(plan.timings_ms['total'])
+                for stage, values in result.stage_ms.items():
+                    values.append(plan.timings_ms.get(stage))
         if on_step is not None:
             on_step(result.steps, state, goal, plan)
         observation, reward, terminated, truncated, info = env.step(
@@ -304,6 +305,8 @@ def summarize(results: list[EpisodeResult], random_return: float,
         'prior_ms_p50': pct('prior', 50),
         'refine_ms_p50': pct('refine', 50),
         'sample_ms_p50': pct('sample', 50),
+        # Plans made per episode: every replan_every steps, or fewer when plans are tracked.
+        'plans_per_episode': float(np.mean([len(r.plan_ms) for r in results])),
         # Per episode, in seed order, for paired comparisons between methods on the same seeds.
         'episode_returns': returns.tolist(),
         'episode_successes': [bool(r.success) for r in results],

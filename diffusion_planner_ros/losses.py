@@ -33,8 +33,9 @@ def prior_loss(prior: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMSchedule,
                    condition_dropout: float, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Epsilon-prediction loss with condition dropout (paper Eq. 6); weighted per window (B,).
+    """Denoising loss with condition dropout (paper Eq. 6); weighted per window (B,).
 
+    The model learns eps (the paper) or x0, as the schedule's ``prediction`` says.
     The first state is given at sampling time (it is the current state), so it is written into
     the noisy sample and left out of the loss.
     """
@@ -47,10 +48,11 @@ def diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: D
     x_t[:, 0] = x0[:, 0]
     keep = torch.bernoulli(torch.full((batch_size,), 1.0 - condition_dropout,
                                       device=x0.device))
-    eps = model(x_t, t, condition, keep)
+    output = model(x_t, t, condition, keep)
+    target = schedule.target(x0, noise)
     if weights is None:
-        return F.mse_loss(eps[:, 1:], noise[:, 1:])
-    per_window = (eps[:, 1:] - noise[:, 1:]).pow(2).flatten(1).mean(1)  # (B,)
+        return F.mse_loss(output[:, 1:], target[:, 1:])
+    per_window = (output[:, 1:] - target[:, 1:]).pow(2).flatten(1).mean(1)  # (B,)
     return (per_window * weights).mean()
 
 
@@ -64,12 +66,23 @@ def joint_trajectories(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([batch[STATES], batch[ACTIONS]], dim=-1)
 
 
-def _noised_joint(x0: torch.Tensor, schedule: DDPMSchedule, obs_dim: int):
-    """Levels, noise and x_t for a batch of joint trajectories, the first state kept clean."""
+def given_rows(horizon: int, goal_inpainting: bool) -> list[int]:
+    """Rows of a joint trajectory whose state is given at sampling time: the first, the last.
+
+    The first state is the state now; with goal inpainting the last is the goal (Diffuser's
+    maze protocol), so training writes both into x_t and leaves them out of the loss.
+    """
+    return [0, horizon - 1] if goal_inpainting else [0]
+
+
+def _noised_joint(x0: torch.Tensor, schedule: DDPMSchedule, obs_dim: int,
+                  goal_inpainting: bool = False):
+    """Levels, noise and x_t for a batch of joint trajectories, the given states kept clean."""
     t = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
     x_t = schedule.add_noise(x0, noise, t)
-    x_t[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
+    for row in given_rows(x0.shape[1], goal_inpainting):
+        x_t[:, row, :obs_dim] = x0[:, row, :obs_dim]
     return t, noise, x_t
 
 
@@ -81,17 +94,21 @@ def unconditional(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
 
 def joint_diffusion_loss(model: nn.Module, batch: dict[str, torch.Tensor],
                          schedule: DDPMSchedule, obs_dim: int,
-                         weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Diffuser's epsilon loss on [state, action] trajectories; weighted per window (DMEMM Eq. 11).
+                         weights: torch.Tensor | None = None,
+                         goal_inpainting: bool = False) -> torch.Tensor:
+    """Diffuser's denoising loss on [state, action] trajectories; weighted per window (Eq. 11).
 
-    The first state is given at sampling time, so it is written into x_t and left out.
+    The first state (and with goal inpainting the last) is given at sampling time, so it is
+    written into x_t and left out. The model learns eps or x0, as the schedule says.
     """
     x0 = joint_trajectories(batch)
-    t, noise, x_t = _noised_joint(x0, schedule, obs_dim)
-    eps = unconditional(model, x_t, t, batch[CONDITIONS][:, 0])
-    error = (eps - noise).pow(2)
-    error[:, 0, :obs_dim] = 0.0
-    per_window = error.flatten(1).sum(1) / (error[0].numel() - obs_dim)  # (B,)
+    t, noise, x_t = _noised_joint(x0, schedule, obs_dim, goal_inpainting)
+    output = unconditional(model, x_t, t, batch[CONDITIONS][:, 0])
+    error = (output - schedule.target(x0, noise)).pow(2)
+    rows = given_rows(x0.shape[1], goal_inpainting)
+    for row in rows:
+        error[:, row, :obs_dim] = 0.0
+    per_window = error.flatten(1).sum(1) / (error[0].numel() - len(rows) * obs_dim)  # (B,)
     if weights is not None:
         per_window = per_window * weights
     return per_window.mean()
@@ -106,14 +123,15 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
     their gradients reach the noise model; the environment models (trained first) stay frozen.
     """
     weights = data.reward_weights(batch[REWARDS]) if method.reward_weighting else None
-    loss = joint_diffusion_loss(model, batch, schedule, obs_dim, weights)
+    loss = joint_diffusion_loss(model, batch, schedule, obs_dim, weights,
+                                method.goal_inpainting)
     if method.transition_weight == 0.0 and method.reward_weight == 0.0:
         return loss
     x0 = joint_trajectories(batch)
     condition = batch[CONDITIONS][:, 0]
 
     def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return unconditional(model, x, t, condition[rows])
+        return schedule.epsilon(unconditional(model, x, t, condition[rows]), x, t)
 
     tau = one_shot_denoise(epsilon, schedule, x0, *_modulation_draws(x0, schedule, method),
                            method.modulation_terms)
@@ -152,10 +170,11 @@ def modulation_loss(states: torch.Tensor, actions: torch.Tensor, condition: torc
 
 
 def value_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMSchedule,
-               obs_dim: int, data: SequenceDataset) -> torch.Tensor:
+               obs_dim: int, data: SequenceDataset,
+               goal_inpainting: bool = False) -> torch.Tensor:
     """Diffuser's J: regress the clean window's normalised return from its noisy version."""
     x0 = joint_trajectories(batch)
-    t, _, x_t = _noised_joint(x0, schedule, obs_dim)
+    t, _, x_t = _noised_joint(x0, schedule, obs_dim, goal_inpainting)
     target = data.reward_weights(batch[REWARDS])  # (B,) in [0, 1]
     return F.mse_loss(model(x_t, t, batch[CONDITIONS][:, 0]), target)
 
@@ -216,7 +235,8 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
             inverse_dynamics_loss, partial(data.sample_transitions, batch_size=batch),
             train.inverse_dynamics_steps),
         'value': lambda: ComponentSetup(
-            partial(value_loss, schedule=schedule, obs_dim=obs_dim, data=data), joint_windows,
+            partial(value_loss, schedule=schedule, obs_dim=obs_dim, data=data,
+                    goal_inpainting=method.goal_inpainting), joint_windows,
             train.value_steps),
         'critic': lambda: ComponentSetup(
             partial(critic_loss, data=data), joint_windows, train.critic_steps),
@@ -231,7 +251,8 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
     }
     if method.name == 'diffuser':
         recipes['diffuser'] = lambda: ComponentSetup(
-            partial(joint_diffusion_loss, schedule=schedule, obs_dim=obs_dim), joint_windows,
+            partial(joint_diffusion_loss, schedule=schedule, obs_dim=obs_dim,
+                    goal_inpainting=method.goal_inpainting), joint_windows,
             train.diffuser_steps, train.ema_decay)
     elif method.name == 'dmemm':
         recipes['diffuser'] = lambda: ComponentSetup(

@@ -70,7 +70,8 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
     data = SequenceDataset(episodes, config.data.condition, config.data.discount,
                            config.data.returns_scale,
                            start_from.normalizers if start_from is not None else None,
-                           start_fraction=config.data.start_fraction)
+                           start_fraction=config.data.start_fraction,
+                           span_goal_switches=config.data.span_goal_switches)
     dims = Dims(data.obs_dim, data.action_dim, data.cond_dim)
     space = minari_dataset.spec.action_space
     log(f'{config.data.dataset_id}: {data.num_transitions} transitions, dims {dims}')

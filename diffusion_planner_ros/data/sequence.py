@@ -3,7 +3,9 @@
 Conditions are returns-to-go (reward tasks) or goals relabelled in hindsight (navigation). A
 hindsight goal for a window is a position the ball really reached at or after the window's last
 state, inside the same goal segment of the data (the stretch during which the data's controller
-pursued one goal), so every window is a piece of a path that really leads to its goal.
+pursued one goal), so every window is a piece of a path that really leads to its goal. Diffuser's
+maze windows are longer than most goal segments; with ``span_goal_switches`` a window may cross
+them, and its goal is drawn from its last state's segment.
 
 Windows can also carry the actions and per-step rewards the baselines learn from (Diffuser's
 joint trajectories, its return model, DMEMM's reward model). For goal tasks the reward is
@@ -58,12 +60,13 @@ class SequenceDataset:
 
     def __init__(self, episodes: list[Episode], condition: str, discount: float = 1.0,
                  returns_scale: float = 1.0, normalizers: dict[str, Normalizer] | None = None,
-                 start_fraction: float = 0.0):
+                 start_fraction: float = 0.0, span_goal_switches: bool = False):
         if condition not in ('goal', 'returns'):
             raise ValueError(f'condition {condition!r} must be goal or returns')
         if not 0.0 <= start_fraction <= 1.0:
             raise ValueError(f'start_fraction {start_fraction} must be in [0, 1]')
         self.start_fraction = start_fraction
+        self.span_goal_switches = span_goal_switches
         if condition == 'goal' and any(e.desired_goals is None for e in episodes):
             raise ValueError('goal conditioning needs observations with achieved_goal and '
                              'desired_goal (a goal-env dataset such as PointMaze)')
@@ -128,7 +131,7 @@ class SequenceDataset:
             for index, states in enumerate(self.states):
                 last = len(self.actions[index]) if with_actions else len(states)
                 starts = np.arange(last - length + 1)
-                if self.condition == 'goal' and len(starts):
+                if self.condition == 'goal' and len(starts) and not self.span_goal_switches:
                     # The whole window must pursue one goal.
                     starts = starts[starts + length - 1 <= self.segment_ends[index][starts]]
                 pairs.append(np.stack([np.full(len(starts), index), starts], axis=1))
@@ -170,8 +173,10 @@ class SequenceDataset:
             window = slice(start, start + length)
             states.append(self.states[index][window])
             if self.condition == 'goal':
+                # A goal reached at or after the window's end, in its last state's segment
+                # (the window's only segment unless windows span goal switches).
                 end = start + length - 1
-                target = rng.integers(end, self.segment_ends[index][start] + 1)
+                target = rng.integers(end, self.segment_ends[index][end] + 1)
                 goal = self.goals[index][target]
                 conditions.append(np.broadcast_to(goal, (length, goal.shape[0])))
                 if with_actions:

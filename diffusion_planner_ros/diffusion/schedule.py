@@ -3,6 +3,10 @@
 Levels are indexed t = 0 .. K-1 in code; the paper's k = t + 1. The object builds betas and alphas
 once and owns no network: ``add_noise`` serves training and AddNoise (Algorithm 1, line 15),
 ``step`` does one reverse step (Algorithm 1, lines 19-20).
+
+A noise model predicts the noise eps (DDPM, the default) or the clean sample x0 (the config's
+``prediction``); ``target`` is what it learns and ``original`` / ``epsilon`` read either back, so
+the sampling loops and losses never ask which.
 """
 
 from __future__ import annotations
@@ -83,14 +87,35 @@ class DDPMSchedule:
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
         return (x_t - self.sqrt_one_minus_alphas_cumprod[t] * eps) / self.sqrt_alphas_cumprod[t]
 
+    @property
+    def predicts_x0(self) -> bool:
+        """Whether the noise model outputs x0 (else eps)."""
+        return self.config.prediction == 'x0'
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Return what the noise model learns to output for x_t = add_noise(x0, noise, t)."""
+        return x0 if self.predicts_x0 else noise
+
+    def original(self, output: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """Return the x0 a model output stands for at level t (unclipped)."""
+        return output if self.predicts_x0 else self.predict_original(x_t, output, t)
+
+    def epsilon(self, output: torch.Tensor, x_t: torch.Tensor,
+                t: torch.Tensor | int) -> torch.Tensor:
+        """Return the eps a model output stands for: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar)."""
+        if not self.predicts_x0:
+            return output
+        return ((x_t - self._at(self.sqrt_alphas_cumprod, t, x_t) * output)
+                / self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t))
+
     def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: int):
         """Mean and variance of q(x_{t-1} | x_t, x_0) (DDPM Eq. 6-7)."""
         mean = self.posterior_coef_x0[t] * x0 + self.posterior_coef_xt[t] * x_t
         return mean, self.posterior_variance[t]
 
-    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor,
+    def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor,
              noise: torch.Tensor | None = None, noise_scale: float = 1.0) -> StepOutput:
-        """One reverse step x_t -> x_{t-1} from the predicted noise.
+        """One reverse step x_t -> x_{t-1} from the noise model's output (eps or x0).
 
         With clip_denoised off, the mean equals the paper's Eq. 10,
         (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t); clipping x_0 to [-1, 1] first is
@@ -98,7 +123,7 @@ class DDPMSchedule:
         its standard deviation (alpha in Algorithm 1, line 20). No noise is added at t = 0.
         """
         # Algorithm 1, line 19: (mu, Sigma) <- Denoise(x_k, eps_hat)
-        x0 = self.predict_original(x_t, eps, t)
+        x0 = self.original(output, x_t, t)
         if self.config.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
         mean, variance = self.posterior(x0, x_t, t)

@@ -340,11 +340,13 @@ class CommandLoop:
                 commanded, commanded_at = (episode, step), time.monotonic()
             elif self.tracking:
                 # Target i is the state for the end of step i from this state's step: the
-                # commands in flight follow the old plan's, the new plan's follow.
-                targets = plan.refined_states[1:]
-                self.track.replace(np.concatenate([in_flight, targets]), start_s=received,
-                                   sources=in_flight_sources
-                                   + [self._chunk_source] * len(targets))
+                # commands in flight follow the old plan's, the new plan's follow. A planner
+                # that keeps following its plan (track_states) made none: that one stays.
+                if plan.fresh:
+                    targets = plan.refined_states[1:]
+                    self.track.replace(np.concatenate([in_flight, targets]), start_s=received,
+                                       sources=in_flight_sources
+                                       + [self._chunk_source] * len(targets))
                 with self._lock:
                     latest = self._state
                 self._send_tracked(latest[0], latest[5], latest[1])

@@ -107,6 +107,8 @@ class Plan:
     # Refinement steps run (k, or fewer under a budget) and why: 'configured' or 'budget'.
     refine_steps: int | None = None
     refine_reason: str = 'configured'
+    # False when no plan was made and the action follows an earlier one (track_states).
+    fresh: bool = True
 
 
 @dataclass
