@@ -344,6 +344,9 @@ class PlannerConfig:
     # previous plan's states still ahead, extended by the prior, refined from this level
     # instead of refine_steps. Assumes replan_every steps ran since the last plan.
     warm_start_steps: int = 0
+    # Decision Diffuser: reverse steps of a plan sampled from noise, strided evenly over the K
+    # trained levels (schedule.strided_levels, DDIM's respacing); 0 takes every level.
+    sample_steps: int = 0
     # Plans drawn per call; with more than one, one is picked by the objective (Diffuser's J,
     # DMEMM's reward and transition models) or the bundle's critic (method.critic).
     candidates: int = 1
@@ -379,6 +382,8 @@ class PlannerConfig:
         _require(self.transition_guidance >= 0.0, 'planner.transition_guidance must be >= 0')
         _require(self.warm_start_steps >= 0,
                  f'planner.warm_start_steps {self.warm_start_steps} must be >= 0')
+        _require(self.sample_steps >= 0,
+                 f'planner.sample_steps {self.sample_steps} must be >= 0 (0 = every level)')
         _require(self.candidates >= 1, f'planner.candidates {self.candidates} must be >= 1')
         _require(self.guidance_scale >= 0.0, 'planner.guidance_scale must be >= 0')
         _require(self.noise_scale >= 0.0, 'planner.noise_scale must be >= 0')
@@ -442,6 +447,9 @@ class ExperimentConfig:
                  f'2**(len(unet.dim_mults) - 1) = {factor}')
         _require(self.planner.refine_steps <= self.schedule.num_steps,
                  f'planner.refine_steps {self.planner.refine_steps} must be at most '
+                 f'schedule.num_steps {self.schedule.num_steps}')
+        _require(self.planner.sample_steps <= self.schedule.num_steps,
+                 f'planner.sample_steps {self.planner.sample_steps} must be at most '
                  f'schedule.num_steps {self.schedule.num_steps}')
         _require(self.planner.warm_start_steps <= self.schedule.num_steps,
                  f'planner.warm_start_steps {self.planner.warm_start_steps} must be at most '

@@ -314,7 +314,8 @@ def summarize(results: list[EpisodeResult], random_return: float,
 
 
 SETTINGS = ('refine_steps', 'guidance_scale', 'noise_scale', 'replan_every',
-            'value_guidance_scale', 'warm_start_steps', 'candidates', 'target_return')
+            'value_guidance_scale', 'warm_start_steps', 'candidates', 'target_return',
+            'sample_steps', 'track_states')
 
 
 def method_label(planner: BasePlanner) -> str:

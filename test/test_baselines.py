@@ -399,3 +399,22 @@ def test_unknown_env_for_bundle_is_refused(tmp_path):
     with pytest.raises(ValueError, match='trained for env'):
         load_planner(path, expected_env_id='Hopper-v5')
     assert ENV_ID in (path / 'config.json').read_text()
+
+
+def test_decision_diffuser_samples_with_fewer_strided_steps(tmp_path):
+    source = method_bundle(tmp_path / 'td', 'trajectory_diffuser')
+    derived = derive_bundle(source, 'decision_diffuser', tmp_path / 'dd')
+    calls = []
+    for steps, backend in ((0, 'eager'), (5, 'eager'), (5, 'onnx')):
+        planner = load_planner(derived, backend=backend, sample_steps=steps)
+        if backend == 'eager':
+            network = planner.diffuser.forward
+            planner.diffuser.forward = lambda *a, f=network: calls.append(1) or f(*a)
+        calls.clear()
+        plan = planner.plan(OBS, goal=GOAL)
+        assert np.allclose(plan.refined_states[0], OBS, atol=1e-5)
+        assert np.all(np.isfinite(plan.refined_states))
+        if backend == 'eager':
+            assert len(calls) == (steps or planner.levels)
+    with pytest.raises(ValueError, match='sample_steps 101 exceeds'):
+        load_planner(derived, sample_steps=101)

@@ -237,7 +237,8 @@ def guide_moves(planner, sigma: float) -> float:
         planner.transition.min_logstd.fill_(np.log(sigma))
     condition = planner._tensor(planner._goals.normalize(GOAL))[None]
     guide = planner._guide(condition)
-    mean = torch.randn(1, planner.horizon, planner.width, generator=torch.Generator().manual_seed(0))
+    mean = torch.randn(1, planner.horizon, planner.width,
+                       generator=torch.Generator().manual_seed(0))
     scale = planner.config.value_guidance_scale
     return max(float((scale * planner.schedule.posterior_variance[t] * guide(mean, t)).abs().max())
                for t in range(planner.levels))

@@ -130,3 +130,48 @@ def test_guidance_scale_zero_ignores_the_condition():
     guided = [denoise(model, s, x, 4, torch.full((1, 2), c), 1.0, None,
                       torch.Generator().manual_seed(0)) for c in (-1.0, 1.0)]
     assert not torch.allclose(guided[0], guided[1])
+
+
+def test_strided_levels_span_the_schedule_evenly():
+    s = schedule(num_steps=100)
+    assert s.strided_levels(100) == list(range(99, -1, -1))
+    assert s.strided_levels(5) == [99, 74, 50, 25, 0]
+    assert s.strided_levels(1) == [99]
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match='sampling steps'):
+            s.strided_levels(bad)
+
+
+def test_a_strided_step_is_the_posterior_over_the_jump():
+    # q(x_20 | x_30, x0) by Gaussian conditioning of the forward marginals: x_20 ~
+    # N(sqrt(abar_20) x0, 1 - abar_20) and x_30 = r x_20 + sqrt(1 - r^2) eps, with
+    # r^2 = abar_30 / abar_20.
+    s = schedule(num_steps=50, clip_denoised=False)
+    x0, xt = torch.randn(2, 8, 4).double(), torch.randn(2, 8, 4).double()
+    abar, abar_prev = s.alphas_cumprod[30].double(), s.alphas_cumprod[20].double()
+    r = (abar / abar_prev).sqrt()
+    gain = r * (1 - abar_prev) / (1 - abar)
+    expected_mean = abar_prev.sqrt() * x0 + gain * (xt - abar.sqrt() * x0)
+    expected_var = (1 - abar_prev) * (1 - gain * r)
+    mean, variance = s.posterior(x0.float(), xt.float(), 30, t_prev=20)
+    assert torch.allclose(mean.double(), expected_mean, atol=1e-5)
+    assert torch.allclose(variance.double(), expected_var, atol=1e-6)
+    # A jump of one level is the ordinary step.
+    assert torch.allclose(s.posterior(x0, xt, 30, t_prev=29)[0], s.posterior(x0, xt, 30)[0])
+    with pytest.raises(ValueError, match='lower one'):
+        s.posterior(x0, xt, 30, t_prev=30)
+
+
+def test_strided_sampling_with_a_model_that_knows_the_data_lands_on_it():
+    s = schedule(num_steps=100)
+    x0 = torch.rand(1, 8, 4) * 1.6 - 0.8
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, k, condition, mask):
+            a = s.sqrt_alphas_cumprod[k].view(-1, 1, 1)
+            return (x - a * x0) / s.sqrt_one_minus_alphas_cumprod[k].view(-1, 1, 1)
+
+    for steps in (100, 20, 5):
+        out = sample(Oracle(), s, (2, 8, 4), torch.zeros(2, 2), 0.0,
+                     generator=torch.Generator().manual_seed(0), steps=steps)
+        assert torch.allclose(out, x0.expand(2, 8, 4), atol=1e-4)

@@ -62,6 +62,9 @@ def main() -> None:
                         help='Diffuser/DMEMM: alpha on the objective\'s gradient')
     parser.add_argument('--warm-start-steps', type=int, default=None,
                         help='Diffuser/DMEMM: replan from the previous plan noised this far')
+    parser.add_argument('--sample-steps', type=int, default=None,
+                        help='Decision Diffuser: reverse steps from noise, strided over the K '
+                             'levels (0 = all)')
     parser.add_argument('--candidates', type=int, default=None,
                         help='plans per call, ranked by the method\'s objective')
     parser.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'))
@@ -81,6 +84,7 @@ def main() -> None:
             ('noise_scale', args.noise_scale), ('replan_every', args.replan_every),
             ('value_guidance_scale', args.value_guidance_scale),
             ('warm_start_steps', args.warm_start_steps), ('candidates', args.candidates),
+            ('sample_steps', args.sample_steps),
             ('target_return', args.target_return), ('device', args.device),
             ('backend', args.backend))
             if value is not None}

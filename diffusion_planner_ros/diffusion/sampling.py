@@ -58,35 +58,40 @@ def guided_epsilon(model: NoiseModel, x: torch.Tensor, t: int, condition: torch.
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
-def guided_mean(mean: torch.Tensor, t: int, schedule: DDPMSchedule, guide: Guide | None,
+def guided_mean(mean: torch.Tensor, t: int, variance: torch.Tensor, guide: Guide | None,
                 guide_scale: float) -> torch.Tensor:
     """Move the mean along the guide: mu + scale Sigma_t grad J(mu) (Diffuser, DMEMM Eq. 13)."""
     if guide is None or guide_scale == 0.0:
         return mean
-    return mean + guide_scale * schedule.posterior_variance[t] * guide(mean, t)
+    return mean + guide_scale * variance * guide(mean, t)
 
 
 def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start: int,
             condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
             generator: torch.Generator | None = None, noise_scale: float = 1.0,
             guide: Guide | None = None, guide_scale: float = 0.0,
-            draws: torch.Tensor | None = None) -> torch.Tensor:
+            draws: torch.Tensor | None = None, levels: list[int] | None = None) -> torch.Tensor:
     """Run reverse steps t_start .. 0 from x_{t_start}; return x_0 (Algorithm 1, lines 16-21).
 
-    draws (t_start, *x.shape), if given, holds the noise of steps t_start .. 1 in that order.
+    levels (descending, from t_start, ending at 0), if given, are the levels visited instead of
+    every one (strided sampling). draws (steps - 1, *x.shape), if given, holds the noise of the
+    steps in that order (none for the last, at level 0).
     """
-    for index, t in enumerate(range(t_start, -1, -1)):
+    levels = list(range(t_start, -1, -1)) if levels is None else levels
+    for index, t in enumerate(levels):
+        t_prev = levels[index + 1] if index + 1 < len(levels) else -1
         # Line 17: constrain the plan to start at the current state.
         x = apply_constraints(x, constraints)
         # Line 18: classifier-free guidance.
-        eps = guided_epsilon(model, x, t, condition, guidance_scale)
+        output = guided_epsilon(model, x, t, condition, guidance_scale)
         # Line 19: posterior mean (moved along the guide's gradient when there is one).
-        mean = guided_mean(schedule.step(eps, t, x).prev_sample, t, schedule, guide, guide_scale)
+        step = schedule.step(output, t, x, t_prev=t_prev)
+        mean = guided_mean(step.prev_sample, t, step.variance, guide, guide_scale)
         # Line 20: sample around it; no noise at t = 0.
         if t > 0 and noise_scale > 0.0:
             noise = (draws[index] if draws is not None else
                      torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            mean = mean + noise_scale * schedule.posterior_variance[t].sqrt() * noise
+            mean = mean + noise_scale * step.variance.sqrt() * noise
         x = mean
     return apply_constraints(x, constraints)
 
@@ -95,15 +100,19 @@ def sample(model: NoiseModel, schedule: DDPMSchedule, shape: tuple, condition: t
            guidance_scale: float, constraints: Constraints | None = None,
            generator: torch.Generator | None = None, noise_scale: float = 1.0,
            device: torch.device | str = 'cpu', guide: Guide | None = None,
-           guide_scale: float = 0.0, draws: torch.Tensor | None = None) -> torch.Tensor:
-    """Full DDPM sampling from pure noise over all K levels (Decision Diffuser, Diffuser).
+           guide_scale: float = 0.0, draws: torch.Tensor | None = None,
+           steps: int = 0) -> torch.Tensor:
+    """DDPM sampling from pure noise over all K levels (Decision Diffuser, Diffuser).
 
-    draws (K, *shape), if given, replaces the generator: draws[0] is x_K, draws[1:] the steps'.
+    steps > 0 visits that many levels, strided evenly over the K (schedule.strided_levels).
+    draws (steps or K, *shape), if given, replaces the generator: draws[0] is x_K, draws[1:]
+    the steps'.
     """
     x = draws[0] if draws is not None else torch.randn(shape, generator=generator, device=device)
     return denoise(model, schedule, x, schedule.num_steps - 1, condition, guidance_scale,
                    constraints, generator, noise_scale, guide, guide_scale,
-                   None if draws is None else draws[1:])
+                   None if draws is None else draws[1:],
+                   schedule.strided_levels(steps) if steps else None)
 
 
 def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, steps: int,

@@ -38,8 +38,9 @@ def linear_betas(num_steps: int) -> torch.Tensor:
 class StepOutput:
     """Result of one reverse step."""
 
-    prev_sample: torch.Tensor   # x_{t-1}
+    prev_sample: torch.Tensor   # x_{t-1} (x_{t_prev} for a strided step)
     pred_original: torch.Tensor  # predicted x_0
+    variance: torch.Tensor       # the step's posterior variance Sigma
 
 
 class DDPMSchedule:
@@ -108,14 +109,40 @@ class DDPMSchedule:
         return ((x_t - self._at(self.sqrt_alphas_cumprod, t, x_t) * output)
                 / self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t))
 
-    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: int):
-        """Mean and variance of q(x_{t-1} | x_t, x_0) (DDPM Eq. 6-7)."""
-        mean = self.posterior_coef_x0[t] * x0 + self.posterior_coef_xt[t] * x_t
-        return mean, self.posterior_variance[t]
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int | None = None):
+        """Mean and variance of q(x_{t_prev} | x_t, x_0) (DDPM Eq. 6-7), t_prev = t - 1 by default.
+
+        A strided step (t_prev < t - 1) is the same closed form over the jump: the levels
+        between act as one step with 1 - beta = abar_t / abar_{t_prev} (-1 stands for x_0).
+        """
+        if t_prev is None or t_prev == t - 1:
+            mean = self.posterior_coef_x0[t] * x0 + self.posterior_coef_xt[t] * x_t
+            return mean, self.posterior_variance[t]
+        if not -1 <= t_prev < t:
+            raise ValueError(f'a reverse step goes from level {t} to a lower one, not {t_prev}')
+        abar, abar_prev = self.alphas_cumprod[t], self.alphas_cumprod[t_prev]
+        beta = 1.0 - abar / abar_prev
+        mean = (abar_prev.sqrt() * beta * x0
+                + (abar / abar_prev).sqrt() * (1.0 - abar_prev) * x_t) / (1.0 - abar)
+        return mean, beta * (1.0 - abar_prev) / (1.0 - abar)
+
+    def strided_levels(self, count: int) -> list[int]:
+        """``count`` levels from K - 1 down to 0, evenly spaced: a sampling chain of count steps.
+
+        count = K visits every level (DDPM); fewer is the strided sampling of DDIM (Song et al.
+        2021) with the DDPM posterior over each jump.
+        """
+        if not 1 <= count <= self.num_steps:
+            raise ValueError(f'{count} sampling steps: must be in [1, {self.num_steps}]')
+        if count == 1:
+            return [self.num_steps - 1]
+        span = self.num_steps - 1
+        return [round(span * i / (count - 1)) for i in range(count - 1, -1, -1)]
 
     def step(self, output: torch.Tensor, t: int, x_t: torch.Tensor,
-             noise: torch.Tensor | None = None, noise_scale: float = 1.0) -> StepOutput:
-        """One reverse step x_t -> x_{t-1} from the noise model's output (eps or x0).
+             noise: torch.Tensor | None = None, noise_scale: float = 1.0,
+             t_prev: int | None = None) -> StepOutput:
+        """One reverse step x_t -> x_{t-1} (or x_{t_prev}) from the noise model's output.
 
         With clip_denoised off, the mean equals the paper's Eq. 10,
         (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t); clipping x_0 to [-1, 1] first is
@@ -126,8 +153,8 @@ class DDPMSchedule:
         x0 = self.original(output, x_t, t)
         if self.config.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
-        mean, variance = self.posterior(x0, x_t, t)
+        mean, variance = self.posterior(x0, x_t, t, t_prev)
         # Algorithm 1, line 20: x_{k-1} ~ N(mu, alpha Sigma)
         if t == 0 or noise is None or noise_scale == 0.0:
-            return StepOutput(mean, x0)
-        return StepOutput(mean + noise_scale * variance.sqrt() * noise, x0)
+            return StepOutput(mean, x0, variance)
+        return StepOutput(mean + noise_scale * variance.sqrt() * noise, x0, variance)

@@ -43,7 +43,7 @@ class DecisionDiffuserPlanner(TrajectoryDiffuserPlanner):
     def _stage_modules(self) -> dict:
         return {
             'sample': SampleStage(self.diffuser, self.schedule, self.config.guidance_scale,
-                                  self.config.noise_scale),
+                                  self.config.noise_scale, self.config.sample_steps),
             'inverse': InverseStage(self.inverse_dynamics, self.config.replan_every),
             **self._rank_modules(),
         }
@@ -52,8 +52,8 @@ class DecisionDiffuserPlanner(TrajectoryDiffuserPlanner):
         stages = self.stages
         clock = StageClock(self.device)
         condition = self._candidate_condition(conditions)  # (N, cond)
-        draws = draw_noise((condition.shape[0], self.horizon, self.obs_dim), self.levels,
-                           self._generator, self.device)
+        draws = draw_noise((condition.shape[0], self.horizon, self.obs_dim),
+                           self.config.sample_steps or self.levels, self._generator, self.device)
         plan = stages['sample'](states[0, -1], condition, draws,
                                 *self._goal_row(goal))  # (N, H, obs_dim)
         clock.mark('sample')
@@ -214,7 +214,7 @@ class JointDiffusionPlanner(BasePlanner):
         return total
 
     def _guide(self, condition: torch.Tensor):
-        """The guide of the reverse steps: grad of the objective, where and as far as allowed.
+        """Build the guide of the reverse steps: the objective's gradient, where and as allowed.
 
         Below guide_levels only (when set), and clipped so that no entry of the mean moves by
         more than guide_step_limit (when set) once guided_mean scales it by alpha Sigma_t.

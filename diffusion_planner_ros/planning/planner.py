@@ -452,9 +452,10 @@ class TrajectoryDiffuserPlanner(BasePlanner):
                 and not config.refine_steps:
             raise ValueError(f'candidates {config.candidates} with refine_steps 0 would be '
                              'copies of one plan: the prior\'s rollout is deterministic')
-        if config.refine_steps > self.levels:
-            raise ValueError(f'refine_steps {config.refine_steps} exceeds the diffuser\'s '
-                             f'{self.levels} trained levels')
+        for name in ('refine_steps', 'sample_steps'):
+            if getattr(config, name) > self.levels:
+                raise ValueError(f'{name} {getattr(config, name)} exceeds the diffuser\'s '
+                                 f'{self.levels} trained levels')
         if config.warm_start_steps:
             raise ValueError(f'warm_start_steps {config.warm_start_steps}: a {self.method} '
                              'planner plans every time afresh and has no warm start; set it to '

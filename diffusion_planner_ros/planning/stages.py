@@ -63,21 +63,22 @@ class RefineStage(nn.Module):
 
 
 class SampleStage(nn.Module):
-    """Decision Diffuser: sample a plan from pure noise over all K levels with guidance.
+    """Decision Diffuser: sample a plan from pure noise over the K levels with guidance.
 
     The plan's first state is the state now; a goal row fixes the last state's goal dimensions.
+    steps > 0 visits that many of the K levels, evenly strided; 0 visits all.
     """
 
     def __init__(self, diffuser: nn.Module, schedule: DDPMSchedule, guidance_scale: float,
-                 noise_scale: float):
+                 noise_scale: float, steps: int = 0):
         super().__init__()
         self.diffuser, self.schedule = diffuser, schedule
-        self.guidance_scale, self.noise_scale = guidance_scale, noise_scale
+        self.guidance_scale, self.noise_scale, self.steps = guidance_scale, noise_scale, steps
 
     def extra_repr(self) -> str:
         """Show the settings fixed in the stage (they key its captures)."""
         return (f'guidance_scale={self.guidance_scale}, noise_scale={self.noise_scale}, '
-                f'schedule={self.schedule.config}')
+                f'steps={self.steps}, schedule={self.schedule.config}')
 
     def forward(self, state: torch.Tensor, condition: torch.Tensor, draws: torch.Tensor,
                 goal_row: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,7 +88,7 @@ class SampleStage(nn.Module):
             constraints[draws.shape[2] - 1] = goal_row
         return sample(self.diffuser, self.schedule, draws.shape[1:], condition,
                       self.guidance_scale, constraints, noise_scale=self.noise_scale,
-                      device=draws.device, draws=draws)
+                      device=draws.device, draws=draws, steps=self.steps)
 
 
 class RankStage(nn.Module):
