@@ -13,6 +13,7 @@ from diffusion_planner_ros.config import ExperimentConfig, PlannerConfig, Schedu
 from diffusion_planner_ros.data.minari_io import Episode
 from diffusion_planner_ros.data.sequence import STATES, SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule, sample
+from diffusion_planner_ros.diffusion.sampling import guided_mean
 from diffusion_planner_ros.losses import _noised_joint, joint_diffusion_loss
 from diffusion_planner_ros.planning import load_planner
 
@@ -239,8 +240,10 @@ def guide_moves(planner, sigma: float) -> float:
     guide = planner._guide(condition)
     mean = torch.randn(1, planner.horizon, planner.width,
                        generator=torch.Generator().manual_seed(0))
-    scale = planner.config.value_guidance_scale
-    return max(float((scale * planner.schedule.posterior_variance[t] * guide(mean, t)).abs().max())
+    config = planner.config
+    return max(float((guided_mean(mean, t, planner.schedule.posterior_variance[t], guide,
+                                  config.value_guidance_scale, config.guide_step_limit)
+                      - mean).abs().max())
                for t in range(planner.levels))
 
 

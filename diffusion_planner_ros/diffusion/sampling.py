@@ -7,7 +7,8 @@ The loops take the network as an argument; the schedule supplies the arithmetic.
 a mapping from plan index to a normalised state, written into the sample before every network
 call and after the last step (Algorithm 1, line 17: the plan starts at the current state).
 A guide is a function (mean, t) -> gradient of an objective at the mean; the step then draws
-x_{t-1} ~ N(mu + scale * Sigma * grad, Sigma) (Diffuser Algorithm 1; DMEMM Eq. 13).
+x_{t-1} ~ N(mu + scale * Sigma * grad, Sigma) (Diffuser Algorithm 1; DMEMM Eq. 13), the move
+clipped per entry to guide_limit when one is set.
 
 Noise comes from a generator, or from ``draws``: standard-normal tensors drawn beforehand (a
 captured graph cannot call the generator); draw_noise draws them in the order the loops would.
@@ -59,18 +60,25 @@ def guided_epsilon(model: NoiseModel, x: torch.Tensor, t: int, condition: torch.
 
 
 def guided_mean(mean: torch.Tensor, t: int, variance: torch.Tensor, guide: Guide | None,
-                guide_scale: float) -> torch.Tensor:
-    """Move the mean along the guide: mu + scale Sigma_t grad J(mu) (Diffuser, DMEMM Eq. 13)."""
+                guide_scale: float, guide_limit: float = 0.0) -> torch.Tensor:
+    """Move the mean along the guide: mu + scale Sigma_t grad J(mu) (Diffuser, DMEMM Eq. 13).
+
+    guide_limit > 0 clips the move of each entry to +-guide_limit.
+    """
     if guide is None or guide_scale == 0.0:
         return mean
-    return mean + guide_scale * variance * guide(mean, t)
+    move = guide_scale * variance * guide(mean, t)
+    if guide_limit > 0.0:
+        move = move.clamp(-guide_limit, guide_limit)
+    return mean + move
 
 
 def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start: int,
             condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
             generator: torch.Generator | None = None, noise_scale: float = 1.0,
             guide: Guide | None = None, guide_scale: float = 0.0,
-            draws: torch.Tensor | None = None, levels: list[int] | None = None) -> torch.Tensor:
+            draws: torch.Tensor | None = None, levels: list[int] | None = None,
+            guide_limit: float = 0.0) -> torch.Tensor:
     """Run reverse steps t_start .. 0 from x_{t_start}; return x_0 (Algorithm 1, lines 16-21).
 
     levels (descending, from t_start, ending at 0), if given, are the levels visited instead of
@@ -86,7 +94,7 @@ def denoise(model: NoiseModel, schedule: DDPMSchedule, x: torch.Tensor, t_start:
         output = guided_epsilon(model, x, t, condition, guidance_scale)
         # Line 19: posterior mean (moved along the guide's gradient when there is one).
         step = schedule.step(output, t, x, t_prev=t_prev)
-        mean = guided_mean(step.prev_sample, t, step.variance, guide, guide_scale)
+        mean = guided_mean(step.prev_sample, t, step.variance, guide, guide_scale, guide_limit)
         # Line 20: sample around it; no noise at t = 0.
         if t > 0 and noise_scale > 0.0:
             noise = (draws[index] if draws is not None else
@@ -101,7 +109,7 @@ def sample(model: NoiseModel, schedule: DDPMSchedule, shape: tuple, condition: t
            generator: torch.Generator | None = None, noise_scale: float = 1.0,
            device: torch.device | str = 'cpu', guide: Guide | None = None,
            guide_scale: float = 0.0, draws: torch.Tensor | None = None,
-           steps: int = 0) -> torch.Tensor:
+           steps: int = 0, guide_limit: float = 0.0) -> torch.Tensor:
     """DDPM sampling from pure noise over all K levels (Decision Diffuser, Diffuser).
 
     steps > 0 visits that many levels, strided evenly over the K (schedule.strided_levels).
@@ -112,14 +120,14 @@ def sample(model: NoiseModel, schedule: DDPMSchedule, shape: tuple, condition: t
     return denoise(model, schedule, x, schedule.num_steps - 1, condition, guidance_scale,
                    constraints, generator, noise_scale, guide, guide_scale,
                    None if draws is None else draws[1:],
-                   schedule.strided_levels(steps) if steps else None)
+                   schedule.strided_levels(steps) if steps else None, guide_limit)
 
 
 def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, steps: int,
            condition: torch.Tensor, guidance_scale: float, constraints: Constraints | None = None,
            generator: torch.Generator | None = None, noise_scale: float = 1.0,
            guide: Guide | None = None, guide_scale: float = 0.0,
-           draws: torch.Tensor | None = None) -> torch.Tensor:
+           draws: torch.Tensor | None = None, guide_limit: float = 0.0) -> torch.Tensor:
     """Trajectory Diffuser refinement (Algorithm 1, lines 14-22).
 
     The prior's trajectory is noised to level k = ``steps`` (AddNoise, line 15) and denoised from
@@ -136,7 +144,7 @@ def refine(model: NoiseModel, schedule: DDPMSchedule, trajectory: torch.Tensor, 
     x = schedule.add_noise(trajectory, noise, steps - 1)
     return denoise(model, schedule, x, steps - 1, condition, guidance_scale, constraints,
                    generator, noise_scale, guide, guide_scale,
-                   None if draws is None else draws[1:])
+                   None if draws is None else draws[1:], guide_limit=guide_limit)
 
 
 def draw_noise(shape: tuple, count: int, generator: torch.Generator | None,
@@ -162,11 +170,12 @@ def warm_start(model: NoiseModel, schedule: DDPMSchedule, previous: torch.Tensor
                steps: int, condition: torch.Tensor, guidance_scale: float,
                constraints: Constraints | None = None, generator: torch.Generator | None = None,
                noise_scale: float = 1.0, guide: Guide | None = None,
-               guide_scale: float = 0.0) -> torch.Tensor:
+               guide_scale: float = 0.0, guide_limit: float = 0.0) -> torch.Tensor:
     """Diffuser's warm-start replanning (section 5.4).
 
     The previous plan, shifted by the steps executed since it was made, is noised to level
     ``steps`` and denoised from there instead of from pure noise.
     """
     return refine(model, schedule, shift_plan(previous, executed), steps, condition,
-                  guidance_scale, constraints, generator, noise_scale, guide, guide_scale)
+                  guidance_scale, constraints, generator, noise_scale, guide, guide_scale,
+                  guide_limit=guide_limit)

@@ -81,6 +81,9 @@ class JointDiffusionPlanner(BasePlanner):
 
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None):
         self.width = bundle.dims.obs + bundle.dims.action
+        # What track_states follows: positions (the goal's state dims) and velocities (the rest).
+        self.positions = list(bundle.config.data.goal_state_dims)
+        self.velocities = [d for d in range(bundle.dims.obs) if d not in self.positions]
         # Diffuser's maze protocol: trained with the goal given, so plans end at it, at rest.
         self.goal_at_rest = bundle.config.method.goal_inpainting
         super().__init__(bundle, config)
@@ -97,11 +100,8 @@ class JointDiffusionPlanner(BasePlanner):
         if config.warm_start_steps > self.levels:
             raise ValueError(f'warm_start_steps {config.warm_start_steps} exceeds the '
                              f'{self.levels} levels the diffuser was trained with')
-        if config.track_states:
-            if config.replan_every != 1:
-                raise ValueError(f'track_states computes every step\'s action: replan_every '
-                                 f'{config.replan_every} must be 1')
-            positions, velocities = self._tracked_dims()
+        if config.track_states:   # (PlannerConfig itself requires replan_every 1)
+            positions, velocities = self.positions, self.velocities
             if self.condition_kind != 'goal' or not (
                     len(positions) == len(velocities) == self.action_dim):
                 raise ValueError(
@@ -109,10 +109,6 @@ class JointDiffusionPlanner(BasePlanner):
                     f'their velocities (the other state dims {velocities}) and one action per '
                     f'position; this bundle has condition {self.condition_kind!r}, '
                     f'{self.action_dim} actions')
-
-    def _tracked_dims(self) -> tuple[list[int], list[int]]:
-        positions = list(self.bundle.config.data.goal_state_dims)
-        return positions, [d for d in range(self.obs_dim) if d not in positions]
 
     def reset(self) -> None:
         """Forget the history, the previous plan (warm start) and the plan followed."""
@@ -135,7 +131,7 @@ class JointDiffusionPlanner(BasePlanner):
             raise ValueError('tracking a Diffuser / DMEMM plan needs planner.track_states')
         state = self._check_vector('state', state, self.obs_dim)
         target = self._check_vector('target', target, self.obs_dim)
-        positions, velocities = self._tracked_dims()
+        positions, velocities = self.positions, self.velocities
         action = (self.config.track_p_gain * (target[positions] - state[positions])
                   + self.config.track_d_gain * (target[velocities] - state[velocities]))
         return np.clip(action, self.bundle.action_low, self.bundle.action_high)
@@ -152,7 +148,7 @@ class JointDiffusionPlanner(BasePlanner):
             return 'plan used up'
         # Drift: the distance from the planned path, whatever the step (a node calls this at
         # its plan rate, not at every control step).
-        positions, _ = self._tracked_dims()
+        positions = self.positions
         drift = np.linalg.norm(followed.states[:, positions] - observation[positions], axis=1)
         if self.config.drift_limit > 0.0 and drift.min() > self.config.drift_limit:
             return 'drift'
@@ -214,13 +210,11 @@ class JointDiffusionPlanner(BasePlanner):
         return total
 
     def _guide(self, condition: torch.Tensor):
-        """Build the guide of the reverse steps: the objective's gradient, where and as allowed.
+        """Build the guide of the reverse steps: the objective's gradient, below guide_levels.
 
-        Below guide_levels only (when set), and clipped so that no entry of the mean moves by
-        more than guide_step_limit (when set) once guided_mean scales it by alpha Sigma_t.
+        The sampler scales it by alpha Sigma_t and clips the move to guide_step_limit.
         """
-        levels, limit = self.config.guide_levels, self.config.guide_step_limit
-        scale = self.config.value_guidance_scale
+        levels = self.config.guide_levels
 
         def guide(mean: torch.Tensor, t: int) -> torch.Tensor:
             if levels and t >= levels:
@@ -229,11 +223,7 @@ class JointDiffusionPlanner(BasePlanner):
                 x = mean.detach().requires_grad_(True)
                 grad = torch.autograd.grad(self.objective(x, t, condition).sum(), x)[0]
             # An objective evaluated far outside the data can overflow: never pass that on.
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            variance = float(self.schedule.posterior_variance[t])   # 0 at t = 0: no move
-            if limit and scale and variance > 0.0:
-                grad = grad.clamp(-limit / (scale * variance), limit / (scale * variance))
-            return grad
+            return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         return guide
 
     def _propose(self, states: torch.Tensor, conditions: torch.Tensor, goal) -> Proposal:
@@ -250,7 +240,8 @@ class JointDiffusionPlanner(BasePlanner):
         # The noise model is unconditional (w = 0): the goal enters by inpainting and guidance.
         common = dict(condition=condition, guidance_scale=0.0, constraints=constraints,
                       generator=self._generator, noise_scale=self.config.noise_scale,
-                      guide=self._guide(condition), guide_scale=self.config.value_guidance_scale)
+                      guide=self._guide(condition), guide_scale=self.config.value_guidance_scale,
+                      guide_limit=self.config.guide_step_limit)
         if self._previous is not None and self.config.warm_start_steps:
             previous = self._previous.expand(count, -1, -1)
             plans = warm_start(self.diffuser, self.schedule, previous, self.config.replan_every,
@@ -278,9 +269,8 @@ class JointDiffusionPlanner(BasePlanner):
         Normalised; the action entries stay free (NaN).
         """
         row = self._goal_state(goal, self.width)
-        _, others = self._tracked_dims()
-        rest = self._states.normalize(np.zeros(self.obs_dim))[others]
-        row[others] = torch.as_tensor(rest, dtype=row.dtype, device=row.device)
+        rest = self._states.normalize(np.zeros(self.obs_dim))[self.velocities]
+        row[self.velocities] = torch.as_tensor(rest, dtype=row.dtype, device=row.device)
         return row
 
 
