@@ -80,10 +80,17 @@ def _noised_joint(x0: torch.Tensor, schedule: DDPMSchedule, obs_dim: int,
     """Levels, noise and x_t for a batch of joint trajectories, the given states kept clean."""
     t = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
-    x_t = schedule.add_noise(x0, noise, t)
-    for row in given_rows(x0.shape[1], goal_inpainting):
-        x_t[:, row, :obs_dim] = x0[:, row, :obs_dim]
+    x_t = with_given(schedule.add_noise(x0, noise, t), x0, obs_dim, goal_inpainting)
     return t, noise, x_t
+
+
+def with_given(x: torch.Tensor, x0: torch.Tensor, obs_dim: int,
+               goal_inpainting: bool) -> torch.Tensor:
+    """Return a copy of x whose given rows' states (see given_rows) are the clean x0's."""
+    x = x.clone()
+    for row in given_rows(x0.shape[1], goal_inpainting):
+        x[:, row, :obs_dim] = x0[:, row, :obs_dim]
+    return x
 
 
 def unconditional(model: nn.Module, x: torch.Tensor, t: torch.Tensor,
@@ -121,6 +128,8 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
 
     L_tr (Eq. 9) and L_rd (Eq. 10) are taken on the one-shot denoised trajectory of Eq. 8, so
     their gradients reach the noise model; the environment models (trained first) stay frozen.
+    With goal inpainting the network sees the given states clean at every level, as in
+    training and sampling, and the denoised trajectory keeps them.
     """
     weights = data.reward_weights(batch[REWARDS]) if method.reward_weighting else None
     loss = joint_diffusion_loss(model, batch, schedule, obs_dim, weights,
@@ -130,11 +139,15 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
     x0 = joint_trajectories(batch)
     condition = batch[CONDITIONS][:, 0]
 
+    given = method.goal_inpainting
+
     def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        x = with_given(x, x0[rows], obs_dim, given)
         return schedule.epsilon(unconditional(model, x, t, condition[rows]), x, t)
 
     tau = one_shot_denoise(epsilon, schedule, x0, *_modulation_draws(x0, schedule, method),
                            method.modulation_terms)
+    tau = with_given(tau, x0, obs_dim, given)
     states, actions = tau[..., :obs_dim], tau[..., obs_dim:]  # (B, H, obs), (B, H, act)
     return loss + modulation_loss(states, actions, condition, method, transition, reward)
 

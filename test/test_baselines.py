@@ -10,7 +10,7 @@ from test_bundle_planner import ENV_ID, GOAL, OBS, tiny_config, write_bundle
 from test_schedule import LinearEps, schedule
 
 from diffusion_planner_ros.config import (DynamicsConfig, ExperimentConfig, MethodConfig,
-                                          PolicyConfig, TrainConfig)
+                                          PolicyConfig, ScheduleConfig, TrainConfig)
 from diffusion_planner_ros.data.minari_io import Episode
 from diffusion_planner_ros.data.sequence import SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule, sample
@@ -96,7 +96,6 @@ def test_warm_start_without_added_noise_returns_the_plan(steps):
 
 # DMEMM Proposition 1 ----------------------------------------------------------------------
 def toy_schedule():
-    from diffusion_planner_ros.config import ScheduleConfig
     return DDPMSchedule(ScheduleConfig(num_steps=6, beta_schedule='linear', clip_denoised=False))
 
 
@@ -141,6 +140,28 @@ def test_sampled_levels_estimate_the_full_sum_without_bias():
     scale = exact.abs().max()
     assert torch.allclose(draws.mean(0), exact, atol=0.02 * scale)
     assert draws.std(0).max() > 0.1 * scale  # it really is an estimate
+
+
+def test_with_the_true_noise_the_one_shot_estimate_is_noise_at_the_top_levels():
+    """Why modulation_levels defaults to the low levels (MethodConfig).
+
+    Even a noise model that returns the very noise of each forward copy leaves Eq. 8's estimate
+    off tau_0 by (sqrt((1 - abar_k) / abar_k) - sum_i c_i) eps: small at the low levels, many
+    times the noise at the top ones, where the modulation losses would train on noise.
+    """
+    s = DDPMSchedule(ScheduleConfig(num_steps=64))
+    abar = s.alphas_cumprod
+    x0, noise = torch.randn(64, 5, 3), torch.randn(64, 5, 3)
+
+    def true_noise(x, levels, rows):
+        shape = (-1, 1, 1)
+        return (x - abar[levels].sqrt().view(shape) * x0[rows]) \
+            / (1.0 - abar[levels]).sqrt().view(shape)
+
+    error = one_shot_denoise(true_noise, s, x0, torch.arange(64), noise) - x0
+    relative = (error.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1)).tolist()
+    assert max(relative[:10]) < 0.3
+    assert min(relative[48:]) > 2.0 and relative[-1] > 50.0
 
 
 # Losses decrease on a tiny dataset --------------------------------------------------------

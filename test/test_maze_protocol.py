@@ -9,12 +9,13 @@ import torch
 from test_baselines import OracleEps, method_config
 from test_bundle_planner import ENV_ID, GOAL, OBS, write_bundle
 
-from diffusion_planner_ros.config import ExperimentConfig, PlannerConfig, ScheduleConfig
+from diffusion_planner_ros.config import (ExperimentConfig, MethodConfig, PlannerConfig,
+                                          ScheduleConfig)
 from diffusion_planner_ros.data.minari_io import Episode
 from diffusion_planner_ros.data.sequence import STATES, SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule, sample
 from diffusion_planner_ros.diffusion.sampling import guided_mean
-from diffusion_planner_ros.losses import _noised_joint, joint_diffusion_loss
+from diffusion_planner_ros.losses import _noised_joint, dmemm_loss, joint_diffusion_loss
 from diffusion_planner_ros.planning import load_planner
 
 
@@ -95,6 +96,39 @@ def test_goal_inpainting_leaves_the_given_states_out_of_the_loss():
 
     assert torch.equal(loss(WrongAtTheEnds, True), loss(Echo, True))
     assert loss(WrongAtTheEnds, False) > loss(Echo, False) + 100.0
+
+
+def test_dmemm_modulation_sees_start_and_goal_clean_and_keeps_them(monkeypatch):
+    s = DDPMSchedule(ScheduleConfig(num_steps=20, prediction='x0'))
+    window = torch.rand(1, 8, 6)
+    batch = {'states': window[..., :4].repeat(5, 1, 1), 'actions': window[..., 4:].repeat(5, 1, 1),
+             'conditions': torch.zeros(5, 8, 2), 'rewards': torch.zeros(5, 8)}
+    seen, kept = [], []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, k, condition, mask):
+            seen.append(x.detach().clone())
+            return x
+
+    class Transition(torch.nn.Module):  # records the denoised states it is asked about
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, states, actions):
+            kept.append(states.detach().clone())
+            return (states + self.w)[None], None
+
+    for given in (True, False):
+        seen.clear(), kept.clear()
+        method = MethodConfig(name='dmemm', goal_inpainting=given, reward_weighting=False,
+                              reward_weight=0.0, modulation_terms=2, modulation_levels=0)
+        dmemm_loss(Recorder(), batch, s, 4, method, Transition(), None, None)
+        assert len(seen) == 2   # the diffusion loss's call and the one-shot sum's
+        starts, ends = (torch.cat([x[:, row, :4] for x in seen]) for row in (0, -1))
+        assert torch.equal(starts, window[:, 0, :4].expand_as(starts))
+        assert torch.equal(kept[0][:, 0], window[:, 0, :4].expand(5, 4))
+        assert torch.equal(ends, window[:, -1, :4].expand_as(ends)) == given
 
 
 def maze_config(**planner) -> ExperimentConfig:
