@@ -315,7 +315,8 @@ def summarize(results: list[EpisodeResult], random_return: float,
 
 SETTINGS = ('refine_steps', 'guidance_scale', 'noise_scale', 'replan_every',
             'value_guidance_scale', 'warm_start_steps', 'candidates', 'target_return',
-            'sample_steps', 'track_states')
+            'sample_steps', 'track_states', 'transition_guidance', 'transition_guide',
+            'guide_levels', 'guide_step_limit')
 
 
 def method_label(planner: BasePlanner) -> str:

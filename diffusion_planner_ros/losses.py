@@ -128,8 +128,8 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
 
     L_tr (Eq. 9) and L_rd (Eq. 10) are taken on the one-shot denoised trajectory of Eq. 8, so
     their gradients reach the noise model; the environment models (trained first) stay frozen.
-    With goal inpainting the network sees the given states clean at every level, as in
-    training and sampling, and the denoised trajectory keeps them.
+    The network sees the given states (the start; with goal inpainting the goal too) clean in
+    Eq. 8's forward copies, as in training and sampling, and the denoised trajectory keeps them.
     """
     weights = data.reward_weights(batch[REWARDS]) if method.reward_weighting else None
     loss = joint_diffusion_loss(model, batch, schedule, obs_dim, weights,

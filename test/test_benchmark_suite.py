@@ -238,3 +238,35 @@ def test_each_method_is_compared_with_its_reference_episode_by_episode(tmp_path)
         load_suite(write_suite(tmp_path, {'a': {'config': config}}, {
             'trajectory_diffuser': {}, 'td2': {'bundle_of': 'trajectory_diffuser',
                                                'versus': 'ddd'}}))
+
+
+def test_a_methods_step_counts_are_one_line_of_the_latency_plot(tmp_path, monkeypatch):
+    def line(name, method, plan_ms, score, **steps):
+        return {'dataset': 'umaze', 'name': name, 'method': method, 'plan_ms_p50': plan_ms,
+                'score_mean': score, 'score_stderr': 1.0, 'refine_steps': 5, 'sample_steps': 0,
+                'diffusion_levels': 100, **steps}
+
+    lines = [line('td', 'trajectory_diffuser', 9.0, 93.0),
+             line('td_k10', 'trajectory_diffuser', 14.0, 94.0, refine_steps=10),
+             line('prior', 'prior_only', 2.0, 85.0, refine_steps=0),
+             line('dd', 'decision_diffuser', 100.0, 97.0),
+             line('dd_k5', 'decision_diffuser', 6.0, 96.0, sample_steps=5),
+             line('bc', 'bc', 0.1, 80.0)]
+    drawn = []
+    save = benchmark._save
+    monkeypatch.setattr(benchmark, '_save', lambda fig, path: drawn.append(fig) or save(fig, path))
+    curves = {'td': 'TD', 'td_k10': 'TD', 'prior': 'TD', 'dd': 'DD', 'dd_k5': 'DD'}
+    assert benchmark.plot_score_latency(lines, tmp_path / 'plot.png', curves).is_file()
+    (axis,) = drawn[0].axes
+    # One line per curve, its points in order of plan time, each labelled with its steps.
+    joined = {tuple(x.get_xdata()): tuple(x.get_ydata()) for x in axis.get_lines()
+              if len(x.get_xdata()) > 1 and x.get_marker() == 'o'}   # not the error bars' caps
+    assert joined == {(2.0, 9.0, 14.0): (85.0, 93.0, 94.0), (6.0, 100.0): (96.0, 97.0)}
+    labels = {text.get_text() for text in axis.texts}
+    assert labels == {'k=0', 'k=5', 'k=10', 'K=5', 'K=100', 'bc'}
+    assert [t.get_text() for t in axis.get_legend().get_texts()] == ['DD', 'TD']
+    # A suite entry takes a curve; the full suite draws TD and DD at several step counts.
+    full = load_suite(REPO / 'tools' / 'benchmark' / 'suites' / 'full.yaml')
+    assert {name for name, entry in full.methods.items() if entry.curve == 'trajectory_diffuser'} \
+        == {'trajectory_diffuser', 'prior_only', 'trajectory_diffuser_k2',
+            'trajectory_diffuser_k10'}

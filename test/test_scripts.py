@@ -93,6 +93,17 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
     run(['training/evaluate.py', '--bundle', str(critic / 'bundle'), '--episodes', '1',
          '--candidates', '4', '--json', str(result), '--no-progress'], tmp_path)
     assert json.loads(result.read_text())['candidates'] == 4
+    # Any other planner option by name; a name the planner does not have is refused by name.
+    run(['training/evaluate.py', '--bundle', str(critic / 'bundle'), '--episodes', '1',
+         '--set', 'noise_scale=0.25', '--set', 'refine_steps=1', '--json', str(result),
+         '--no-progress'], tmp_path)
+    row = json.loads(result.read_text())
+    assert (row['noise_scale'], row['refine_steps']) == (0.25, 1)
+    refused = subprocess.run([PYTHON, 'training/evaluate.py', '--bundle', str(critic / 'bundle'),
+                              '--episodes', '1', '--set', 'no_such_option=1'], cwd=REPO,
+                             env=script_env(tmp_path), capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and 'no_such_option' in refused.stderr
     # A prior of another size trained on top: the bundle records it, the U-Net is the source's.
     deeper = tmp_path / 'deeper'
     run(['training/train.py', '--from-bundle', str(tmp_path / 'run' / 'bundle'), '--only',

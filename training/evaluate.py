@@ -5,6 +5,7 @@ Usage:
     python training/evaluate.py --bundle models/pointmaze_umaze --episodes 50 --seed 1000
     python training/evaluate.py --bundle models/pointmaze_umaze --refine-steps 0   # prior only
     python training/evaluate.py --bundle runs/diffuser/bundle --warm-start-steps 2
+    python training/evaluate.py --bundle runs/dmemm/bundle --set transition_guidance=0.3
     python training/evaluate.py --policy scripted --env umaze --episodes 100 --seed 1000
     python training/evaluate.py --policy models/behavior/hopper-expert --env hopper
 """
@@ -12,6 +13,8 @@ Usage:
 import argparse
 import json
 from pathlib import Path
+
+import yaml
 
 from diffusion_planner_ros.config import BACKENDS, EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
@@ -67,6 +70,9 @@ def main() -> None:
                              'levels (0 = all)')
     parser.add_argument('--candidates', type=int, default=None,
                         help='plans per call, ranked by the method\'s objective')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='any other planner option of the bundle (config planner '
+                             'section), value as YAML; repeatable')
     parser.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'))
     parser.add_argument('--backend', default=None, choices=BACKENDS,
                         help='how the stages run (default auto: the fastest available path)')
@@ -88,6 +94,11 @@ def main() -> None:
             ('target_return', args.target_return), ('device', args.device),
             ('backend', args.backend))
             if value is not None}
+        for item in args.set:
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                parser.error(f'--set {item!r}: expected KEY=VALUE')
+            overrides[key] = yaml.safe_load(value)
         planner = load_planner(args.bundle, **overrides)
         env_id, evaluation = planner.bundle.env_id, planner.bundle.config.evaluation
         dataset_id, method = planner.bundle.dataset_id, method_label(planner)

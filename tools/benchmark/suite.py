@@ -5,8 +5,9 @@ dataset if it is missing), training seeds and methods. A method either trains (i
 overrides in ``set``), reuses another method's bundle with different planner settings
 (``bundle_of``), or derives its bundle from another's networks (``derive_from``: Decision
 Diffuser from Trajectory Diffuser), training the networks named in ``train`` on top (a
-critic). Every run writes one JSON; the table and plots are made from all JSON files of the
-results folder, so an interrupted suite resumes where it stopped.
+critic). Entries sharing a ``curve`` are one method at several step counts, drawn as one line
+of the score-vs-latency plot. Every run writes one JSON; the table and plots are made from all
+JSON files of the results folder, so an interrupted suite resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class MethodEntry:
     # The entry its speed-up and paired score are against (default: REFERENCE_METHOD), e.g.
     # the Decision Diffuser on the same U-Net.
     versus: str = ''
+    # Entries of one curve are one method at several step counts: the score-vs-latency plot
+    # joins them with a line, each point labelled with its steps.
+    curve: str = ''
 
 
 @dataclass
@@ -111,7 +115,7 @@ def load_suite(path: str | Path) -> Suite:
     for name, entry in (raw.get('methods') or {}).items():
         entry = dict(entry or {})
         bad = sorted(set(entry) - {'method', 'set', 'planner', 'bundle_of', 'derive_from',
-                                   'train', 'versus'})
+                                   'train', 'versus', 'curve'})
         if bad:
             raise ValueError(f'{path}: method {name!r} has unknown key(s) {bad}')
         methods[name] = MethodEntry(name=name, **entry)
@@ -358,6 +362,10 @@ def aggregate(rows: list[dict], references: dict | None = None) -> list[dict]:
             'plan_ms_p50': float(np.median([r['plan_ms_p50'] for r in group])),
             'plan_ms_p99': float(np.median([r['plan_ms_p99'] for r in group])),
             'failed_seeds': len(failed),
+            # The step counts a plan ran (rows written before sample_steps existed have none).
+            'refine_steps': group[0].get('refine_steps'),
+            'sample_steps': group[0].get('sample_steps') or 0,
+            'diffusion_levels': group[0].get('diffusion_levels'),
         })
     for line in lines:
         line['reference'] = (references or {}).get(line['name'], REFERENCE_METHOD)
@@ -425,19 +433,44 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_score_latency(lines: list[dict], path: str | Path) -> Path:
-    """Score against plan latency (log scale), one marker per method, one panel per dataset."""
+def steps_label(line: dict) -> str:
+    """Name the step count a line's plans ran: k refinement steps (TD) or K reverse steps."""
+    if line['method'] in ('trajectory_diffuser', 'prior_only'):
+        return f'k={line["refine_steps"]}'
+    return f'K={line["sample_steps"] or line["diffusion_levels"]}'
+
+
+def plot_score_latency(lines: list[dict], path: str | Path,
+                       curves: dict | None = None) -> Path:
+    """Score against plan latency (log scale), one panel per dataset.
+
+    A method at several step counts (``curves``: entry name -> curve name) is one line through
+    its points, each labelled with its steps; every other entry is one marker.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    curves = curves or {}
     datasets = sorted({x['dataset'] for x in lines})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for x in (x for x in lines if x['dataset'] == dataset and 'failed' not in x):
+        shown = [x for x in lines if x['dataset'] == dataset and 'failed' not in x]
+        for curve in sorted({curves[x['name']] for x in shown if curves.get(x['name'])}):
+            points = sorted((x for x in shown if curves.get(x['name']) == curve),
+                            key=lambda x: x['plan_ms_p50'])
+            ax.errorbar([x['plan_ms_p50'] for x in points], [x['score_mean'] for x in points],
+                        yerr=[x['score_stderr'] for x in points], fmt='o-', capsize=3,
+                        label=curve)
+            for x in points:
+                ax.annotate(steps_label(x), (x['plan_ms_p50'], x['score_mean']),
+                            textcoords='offset points', xytext=(5, -10), fontsize=7)
+        for x in (x for x in shown if not curves.get(x['name'])):
             ax.errorbar(x['plan_ms_p50'], x['score_mean'], yerr=x['score_stderr'], fmt='o',
                         capsize=3)
             ax.annotate(x['name'], (x['plan_ms_p50'], x['score_mean']),
                         textcoords='offset points', xytext=(5, 5), fontsize=8)
+        if any(curves.get(x['name']) for x in shown):
+            ax.legend(fontsize=7, loc='best')
         ax.set_xscale('log')
         ax.set_xlabel('plan latency p50 (ms, log scale)')
         ax.set_ylabel('normalised score')
@@ -538,7 +571,8 @@ def write_report(out: str | Path, suite: Suite, command: str) -> dict:
     (out / 'table.md').write_text(header + pooled + markdown_table(lines)
                                   + '\n## Per train seed\n\n' + seed_table(lines))
     (out / 'table.json').write_text(json.dumps(lines, indent=2) + '\n')
-    plots = {'score_latency': plot_score_latency(lines, out / 'score_vs_latency.png')}
+    curves = {name: entry.curve for name, entry in suite.methods.items()}
+    plots = {'score_latency': plot_score_latency(lines, out / 'score_vs_latency.png', curves)}
     for dataset in sorted({x['dataset'] for x in lines}):
         # A bundle trained in another checkout (runs/ is not committed) cannot be drawn here.
         td = [r for r in rows if r['dataset_name'] == dataset
