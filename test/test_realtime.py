@@ -111,10 +111,12 @@ def test_the_real_time_benchmark_runs_end_to_end(ros_env, tmp_path):
     from diffusion_planner_ros.evaluation import run_planner_episode
 
     out = tmp_path / 'realtime.json'
+    bundle = Path(__file__).parents[1] / 'models' / 'hopper'
     subprocess.run([sys.executable, 'tools/benchmark/benchmark_realtime.py', '--robot', 'hopper',
-                    '--quick', '--json', str(out)],
+                    '--quick', '--params', f'bundle:={bundle}', '--json', str(out)],
                    env=ros_env, check=True, timeout=900, cwd=Path(__file__).parents[1])
     report = json.loads(out.read_text())
+    assert report['params'] == {'bundle': str(bundle)}    # given to every run
     lockstep, (realtime,) = report['lockstep'], report['realtime']['anytime']
     # In lockstep each episode is evaluate.py's with --returns paced, return for return.
     planner = load_planner(Path(__file__).parents[1] / 'models' / 'hopper', backend='eager')

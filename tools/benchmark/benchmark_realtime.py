@@ -8,6 +8,8 @@ Usage:
         --added-latency-ms 0 4 8 --variant fixed_k=plan_budget_ms:=0 \
         --plot docs/results/realtime/hopper_latency.png
     python tools/benchmark/benchmark_realtime.py --robot hopper --quick      # a smoke run
+    python tools/benchmark/benchmark_realtime.py --robot pointmaze_umaze \
+        --params bundle:=$PWD/runs/umaze_diffuser_maze/bundle      # another bundle, both modes
 
 Each run starts the graph of launch/sim.launch.py (the bridge and the planner, each in its own
 process) as sim_graph does, with the planner's ``reward`` topic left unconnected, and in real
@@ -263,6 +265,9 @@ def main() -> None:
     parser.add_argument('--variant', action='append', default=[], metavar='NAME=P:=V,...',
                         help='a planner set-up to run in real time (repeatable); default: '
                              'the shipped parameters, named anytime')
+    parser.add_argument('--params', default='', metavar='P:=V,...',
+                        help='planner parameters of every run, lockstep included (e.g. '
+                             'bundle:=PATH); a variant\'s own win')
     parser.add_argument('--no-lockstep', action='store_true', help='skip the lockstep run')
     parser.add_argument('--no-realtime', action='store_true', help='only the lockstep run')
     parser.add_argument('--rewards', action='store_true',
@@ -285,6 +290,7 @@ def main() -> None:
         parser.error('--added-latency-ms values must be finite and >= 0')
     variants = {'anytime': {}}
     try:
+        shared = parse_params(args.params)
         for item in args.variant:
             name, sep, params = item.partition('=')
             if not sep or not name:
@@ -292,12 +298,13 @@ def main() -> None:
             variants[name] = parse_params(params)
     except ValueError as error:
         parser.error(str(error))
-    common = {}
+    common = dict(shared)
     if args.quick:
         args.episodes, args.steps = 2, 40
-        common = {'backend': 'eager'}
+        common['backend'] = 'eager'
 
-    report = {'robot': args.robot, 'episodes': args.episodes, 'rewards': args.rewards,
+    report = {'robot': args.robot, 'episodes': args.episodes, 'params': shared,
+              'rewards': args.rewards,
               'pin_planner': args.pin_planner, 'recorder': args.recorder,
               'machine': machine(), 'realtime': {}}
     if not args.no_lockstep:
