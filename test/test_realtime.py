@@ -297,6 +297,13 @@ def test_a_tracked_plan_gives_each_step_its_target_and_keeps_the_targets_in_flig
     assert followed[4][0] is None                  # past the last target: zero
     with pytest.raises(ValueError, match='sources'):
         track.replace(new, start_s=0.0, sources=['one'])
+    # A plan that ends at its goal at rest holds its last target past its end.
+    holding = PlanTrack(2, hold_end=True)
+    assert holding.target(0.0, period) == (None, None)               # still nothing planned
+    holding.replace(new, start_s=1.0, sources=['new'] * 2)
+    late, source = holding.target(1.0 + 7.5 * period, period)
+    assert np.array_equal(late, new[-1]) and source == 'new'
+    assert holding.target(0.5, period) == (None, None)                # before the plan: zero
     track.clear()
     assert track.empty
 

@@ -315,6 +315,37 @@ def test_planner_node_runs_a_baselines_bundle(driver, ros_env, tmp_path):
     assert code == 0, text[-2000:]
 
 
+def test_planner_node_follows_a_maze_protocol_plan_in_real_time(driver, ros_env, tmp_path):
+    """A Diffuser bundle that plans once per goal runs at wall clock whatever the plan rate."""
+    from test_maze_protocol import maze_config
+    from test_bundle_planner import write_bundle
+    bundle = write_bundle(tmp_path / 'maze', maze_config(track_states=True, replan_every=1))
+    node, executor = driver
+    node.create_timer(0.01, node.publish_state)     # the robot's clock: a state every 10 ms
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    # 25 Hz plans of a 100 Hz loop would be 4 actions per plan for a bundle that plays its
+    # actions back; this one follows its plan's states at every state instead.
+    planner, log = start('planner_node', [*args, '-p', f'bundle:={bundle}', '-p',
+                                          'lockstep:=false', '-p', 'control_rate_hz:=100.0',
+                                          '-p', 'plan_rate_hz:=25.0', '-p', 'device:=cpu'],
+                         ros_env, tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0, 60)
+        assert wait_logged(executor, log, 'active: commanding'), log.read_text()
+        node.publish_goal(node.goal)
+        assert wait_logged(executor, log, 'new goal'), log.read_text()[-2000:]
+        assert spin_until(executor, lambda: len(node.commands) >= 30, 60), log.read_text()[-2000:]
+        assert all(len(c) == 2 and np.all(np.isfinite(c)) and np.all(np.abs(c) <= 1.0)
+                   for c in node.commands)
+        assert planner.poll() is None
+    finally:
+        code = stop(planner)
+    text = log.read_text()
+    assert 'method diffuser' in text and 'replan every 1 control steps' in text, text[-2000:]
+    assert 'cannot configure' not in text
+    assert code == 0, text[-2000:]
+
+
 def test_nodes_refuse_bad_start_parameters_with_their_names(ros_env, tmp_path):
     params = tmp_path / 'bad_params.yaml'
     params.write_text('planner_node:\n  ros__parameters:\n    refine_steps: "five"\n')

@@ -252,7 +252,7 @@ class PlannerNode(LifecycleNode):
                    if self._given(name) is not None}
         options = dict(device=gp('device').value, backend=gp('backend').value,
                        threads=gp('torch_threads').value, **sampler,
-                       **self._replan_option(gp('lockstep').value,
+                       **self._replan_option(gp('lockstep').value, bundle,
                                              self._setting('control_rate_hz'),
                                              self._setting('plan_rate_hz')))
         self.planner = load_planner(bundle, **options)
@@ -442,14 +442,16 @@ class PlannerNode(LifecycleNode):
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
 
-    def _replan_option(self, lockstep: bool, control_rate_hz: float,
+    def _replan_option(self, lockstep: bool, bundle, control_rate_hz: float,
                        plan_rate_hz: float) -> dict:
         """Planner option for the actions executed per plan.
 
         In real time the rates set it; lockstep runs the bundle's own protocol
-        (planner.replan_every), as training/evaluate.py does, whatever the rates.
+        (planner.replan_every), as training/evaluate.py does, whatever the rates. A bundle
+        that follows one plan per goal (planner.track_states, Diffuser's maze protocol) keeps
+        its 1 too: it decides itself when to plan again, the rates only how often it is asked.
         """
-        if lockstep:
+        if lockstep or bundle.config.planner.track_states:
             return {}
         return {'replan_every': self._replan_every(control_rate_hz, plan_rate_hz)}
 
@@ -493,7 +495,8 @@ class PlannerNode(LifecycleNode):
         replan_every = self._replan_every(control_rate, plan_rate)
         changes = {name: new[name] for name in ('refine_steps', 'guidance_scale', 'noise_scale')
                    if name in new}
-        if {'control_rate_hz', 'plan_rate_hz'} & set(new) and not self.lockstep:
+        if ({'control_rate_hz', 'plan_rate_hz'} & set(new) and not self.lockstep
+                and not self.planner.config.track_states):
             changes['replan_every'] = replan_every
         for name in ('warm_start_steps', 'candidates'):
             if name in new:

@@ -121,6 +121,11 @@ class JointDiffusionPlanner(BasePlanner):
         """Say whether the planner follows plans by their states (track_states)."""
         return self.config.track_states
 
+    @property
+    def holds_plan_end(self) -> bool:
+        """Say whether plans end at the goal at rest, to be held there (goal inpainting)."""
+        return self.goal_at_rest
+
     def track(self, state, target) -> np.ndarray:
         """PD action towards the planned ``target`` from ``state`` (Diffuser's maze controller).
 

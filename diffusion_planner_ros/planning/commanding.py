@@ -12,7 +12,8 @@ plan's chunk between plans (planner.replan_every). In real time:
   plan period) and runs as many of its k refinement steps as fit after the prior's rollout.
 - The plan is tracked (with a bundle that has inverse dynamics): each state's arrival sends the
   command for the robot's next step, inverse dynamics from that state to the plan's state for
-  the step's end. Past the plan's last state the command is zero. Without tracking the plan's
+  the step's end. Past the plan's last state the command is zero, except that a plan ending at
+  its goal at rest (Diffuser's maze protocol) holds its last state. Without tracking the plan's
   own actions go out by time; a chunk's last action holds one plan period past its end (or its
   arrival), then zero.
 - A latency-aware plan (a plan lead, with a bundle that carries a transition model) starts from
@@ -95,7 +96,7 @@ class CommandLoop:
         self.plan_thread_nice = plan_thread_nice
         self.active = False
         self.chunk = ActionChunk(planner.action_dim)
-        self.track = PlanTrack(planner.obs_dim)
+        self.track = PlanTrack(planner.obs_dim, hold_end=planner.holds_plan_end)
         # What ~/command_info says of the last plan: the stamp of the state it was made for,
         # the refinement steps it ran and its plan time.
         self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)

@@ -345,6 +345,16 @@ class BasePlanner:
         """Say whether the bundle has inverse dynamics to follow planned states with."""
         return 'inverse_dynamics' in self.bundle.models
 
+    @property
+    def holds_plan_end(self) -> bool:
+        """Say whether a followed plan's last state is held once reached (a goal at rest).
+
+        A plan's last state is in general one moment of a motion, and past it a real-time
+        node commands zero until the next plan; a plan that ends at its goal at rest (Diffuser's
+        maze protocol) means to stay there.
+        """
+        return False
+
     def track(self, state, target) -> np.ndarray:
         """Return the action that takes ``state`` to the planned ``target`` state (Eq. 3).
 

@@ -169,16 +169,19 @@ class PlanTrack:
     step's command is inverse dynamics from the state measured at that step to its target
     (planner.track): a plan that came late, or one still followed while the next is computed,
     acts from wherever the robot is, never open loop. A NaN target (no plan covered that step)
-    and the time past the last target command zero. Each target keeps the source of the plan
-    it came from (what ``~/command_info`` reports), since the first ones may be an older plan's.
+    commands zero, and so does the time past the last target, unless ``hold_end``: then the
+    last target holds (a plan that ends at its goal at rest). Each target keeps the source of
+    the plan it came from (what ``~/command_info`` reports), since the first ones may be an
+    older plan's.
     """
 
-    def __init__(self, obs_dim: int):
+    def __init__(self, obs_dim: int, hold_end: bool = False):
         self._lock = threading.Lock()
         self._targets = np.zeros((0, obs_dim))
         self._sources: list = []
         self._start_s = 0.0
         self.obs_dim = obs_dim
+        self.hold_end = hold_end
 
     def replace(self, targets: np.ndarray, start_s: float, sources: list | None = None) -> None:
         """Follow ``targets`` (n >= 1, obs_dim) from start_s on; sources: one per target."""
@@ -202,10 +205,12 @@ class PlanTrack:
         """Return the target of the control step under way at at_s and its source.
 
         The target is None (command zero) before the plan or with none, past its last
-        target, or where the target is NaN.
+        target (the last one with hold_end), or where the target is NaN.
         """
         with self._lock:
             index = int((at_s - self._start_s) // period_s)
+            if self.hold_end and len(self._targets):
+                index = min(index, len(self._targets) - 1)
             if not 0 <= index < len(self._targets) or np.isnan(self._targets[index]).any():
                 return None, None
             return self._targets[index].copy(), self._sources[index]

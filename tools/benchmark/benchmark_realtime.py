@@ -168,7 +168,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
     # its messages queue meanwhile and are recorded late, with their stamps).
     if recorder_idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    rclpy.init()
+    rclpy.init(args=[])    # this script's own arguments are not ROS arguments
     client = DemoClient(profile, seed, state_topic=launch_args['state_topic'],
                         command_topic=launch_args['command_topic'])
     watcher = CommandWatcher('/planner_node/command_info', period_s)
