@@ -149,9 +149,9 @@ class PlannerNode(LifecycleNode):
         p('plan_thread_nice', 0, ParameterDescriptor(
             description='nice value added to the planning thread, or the planning process '
                         '(Linux), so the executor that sends each state\'s command runs first '
-                        'when both are ready; 0 plans at the node\'s priority (higher values '
-                        'slowed the plans more than they helped the commands on Hopper here: '
-                        'docs/realtime.md)', read_only=True,
+                        'when both are ready; 0 plans at the node\'s priority (nice 10 '
+                        'measured no different on Hopper and Walker2d here: docs/realtime.md)',
+            read_only=True,
             integer_range=[IntegerRange(from_value=0, to_value=19, step=1)]))
         p('plan_process', False, ParameterDescriptor(
             description='real time: plan in a child process, so the executor that sends each '
