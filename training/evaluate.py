@@ -14,9 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
-from diffusion_planner_ros.config import BACKENDS, EvaluationConfig, load_config
+from diffusion_planner_ros.config import apply_overrides, BACKENDS, EvaluationConfig, load_config
 from diffusion_planner_ros.envs import resolve_env_id
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label,
                                               planner_settings, RETURNS, summarize)
@@ -94,11 +92,11 @@ def main() -> None:
             ('target_return', args.target_return), ('device', args.device),
             ('backend', args.backend))
             if value is not None}
-        for item in args.set:
-            key, sep, value = item.partition('=')
-            if not sep or not key:
-                parser.error(f'--set {item!r}: expected KEY=VALUE')
-            overrides[key] = yaml.safe_load(value)
+        try:
+            overrides.update(apply_overrides({}, [f'planner.{item}' for item in args.set])
+                             .get('planner', {}))
+        except ValueError as error:
+            parser.error(f'--set: {error}')
         planner = load_planner(args.bundle, **overrides)
         env_id, evaluation = planner.bundle.env_id, planner.bundle.config.evaluation
         dataset_id, method = planner.bundle.dataset_id, method_label(planner)

@@ -252,7 +252,7 @@ class PlannerNode(LifecycleNode):
                    if self._given(name) is not None}
         options = dict(device=gp('device').value, backend=gp('backend').value,
                        threads=gp('torch_threads').value, **sampler,
-                       **self._replan_option(gp('lockstep').value, bundle,
+                       **self._replan_option(gp('lockstep').value, bundle.config.planner,
                                              self._setting('control_rate_hz'),
                                              self._setting('plan_rate_hz')))
         self.planner = load_planner(bundle, **options)
@@ -442,7 +442,7 @@ class PlannerNode(LifecycleNode):
     def _replan_every(self, control_rate_hz: float, plan_rate_hz: float) -> int:
         return max(1, int(round(control_rate_hz / plan_rate_hz)))
 
-    def _replan_option(self, lockstep: bool, bundle, control_rate_hz: float,
+    def _replan_option(self, lockstep: bool, planner_config, control_rate_hz: float,
                        plan_rate_hz: float) -> dict:
         """Planner option for the actions executed per plan.
 
@@ -451,7 +451,7 @@ class PlannerNode(LifecycleNode):
         that follows one plan per goal (planner.track_states, Diffuser's maze protocol) keeps
         its 1 too: it decides itself when to plan again, the rates only how often it is asked.
         """
-        if lockstep or bundle.config.planner.track_states:
+        if lockstep or planner_config.track_states:
             return {}
         return {'replan_every': self._replan_every(control_rate_hz, plan_rate_hz)}
 
@@ -492,12 +492,11 @@ class PlannerNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=problem)
         if self.planner is None:
             return SetParametersResult(successful=True)
-        replan_every = self._replan_every(control_rate, plan_rate)
         changes = {name: new[name] for name in ('refine_steps', 'guidance_scale', 'noise_scale')
                    if name in new}
-        if ({'control_rate_hz', 'plan_rate_hz'} & set(new) and not self.lockstep
-                and not self.planner.config.track_states):
-            changes['replan_every'] = replan_every
+        if {'control_rate_hz', 'plan_rate_hz'} & set(new):
+            changes.update(self._replan_option(self.lockstep, self.planner.config,
+                                               control_rate, plan_rate))
         for name in ('warm_start_steps', 'candidates'):
             if name in new:
                 changes[name] = new[name]
