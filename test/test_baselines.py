@@ -321,6 +321,36 @@ def test_dmemm_modulation_terms_reach_the_noise_model_only():
     assert not torch.isclose(full, plain)
 
 
+def test_the_reward_model_is_bounded_so_modulation_cannot_run_off_the_data():
+    from diffusion_planner_ros.models import Dims, build_models
+    from diffusion_planner_ros.losses import modulation_loss, reward_loss
+    config = method_config('dmemm')
+    data = SequenceDataset(tiny_episodes(), 'goal')
+    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
+    reward = models['reward']
+    torch.manual_seed(0)
+    # Far outside the data, where a linear head grows without limit, R stays in [0, 1].
+    far = 1e4 * torch.randn(64, 8, data.obs_dim)
+    actions = 1e4 * torch.randn(64, 8, data.action_dim)
+    condition = 1e4 * torch.randn(64, data.cond_dim)
+    values = reward(far, actions, condition[:, None].expand(-1, 8, -1))
+    assert values.min() >= 0.0 and values.max() <= 1.0
+    # So the reward term of L_rd can lower the loss by at most lambda_rd per step.
+    bare = MethodConfig(name='dmemm', transition_weight=0.0, reward_weight=0.05)
+    term = modulation_loss(far, actions, condition, bare, models['transition'], reward)
+    assert -0.05 * 8 <= term.item() <= 0.0
+    # And it still fits the per-step reward: regression on the data lowers its loss.
+    batch = data.sample_windows(np.random.default_rng(0), 64, 4, with_actions=True)
+    optimiser = torch.optim.Adam(reward.parameters(), lr=1e-2)
+    first = reward_loss(reward, batch, data).item()
+    for _ in range(100):
+        optimiser.zero_grad()
+        loss = reward_loss(reward, batch, data)
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5 * first
+
+
 # Bundles and planners ---------------------------------------------------------------------
 def method_bundle(path, method, **planner):
     config = method_config(method)

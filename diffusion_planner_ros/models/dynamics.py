@@ -1,4 +1,4 @@
-"""DMEMM's environment models: a Gaussian ensemble for transitions and a reward regressor.
+"""DMEMM's environment models: a Gaussian ensemble for transitions and a bounded reward model.
 
 Both work in normalised units. The ensemble predicts the change of state; members differ by
 their initialisation.
@@ -93,7 +93,12 @@ class GaussianEnsemble(nn.Module):
 
 
 class RewardModel(nn.Module):
-    """R(s, a, condition) -> (...,) the per-step reward in units of the task's reward scale."""
+    """R(s, a, condition) -> (...,) the per-step reward scaled into the data's range [0, 1].
+
+    The output is bounded (a sigmoid), as its target is. DMEMM's reward modulation and guide
+    raise R along the trajectory; an unbounded head rewards leaving the data, where a linear
+    output grows without limit, and the noise model learns to go there instead of denoising.
+    """
 
     def __init__(self, config: DynamicsConfig, obs_dim: int, action_dim: int, cond_dim: int):
         super().__init__()
@@ -101,5 +106,5 @@ class RewardModel(nn.Module):
 
     def forward(self, state: torch.Tensor, action: torch.Tensor,
                 condition: torch.Tensor) -> torch.Tensor:
-        """(..., obs), (..., act), (..., cond) -> (...)."""
-        return self.net(torch.cat([state, action, condition], dim=-1)).squeeze(-1)
+        """(..., obs), (..., act), (..., cond) -> (...) in (0, 1)."""
+        return torch.sigmoid(self.net(torch.cat([state, action, condition], dim=-1)).squeeze(-1))
