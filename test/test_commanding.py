@@ -92,6 +92,30 @@ def test_lockstep_gives_each_state_one_command_a_plan_every_replan_every_states(
     assert len(node.plans) == 2
 
 
+def test_a_slow_plan_answered_at_once_is_not_taken_for_a_new_episode(running):
+    # A lockstep robot answers a command with its next state at once; a plan slower than the
+    # pause that marks a new episode (a cold or loaded computer) must not make that answer one.
+    loop, node, reference = running(lockstep=True)
+    loop.added_latency_s = 0.3
+    observations = states(2, seed=2)
+    robot_send = node.send
+
+    def answering_robot(action, source):
+        robot_send(action, source)
+        if len(node.commands) == 1:
+            loop.spend_reward(1.0)
+            loop.on_state(observations[1], 0.02, time.monotonic())
+
+    node.send = answering_robot
+    loop.send = answering_robot
+    loop.on_state(observations[0], 0.01, time.monotonic())
+    wait_for(lambda: len(node.commands) == 2)
+    first = reference.plan(observations[0], returns_to_go=300.0)
+    second = reference.plan(observations[1], returns_to_go=299.0)   # the same episode's history
+    np.testing.assert_allclose([action for action, _ in node.commands],
+                               [first.actions[0], second.actions[0]], atol=1e-6)
+
+
 def test_real_time_tracks_the_plan_from_each_state_as_it_arrives(running):
     loop, node, reference = running(lockstep=False, state_timeout_s=0.05)
     first, second = states(2, seed=1)

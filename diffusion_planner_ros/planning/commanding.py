@@ -102,7 +102,7 @@ class CommandLoop:
         self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
         self.repeat = CommandRepeat(REPEAT_AFTER_S)  # the last command (unclipped), when sent
         self._last_source = None
-        self._last_plan_command = -math.inf  # when the last plan's command went out
+        self._last_plan_command = -math.inf  # when the last plan's command was sent
         self.refine_steps_used = LatencyStats()
         self.lead_steps_used = LatencyStats()
         self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
@@ -335,6 +335,10 @@ class CommandLoop:
                                   -1 if plan.refine_steps is None else plan.refine_steps,
                                   plan.timings_ms['total'])
             # Command first, bookkeeping after: the robot waits for the command, not the stats.
+            # The time of this plan's command is noted before it goes out: a robot may answer it
+            # with a state before send returns, and that state must not look like one after a
+            # pause (a new episode) however long the plan took.
+            self._last_plan_command = time.monotonic()
             if self.lockstep:
                 self.chunk.replace(plan.actions, consumed=1)
                 self._command(plan.action, self._plan_source)
@@ -356,7 +360,6 @@ class CommandLoop:
                                    installed_s=time.monotonic())
                 self._command(self.chunk.at(time.monotonic(), self.control_period_s,
                                             self.plan_period_s), self._plan_source)
-            self._last_plan_command = time.monotonic()
             state_to_command_ms = 1e3 * (time.monotonic() - received)
             steps_since_plan = 1
             self.command_latency.add(state_to_command_ms)
