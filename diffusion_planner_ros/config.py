@@ -238,12 +238,17 @@ class DynamicsConfig:
     ensemble_size: int = 5
     hidden_dim: int = 200
     n_hidden: int = 3
+    # The reward model's output: 'sigmoid' (bounded, as its [0, 1] target) or 'linear' (what
+    # bundles written before the bounded head were trained with; they load as 'linear').
+    reward_head: str = 'sigmoid'
 
     def __post_init__(self) -> None:
         _require(self.ensemble_size >= 1,
                  f'dynamics.ensemble_size {self.ensemble_size} must be >= 1')
         _require(self.hidden_dim >= 1 and self.n_hidden >= 1,
                  'dynamics.hidden_dim and n_hidden must be positive')
+        _require(self.reward_head in ('sigmoid', 'linear'),
+                 f"dynamics.reward_head {self.reward_head!r} must be 'sigmoid' or 'linear'")
 
 
 @dataclass

@@ -381,6 +381,20 @@ def test_load_planner_runs_the_method_the_bundle_records(method, cls, tmp_path):
     assert plan.timings_ms['total'] > 0
 
 
+def test_a_dmemm_bundle_from_before_the_bounded_reward_head_keeps_its_linear_head(tmp_path):
+    from diffusion_planner_ros.planning.bundle import load_bundle
+    path = method_bundle(tmp_path / 'dmemm', 'dmemm')
+    assert load_bundle(path).config.dynamics.reward_head == 'sigmoid'
+    assert load_bundle(path).models['reward'].bounded
+    meta = json.loads((path / 'config.json').read_text())
+    del meta['config']['dynamics']['reward_head']     # as written before the field existed
+    (path / 'config.json').write_text(json.dumps(meta))
+    old = load_bundle(path)
+    assert old.config.dynamics.reward_head == 'linear' and not old.models['reward'].bounded
+    with pytest.raises(ValueError, match='reward_head'):
+        DynamicsConfig(reward_head='tanh')
+
+
 def test_a_planner_class_refuses_another_methods_bundle(tmp_path):
     path = method_bundle(tmp_path / 'd', 'diffuser')
     with pytest.raises(ValueError, match="holds method 'diffuser'"):

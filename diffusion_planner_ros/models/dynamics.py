@@ -95,16 +95,19 @@ class GaussianEnsemble(nn.Module):
 class RewardModel(nn.Module):
     """R(s, a, condition) -> (...,) the per-step reward scaled into the data's range [0, 1].
 
-    The output is bounded (a sigmoid), as its target is. DMEMM's reward modulation and guide
-    raise R along the trajectory; an unbounded head rewards leaving the data, where a linear
-    output grows without limit, and the noise model learns to go there instead of denoising.
+    The output is bounded (a sigmoid, ``config.reward_head``), as its target is. DMEMM's reward
+    modulation and guide raise R along the trajectory; an unbounded head rewards leaving the
+    data, where a linear output grows without limit, and the noise model learns to go there
+    instead of denoising. 'linear' keeps the bundles trained before the bounded head as they were.
     """
 
     def __init__(self, config: DynamicsConfig, obs_dim: int, action_dim: int, cond_dim: int):
         super().__init__()
         self.net = mlp(obs_dim + action_dim + cond_dim, 1, config.hidden_dim, config.n_hidden)
+        self.bounded = config.reward_head == 'sigmoid'
 
     def forward(self, state: torch.Tensor, action: torch.Tensor,
                 condition: torch.Tensor) -> torch.Tensor:
-        """(..., obs), (..., act), (..., cond) -> (...) in (0, 1)."""
-        return torch.sigmoid(self.net(torch.cat([state, action, condition], dim=-1)).squeeze(-1))
+        """(..., obs), (..., act), (..., cond) -> (...), in (0, 1) when bounded."""
+        reward = self.net(torch.cat([state, action, condition], dim=-1)).squeeze(-1)
+        return torch.sigmoid(reward) if self.bounded else reward

@@ -226,6 +226,9 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     config = _config(raw_config, source)
     # Bundles written before the method section existed record the method only at the top.
     config = replace(config, method=replace(config.method, name=method))
+    if 'reward_head' not in (raw_config.get('dynamics') or {}):
+        # Written before the reward model was bounded: its weights are a linear head's.
+        config = replace(config, dynamics=replace(config.dynamics, reward_head='linear'))
     files = weight_files(config)
     missing = [f for f in files.values() if not (path / f).is_file()]
     if missing:

@@ -102,7 +102,7 @@ class CommandLoop:
         self._chunk_source = (0.0, -1.0, 0.0)  # (stamp s, steps, plan ms)
         self.repeat = CommandRepeat(REPEAT_AFTER_S)  # the last command (unclipped), when sent
         self._last_source = None
-        self._last_plan_command = -math.inf  # when the last plan's command was sent
+        self._last_plan_command = -math.inf  # when the last plan's command was about to go out
         self.refine_steps_used = LatencyStats()
         self.lead_steps_used = LatencyStats()
         self.plan_latency, self.command_latency = LatencyStats(), LatencyStats()
@@ -323,6 +323,7 @@ class CommandLoop:
             except (ValueError, RuntimeError) as error:
                 # No plan, no old plan either: a held action must not outlive its plan.
                 self.forget_plan()
+                self._last_plan_command = time.monotonic()
                 self._command(np.zeros(self.planner.action_dim))
                 self.warn('plan', f'planning failed, commanding zero: {error}')
                 continue
