@@ -382,7 +382,7 @@ def test_load_planner_runs_the_method_the_bundle_records(method, cls, tmp_path):
 
 
 def test_a_dmemm_bundle_from_before_the_bounded_reward_head_keeps_its_linear_head(tmp_path):
-    from diffusion_planner_ros.planning.bundle import load_bundle
+    from diffusion_planner_ros.planning.bundle import load_bundle, read_config
     path = method_bundle(tmp_path / 'dmemm', 'dmemm')
     assert load_bundle(path).config.dynamics.reward_head == 'sigmoid'
     assert load_bundle(path).models['reward'].bounded
@@ -391,6 +391,7 @@ def test_a_dmemm_bundle_from_before_the_bounded_reward_head_keeps_its_linear_hea
     (path / 'config.json').write_text(json.dumps(meta))
     old = load_bundle(path)
     assert old.config.dynamics.reward_head == 'linear' and not old.models['reward'].bounded
+    assert read_config(path).dynamics.reward_head == 'linear'    # training from the bundle
     with pytest.raises(ValueError, match='reward_head'):
         DynamicsConfig(reward_head='tanh')
 

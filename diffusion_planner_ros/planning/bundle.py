@@ -187,9 +187,13 @@ def read_config(path: str | Path) -> ExperimentConfig:
 
 def _config(raw: dict, source: Path) -> ExperimentConfig:
     try:
-        return config_from_dict(raw)
+        config = config_from_dict(raw)
     except (TypeError, ValueError) as error:
         raise ValueError(f'{source}: {error}') from error
+    if 'reward_head' not in (raw.get('dynamics') or {}):
+        # Written before the reward model was bounded: its weights are a linear head's.
+        config = replace(config, dynamics=replace(config.dynamics, reward_head='linear'))
+    return config
 
 
 def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
@@ -226,9 +230,6 @@ def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
     config = _config(raw_config, source)
     # Bundles written before the method section existed record the method only at the top.
     config = replace(config, method=replace(config.method, name=method))
-    if 'reward_head' not in (raw_config.get('dynamics') or {}):
-        # Written before the reward model was bounded: its weights are a linear head's.
-        config = replace(config, dynamics=replace(config.dynamics, reward_head='linear'))
     files = weight_files(config)
     missing = [f for f in files.values() if not (path / f).is_file()]
     if missing:
