@@ -106,7 +106,6 @@ def test_a_slow_plan_answered_at_once_is_not_taken_for_a_new_episode(running):
             loop.spend_reward(1.0)
             loop.on_state(observations[1], 0.02, time.monotonic())
 
-    node.send = answering_robot
     loop.send = answering_robot
     loop.on_state(observations[0], 0.01, time.monotonic())
     wait_for(lambda: len(node.commands) == 2)
