@@ -186,14 +186,13 @@ def read_config(path: str | Path) -> ExperimentConfig:
 
 
 def _config(raw: dict, source: Path) -> ExperimentConfig:
+    # A bundle written before the reward model was bounded records no reward_head: its
+    # weights are a linear head's.
     try:
-        config = config_from_dict(raw)
+        raw = {**raw, 'dynamics': {'reward_head': 'linear', **(raw.get('dynamics') or {})}}
+        return config_from_dict(raw)
     except (TypeError, ValueError) as error:
         raise ValueError(f'{source}: {error}') from error
-    if 'reward_head' not in (raw.get('dynamics') or {}):
-        # Written before the reward model was bounded: its weights are a linear head's.
-        config = replace(config, dynamics=replace(config.dynamics, reward_head='linear'))
-    return config
 
 
 def load_bundle(path: str | Path, device: torch.device | str = 'cpu',
