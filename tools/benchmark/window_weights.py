@@ -31,8 +31,10 @@ def main() -> None:
                         help='windows may span the data\'s goal switches')
     parser.add_argument('--windows', type=int, default=4096)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                        help='override a config value, e.g. data.dataset_id=...')
     args = parser.parse_args()
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     if config.data.condition != 'goal':
         parser.error(f'{args.config}: the distance bands need goal data, not '
                      f'{config.data.condition!r}')
