@@ -119,19 +119,22 @@ def test_collect_train_evaluate_end_to_end(tiny_data, tmp_path):
 
 def test_window_weights_favour_windows_that_start_near_their_goal(tiny_data, tmp_path):
     out = run(['tools/benchmark/window_weights.py', '--config', 'config/pointmaze_umaze.yaml',
-               '--set', 'data.dataset_id=test/e2e-v0', '--horizon', '32',
-               '--span-goal-switches', '--windows', '512'], tmp_path)
+               '--set', 'data.dataset_id=test/e2e-v0', '--set', 'data.span_goal_switches=true',
+               '--horizon', '32', '--windows', '512'], tmp_path)
+    assert 'horizon 32, 512 windows spanning goal switches' in out
     rows = [line.split('|')[1:-1] for line in out.splitlines()
             if line.startswith('| ') and line[2].isdigit()]
-    weights = [float(row[2]) for row in rows]
-    assert len(rows) >= 2 and all(0.0 <= weight <= 1.0 for weight in weights)
+    assert len(rows) >= 2 and sum(int(row[1]) for row in rows) == 512
     # The scripted controller heads for its goal: a window starting nearer has more reward.
+    weights = [float(row[2]) for row in rows]
     assert weights[0] > weights[-1]
-    result = subprocess.run([PYTHON, 'tools/benchmark/window_weights.py', '--config',
-                             'config/hopper_medium_expert.yaml'], cwd=REPO,
-                            env=script_env(tmp_path), capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode != 0 and 'need goal data' in result.stderr
+    for bad, message in ((['--config', 'config/hopper_medium_expert.yaml'], 'need goal data'),
+                         (['--config', 'config/pointmaze_umaze.yaml', '--horizon', '-4'],
+                          '--horizon -4 must be >= 0')):
+        result = subprocess.run([PYTHON, 'tools/benchmark/window_weights.py', *bad], cwd=REPO,
+                                env=script_env(tmp_path), capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode != 0 and message in result.stderr
 
 
 def test_training_resumes_from_checkpoints(tiny_data, tmp_path):

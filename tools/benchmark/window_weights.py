@@ -6,7 +6,7 @@ Usage:
         --horizon 128 --span-goal-switches
 
 Draws training windows as the trainer does (the config's data section; --horizon and
---span-goal-switches as the maze protocol's overrides) and prints the mean weight of the
+--span-goal-switches as the maze protocol's overrides, or --set) and prints the mean weight of the
 windows whose first state lies in each band of distance to the window's goal. The dense goal
 reward is exp(-distance), so the first step's reward gives that distance.
 """
@@ -40,17 +40,20 @@ def main() -> None:
                      f'{config.data.condition!r}')
     if args.windows < 1:
         parser.error(f'--windows {args.windows} must be >= 1')
+    if args.horizon < 0:
+        parser.error(f'--horizon {args.horizon} must be >= 0 (0: the config\'s)')
     horizon = args.horizon or config.data.horizon
+    span = args.span_goal_switches or config.data.span_goal_switches
     episodes = read_episodes(load_minari(config.data.dataset_id), config.data.drop_nonfinite)
     data = SequenceDataset(episodes, config.data.condition, config.data.discount,
                            config.data.returns_scale, start_fraction=config.data.start_fraction,
-                           span_goal_switches=args.span_goal_switches)
+                           span_goal_switches=span)
     batch = data.sample_windows(np.random.default_rng(args.seed), args.windows, horizon,
                                 with_actions=True)
     weights = data.reward_weights(batch[REWARDS]).numpy()
     distance = -np.log(batch[REWARDS][:, 0].numpy())
-    print(f'{config.data.dataset_id}, horizon {horizon}, {args.windows} windows, '
-          f'mean weight {weights.mean():.3f}')
+    print(f'{config.data.dataset_id}, horizon {horizon}, {args.windows} windows'
+          f'{" spanning goal switches" if span else ""}, mean weight {weights.mean():.3f}')
     print('| start-goal distance (m) | windows | mean weight |')
     print('|---|---|---|')
     for low, high in zip(BANDS_M[:-1], BANDS_M[1:]):
