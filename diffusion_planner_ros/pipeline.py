@@ -15,8 +15,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from diffusion_planner_ros.config import ExperimentConfig
+from diffusion_planner_ros.config import DataConfig, ExperimentConfig
 from diffusion_planner_ros.data.minari_io import dataset_env_id, load_minari, read_episodes
+from diffusion_planner_ros.data.normalizer import Normalizer
 from diffusion_planner_ros.data.sequence import SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule
 from diffusion_planner_ros.models import Dims, build_models, method_components
@@ -36,6 +37,16 @@ def write_line(text: str) -> None:
     """
     sys.stdout.write(text + '\n')
     sys.stdout.flush()
+
+
+def training_data(config: DataConfig, normalizers: dict[str, Normalizer] | None = None
+                  ) -> tuple[object, SequenceDataset]:
+    """Load the Minari dataset a data config names, and its windows as training draws them."""
+    minari_dataset = load_minari(config.dataset_id)
+    episodes = read_episodes(minari_dataset, config.drop_nonfinite)
+    return minari_dataset, SequenceDataset(
+        episodes, config.condition, config.discount, config.returns_scale, normalizers,
+        start_fraction=config.start_fraction, span_goal_switches=config.span_goal_switches)
 
 
 def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Path | None = None,
@@ -62,16 +73,10 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
     log = write_line if context.is_main else (lambda *args: None)
     log(f'{method}: device {device}, world size {context.world_size}, run folder {out}')
 
-    # Data.
-    minari_dataset = load_minari(config.data.dataset_id)
+    # Data. Networks taken from a bundle were trained in its units: train the others in them too.
+    minari_dataset, data = training_data(
+        config.data, start_from.normalizers if start_from is not None else None)
     env_id = config.data.env_id or dataset_env_id(minari_dataset)
-    episodes = read_episodes(minari_dataset, config.data.drop_nonfinite)
-    # Networks taken from a bundle were trained in its units: train the others in them too.
-    data = SequenceDataset(episodes, config.data.condition, config.data.discount,
-                           config.data.returns_scale,
-                           start_from.normalizers if start_from is not None else None,
-                           start_fraction=config.data.start_fraction,
-                           span_goal_switches=config.data.span_goal_switches)
     dims = Dims(data.obs_dim, data.action_dim, data.cond_dim)
     space = minari_dataset.spec.action_space
     log(f'{config.data.dataset_id}: {data.num_transitions} transitions, dims {dims}')

@@ -16,8 +16,8 @@ import argparse
 import numpy as np
 
 from diffusion_planner_ros.config import load_config
-from diffusion_planner_ros.data.minari_io import load_minari, read_episodes
-from diffusion_planner_ros.data.sequence import REWARDS, SequenceDataset
+from diffusion_planner_ros.data.sequence import REWARDS
+from diffusion_planner_ros.pipeline import training_data
 
 BANDS_M = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, float('inf'))
 
@@ -34,20 +34,19 @@ def main() -> None:
     parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
                         help='override a config value, e.g. data.dataset_id=...')
     args = parser.parse_args()
-    config = load_config(args.config, args.set)
-    if config.data.condition != 'goal':
-        parser.error(f'{args.config}: the distance bands need goal data, not '
-                     f'{config.data.condition!r}')
     if args.windows < 1:
         parser.error(f'--windows {args.windows} must be >= 1')
     if args.horizon < 0:
         parser.error(f'--horizon {args.horizon} must be >= 0 (0: the config\'s)')
-    horizon = args.horizon or config.data.horizon
-    span = args.span_goal_switches or config.data.span_goal_switches
-    episodes = read_episodes(load_minari(config.data.dataset_id), config.data.drop_nonfinite)
-    data = SequenceDataset(episodes, config.data.condition, config.data.discount,
-                           config.data.returns_scale, start_fraction=config.data.start_fraction,
-                           span_goal_switches=span)
+    # --horizon and --span-goal-switches are the maze protocol's overrides, spelled short.
+    overrides = [*args.set, *([f'data.horizon={args.horizon}'] if args.horizon else []),
+                 *(['data.span_goal_switches=true'] if args.span_goal_switches else [])]
+    config = load_config(args.config, overrides)
+    if config.data.condition != 'goal':
+        parser.error(f'{args.config}: the distance bands need goal data, not '
+                     f'{config.data.condition!r}')
+    horizon, span = config.data.horizon, config.data.span_goal_switches
+    _, data = training_data(config.data)
     batch = data.sample_windows(np.random.default_rng(args.seed), args.windows, horizon,
                                 with_actions=True)
     weights = data.reward_weights(batch[REWARDS]).numpy()
