@@ -255,6 +255,7 @@ def test_fault_drill_kill_restart_kill(ros_env, tmp_path):
     assert drill['bridge_restarted']['resume_after_fresh_state_s'] < 5.0
     # Planner dead: the bridge applies zero after its command timeout (0.5 s).
     dead = drill['planner_killed']
+    assert dead['moving_at_kill'], json.dumps(drill)  # the planner drove until its death
     assert np.any(np.array(dead['effort_before_kill']) != 0.0)
     assert dead['zero_applied_after_kill_s'] is not None, json.dumps(drill)
     # It never stepped the sim with the dead planner's command past the timeout: counted in

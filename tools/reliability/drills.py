@@ -244,7 +244,12 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
         }
         spin_until(executor, lambda: False, drive_s)
 
-        # 3. The planner dies: the bridge must apply zero after command_timeout_s.
+        # 3. The planner dies: the bridge must apply zero after command_timeout_s. It is
+        # killed while the bridge applies one of its commands (a plan that ran late under
+        # load leaves a zero in force for a moment; killing then would test nothing).
+        moving_at_kill = spin_until(
+            executor, lambda: bool(watcher.states) and np.any(watcher.states[-1][1] != 0.0),
+            10.0)
         killed = graph.kill('planner_node')
         kill_waits.append(time.time() - killed)
         spin_until(executor, lambda: watcher.first_state(killed, zero_effort=True), 5.0)
@@ -255,6 +260,7 @@ def run_fault_drill(share: Path, overrides: dict, drive_s: float = 2.0) -> dict:
         moving = watcher.last_before(watcher.states, killed)[1]
         result['planner_killed'] = {
             'effort_before_kill': moving.tolist(),
+            'moving_at_kill': bool(moving_at_kill),
             'zero_applied_after_kill_s': _seconds(applied_zero, killed),
             'zero_applied_after_last_command_s': _seconds(applied_zero, last_command),
             # How long the bridge kept applying the dead planner's command, as far as the
