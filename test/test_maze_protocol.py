@@ -1,11 +1,14 @@
 """Diffuser's maze protocol: x0 prediction, start and goal inpainting, long windows, tracking."""
 
 import dataclasses
+import subprocess
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import PYTHON, REPO, script_env
+from plan_shape import crosses_wall, in_wall
 from test_baselines import OracleEps, method_config
 from test_bundle_planner import ENV_ID, GOAL, OBS, write_bundle
 
@@ -15,6 +18,7 @@ from diffusion_planner_ros.data.minari_io import Episode
 from diffusion_planner_ros.data.sequence import STATES, SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule, sample
 from diffusion_planner_ros.diffusion.sampling import guided_mean
+from diffusion_planner_ros.envs import make_env
 from diffusion_planner_ros.losses import _noised_joint, dmemm_loss, joint_diffusion_loss
 from diffusion_planner_ros.planning import load_planner
 
@@ -305,3 +309,35 @@ def test_the_guide_acts_below_guide_levels_only(tmp_path):
         PlannerConfig(transition_guide='magic')
     with pytest.raises(ValueError, match='guide_step_limit'):
         PlannerConfig(guide_step_limit=float('nan'))
+
+
+# The shape of plans ------------------------------------------------------------------------
+def test_plan_shape_sees_a_step_through_a_wall_and_not_one_along_a_corridor(tmp_path):
+    maze = make_env(ENV_ID).unwrapped.maze   # UMaze: a wall row between rows 1 and 3
+    top_left, top_right, bottom_left = (maze.cell_rowcol_to_xy(np.array(cell))
+                                        for cell in ((1, 1), (1, 3), (3, 1)))
+    assert not in_wall(maze, top_left) and in_wall(maze, (top_left + bottom_left) / 2)
+    assert not crosses_wall(maze, top_left, top_right)
+    assert crosses_wall(maze, top_left, bottom_left)
+    assert in_wall(maze, np.array([50.0, 0.0]))   # outside the maze
+
+
+def test_plan_shape_reports_each_bundle_and_refuses_bad_input(tmp_path):
+    path = write_bundle(tmp_path / 'm', maze_config())
+    tool = str(REPO / 'tools' / 'benchmark' / 'plan_shape.py')
+
+    def shape(*args):
+        return subprocess.run([PYTHON, tool, *args], cwd=REPO, env=script_env(tmp_path),
+                              capture_output=True, text=True, timeout=300)
+
+    result = shape(str(path), '--episodes', '2')
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith(f'| {path} '))
+    cells = [cell.strip() for cell in row.split('|')[1:-1]]
+    assert cells[1] == '8' and 0.0 <= float(cells[4]) <= 1.0 and 0.0 <= float(cells[5]) <= 1.0
+    # Every plan ends at its goal (inpainted), whatever the untrained network does.
+    assert float(cells[6].split(',')[-1]) < 1e-4
+    for bad, message in ((['--episodes', '0'], '--episodes 0 must be >= 1'),
+                         (['--jump-m', 'nan'], '--jump-m nan must be > 0')):
+        result = shape(str(path), *bad)
+        assert result.returncode != 0 and message in result.stderr
