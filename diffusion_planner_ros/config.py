@@ -30,6 +30,8 @@ JOINT_METHODS = ('diffuser', 'dmemm')
 # Methods whose bundle may carry a critic to rank candidate plans (method.critic); Diffuser and
 # DMEMM rank by the objective their sampler is guided by.
 CRITIC_METHODS = ('trajectory_diffuser', 'decision_diffuser')
+# DMEMM's denoised trajectory for the modulation losses (MethodConfig.modulation_trajectory).
+MODULATION_TRAJECTORIES = ('one_shot', 'predicted')
 
 
 def _require(ok: bool, message: str) -> None:
@@ -198,6 +200,12 @@ class MethodConfig:
     # ~1e4 and the modulation terms swamp the diffusion loss (measured: loss 6e2 -> 3e5 on the
     # tiny test set with K = 100), so by default only the low-noise levels modulate.
     modulation_levels: int = 10
+    # The denoised trajectory L_tr and L_rd score: 'one_shot' is Eq. 8 (forward-noised copies
+    # of tau_0 through the noise model, summed); 'predicted' is the network's own clean estimate
+    # from tau_k (its x0 output, or x0 read back from its eps), one pass per window and bounded
+    # at every level, so modulation_levels 0 (the paper's whole range) trains on trajectories,
+    # not on Eq. 8's amplified noise.
+    modulation_trajectory: str = 'one_shot'
     # Trajectory / Decision Diffuser: also train a critic (the value network's down path and
     # head, on clean state windows) that picks the best of planner.candidates plans, as the
     # official Trajectory Diffuser code ranks its 32 candidates.
@@ -225,6 +233,9 @@ class MethodConfig:
                  f'method.modulation_terms {self.modulation_terms} must be >= 0')
         _require(self.modulation_levels >= 0,
                  f'method.modulation_levels {self.modulation_levels} must be >= 0')
+        _require(self.modulation_trajectory in MODULATION_TRAJECTORIES,
+                 f'method.modulation_trajectory {self.modulation_trajectory!r} must be one of '
+                 f'{MODULATION_TRAJECTORIES}')
         _require(not self.goal_inpainting or self.name in JOINT_METHODS,
                  f'method.goal_inpainting applies to {JOINT_METHODS}, not {self.name} '
                  '(planner.inpaint_goal writes the goal into a states-only plan)')

@@ -126,8 +126,10 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
                data: SequenceDataset) -> torch.Tensor:
     """L_total = L_wdiff + lambda_tr L_tr + lambda_rd L_rd (DMEMM Eq. 12).
 
-    L_tr (Eq. 9) and L_rd (Eq. 10) are taken on the one-shot denoised trajectory of Eq. 8, so
-    their gradients reach the noise model; the environment models (trained first) stay frozen.
+    L_tr (Eq. 9) and L_rd (Eq. 10) are taken on a denoised trajectory that depends on the noise
+    model, so their gradients reach it: Eq. 8's one-shot trajectory, or the network's own clean
+    estimate from tau_k (method.modulation_trajectory). The environment models (trained first)
+    stay frozen.
     The network sees the given states (the start; with goal inpainting the goal too) clean in
     Eq. 8's forward copies, as in training and sampling, and the denoised trajectory keeps them.
     """
@@ -140,13 +142,16 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
     condition = batch[CONDITIONS][:, 0]
 
     given = method.goal_inpainting
+    levels, noise = _modulation_draws(x0, schedule, method)
+    if method.modulation_trajectory == 'predicted':
+        x_k = with_given(schedule.add_noise(x0, noise, levels), x0, obs_dim, given)
+        tau = schedule.original(unconditional(model, x_k, levels, condition), x_k, levels)
+    else:
+        def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            x = with_given(x, x0[rows], obs_dim, given)
+            return schedule.epsilon(unconditional(model, x, t, condition[rows]), x, t)
 
-    def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        x = with_given(x, x0[rows], obs_dim, given)
-        return schedule.epsilon(unconditional(model, x, t, condition[rows]), x, t)
-
-    tau = one_shot_denoise(epsilon, schedule, x0, *_modulation_draws(x0, schedule, method),
-                           method.modulation_terms)
+        tau = one_shot_denoise(epsilon, schedule, x0, levels, noise, method.modulation_terms)
     tau = with_given(tau, x0, obs_dim, given)
     states, actions = tau[..., :obs_dim], tau[..., obs_dim:]  # (B, H, obs), (B, H, act)
     return loss + modulation_loss(states, actions, condition, method, transition, reward)

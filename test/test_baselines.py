@@ -164,6 +164,44 @@ def test_with_the_true_noise_the_one_shot_estimate_is_noise_at_the_top_levels():
     assert min(relative[48:]) > 2.0 and relative[-1] > 50.0
 
 
+@pytest.mark.parametrize('prediction', ['epsilon', 'x0'])
+def test_a_perfect_network_predicts_tau_0_at_every_level_where_eq8_gives_noise(prediction):
+    """modulation_trajectory 'predicted': the clean estimate from tau_k, bounded at any level."""
+    from diffusion_planner_ros.losses import dmemm_loss
+    s = DDPMSchedule(ScheduleConfig(num_steps=64, prediction=prediction))
+    window = torch.randn(64, 6, 6)
+    batch = {'states': window[..., :4], 'actions': window[..., 4:],
+             'conditions': torch.arange(64.0)[:, None, None].expand(64, 6, 2),  # row ids
+             'rewards': torch.zeros(64, 6)}
+    scored = []
+
+    class Perfect(torch.nn.Module):   # knows each row's tau_0, so it reads back its noise too
+        def forward(self, x, k, condition, mask):
+            clean, abar = window[condition[:, 0].long()], s.alphas_cumprod[k].view(-1, 1, 1)
+            return clean if prediction == 'x0' else (x - abar.sqrt() * clean) / (1 - abar).sqrt()
+
+    class Transition(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, states, actions):
+            scored.append(states.detach().clone())
+            return (states + self.w)[None], None
+
+    torch.manual_seed(0)
+    for trajectory in ('predicted', 'one_shot'):
+        method = MethodConfig(name='dmemm', reward_weighting=False, reward_weight=0.0,
+                              modulation_terms=0, modulation_levels=0,
+                              modulation_trajectory=trajectory)
+        dmemm_loss(Perfect(), batch, s, 4, method, Transition(), None, None)
+    predicted, one_shot = (states - window[:, :-1, :4] for states in scored)
+    assert predicted.abs().max() < 1e-3
+    assert one_shot.abs().max() > 1.0   # Eq. 8 at the top levels, even for this network
+    with pytest.raises(ValueError, match='modulation_trajectory'):
+        MethodConfig(name='dmemm', modulation_trajectory='exact')
+
+
 # Losses decrease on a tiny dataset --------------------------------------------------------
 def tiny_episodes(count=6, length=60, seed=0):
     rng = np.random.default_rng(seed)

@@ -102,7 +102,8 @@ def test_goal_inpainting_leaves_the_given_states_out_of_the_loss():
     assert loss(WrongAtTheEnds, False) > loss(Echo, False) + 100.0
 
 
-def test_dmemm_modulation_sees_start_and_goal_clean_and_keeps_them(monkeypatch):
+@pytest.mark.parametrize('trajectory', ['one_shot', 'predicted'])
+def test_dmemm_modulation_sees_start_and_goal_clean_and_keeps_them(monkeypatch, trajectory):
     s = DDPMSchedule(ScheduleConfig(num_steps=20, prediction='x0'))
     window = torch.rand(1, 8, 6)
     batch = {'states': window[..., :4].repeat(5, 1, 1), 'actions': window[..., 4:].repeat(5, 1, 1),
@@ -126,9 +127,12 @@ def test_dmemm_modulation_sees_start_and_goal_clean_and_keeps_them(monkeypatch):
     for given in (True, False):
         seen.clear(), kept.clear()
         method = MethodConfig(name='dmemm', goal_inpainting=given, reward_weighting=False,
-                              reward_weight=0.0, modulation_terms=2, modulation_levels=0)
+                              reward_weight=0.0, modulation_terms=2, modulation_levels=0,
+                              modulation_trajectory=trajectory)
         dmemm_loss(Recorder(), batch, s, 4, method, Transition(), None, None)
-        assert len(seen) == 2   # the diffusion loss's call and the one-shot sum's
+        assert len(seen) == 2   # the diffusion loss's call and the denoised trajectory's
+        if trajectory == 'predicted':   # the network's own x0 output (here its input)
+            assert torch.equal(kept[0], seen[1][:, :-1, :4])
         starts, ends = (torch.cat([x[:, row, :4] for x in seen]) for row in (0, -1))
         assert torch.equal(starts, window[:, 0, :4].expand_as(starts))
         assert torch.equal(kept[0][:, 0], window[:, 0, :4].expand(5, 4))

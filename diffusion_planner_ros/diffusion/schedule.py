@@ -84,9 +84,11 @@ class DDPMSchedule:
         return (self._at(self.sqrt_alphas_cumprod, t, x0) * x0
                 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
-    def predict_original(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        return (x_t - self.sqrt_one_minus_alphas_cumprod[t] * eps) / self.sqrt_alphas_cumprod[t]
+    def predict_original(self, x_t: torch.Tensor, eps: torch.Tensor,
+                         t: torch.Tensor | int) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); t an int or one level per row."""
+        return ((x_t - self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps)
+                / self._at(self.sqrt_alphas_cumprod, t, x_t))
 
     @property
     def predicts_x0(self) -> bool:
@@ -97,7 +99,8 @@ class DDPMSchedule:
         """Return what the noise model learns to output for x_t = add_noise(x0, noise, t)."""
         return x0 if self.predicts_x0 else noise
 
-    def original(self, output: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+    def original(self, output: torch.Tensor, x_t: torch.Tensor,
+                 t: torch.Tensor | int) -> torch.Tensor:
         """Return the x0 a model output stands for at level t (unclipped)."""
         return output if self.predicts_x0 else self.predict_original(x_t, output, t)
 
