@@ -206,6 +206,11 @@ class MethodConfig:
     # at every level, so modulation_levels 0 (the paper's whole range) trains on trajectories,
     # not on Eq. 8's amplified noise.
     modulation_trajectory: str = 'one_shot'
+    # The U-Net's step at which L_tr and L_rd join its loss (0: from the first step, as the
+    # paper's Algorithm 2); before it the loss is the reward-weighted diffusion loss alone.
+    # Modulating a network that does not denoise yet teaches it plans that jump off their start
+    # and onto their goal (docs/benchmark.md, DMEMM on the maze protocol).
+    modulation_start: int = 0
     # Trajectory / Decision Diffuser: also train a critic (the value network's down path and
     # head, on clean state windows) that picks the best of planner.candidates plans, as the
     # official Trajectory Diffuser code ranks its 32 candidates.
@@ -233,6 +238,8 @@ class MethodConfig:
                  f'method.modulation_terms {self.modulation_terms} must be >= 0')
         _require(self.modulation_levels >= 0,
                  f'method.modulation_levels {self.modulation_levels} must be >= 0')
+        _require(self.modulation_start >= 0,
+                 f'method.modulation_start {self.modulation_start} must be >= 0')
         _require(self.modulation_trajectory in MODULATION_TRAJECTORIES,
                  f'method.modulation_trajectory {self.modulation_trajectory!r} must be one of '
                  f'{MODULATION_TRAJECTORIES}')
@@ -478,6 +485,12 @@ class ExperimentConfig:
         _require(not self.planner.track_states or self.method.name in JOINT_METHODS,
                  f'planner.track_states is Diffuser\'s maze protocol ({JOINT_METHODS}); '
                  f'{self.method.name} follows its plans with inverse dynamics')
+        method, steps = self.method, self.training.diffuser_steps
+        modulated = (method.name == 'dmemm'
+                     and max(method.transition_weight, method.reward_weight) > 0.0)
+        _require(not modulated or steps == 0 or method.modulation_start < steps,
+                 f'method.modulation_start {method.modulation_start} must be below '
+                 f'training.diffuser_steps {steps}, or the modulation losses never train')
 
 
 def _check_type(section: str, name: str, default: Any, value: Any) -> Any:

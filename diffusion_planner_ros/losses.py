@@ -8,7 +8,7 @@ with its loss, its batches and its steps; trainer.py runs them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -230,12 +230,17 @@ def policy_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
 @dataclass
 class ComponentSetup:
-    """How to train one network: its loss, its batches, its steps and EMA decay."""
+    """How to train one network: its loss, its batches, its steps and EMA decay.
+
+    With ``warmup_loss_fn`` the first ``warmup_steps`` steps train on it instead of loss_fn.
+    """
 
     loss_fn: Callable
     sample_batch: Callable
     steps: int
     ema_decay: float | None = None
+    warmup_loss_fn: Callable | None = None
+    warmup_steps: int = 0
 
 
 def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: DDPMSchedule,
@@ -273,10 +278,15 @@ def component_setups(config: ExperimentConfig, data: SequenceDataset, schedule: 
                     goal_inpainting=method.goal_inpainting), joint_windows,
             train.diffuser_steps, train.ema_decay)
     elif method.name == 'dmemm':
+        def dmemm(modulated: MethodConfig) -> Callable:
+            return partial(dmemm_loss, schedule=schedule, obs_dim=obs_dim, method=modulated,
+                           transition=models['transition'], reward=models['reward'], data=data)
+
+        # Before modulation_start: Eq. 11's weighted diffusion loss alone.
+        unmodulated = replace(method, transition_weight=0.0, reward_weight=0.0)
         recipes['diffuser'] = lambda: ComponentSetup(
-            partial(dmemm_loss, schedule=schedule, obs_dim=obs_dim, method=method,
-                    transition=models['transition'], reward=models['reward'], data=data),
-            joint_windows, train.diffuser_steps, train.ema_decay)
+            dmemm(method), joint_windows, train.diffuser_steps, train.ema_decay,
+            dmemm(unmodulated), method.modulation_start)
     else:
         recipes['diffuser'] = lambda: ComponentSetup(
             partial(diffusion_loss, schedule=schedule, condition_dropout=train.condition_dropout),

@@ -124,7 +124,8 @@ def train_method(config: ExperimentConfig, out: str | Path, bundle_dir: str | Pa
             continue
         trainer = ComponentTrainer(name, models[name], setup.loss_fn, setup.sample_batch,
                                    train_cfg.learning_rate, device, out / 'checkpoints',
-                                   context, setup.ema_decay)
+                                   context, setup.ema_decay, setup.warmup_loss_fn,
+                                   setup.warmup_steps)
         if trainer.try_resume():
             log(f'{name}: resumed at step {trainer.step}')
         # Without a bar (a log file, CI) each log_every steps leave a line instead.

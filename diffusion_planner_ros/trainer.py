@@ -105,7 +105,8 @@ class ComponentTrainer:
 
     def __init__(self, name: str, model: nn.Module, loss_fn: Callable, sample_batch: Callable,
                  learning_rate: float, device: torch.device, checkpoint_dir: Path,
-                 context: DistributedContext, ema_decay: float | None = None):
+                 context: DistributedContext, ema_decay: float | None = None,
+                 warmup_loss_fn: Callable | None = None, warmup_steps: int = 0):
         self.name, self.device, self.context = name, device, context
         self.model = model.to(device)
         self.ema = EMA(self.model, ema_decay) if ema_decay is not None else None
@@ -114,6 +115,8 @@ class ComponentTrainer:
             ids = [device.index] if device.type == 'cuda' else None
             self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loss_fn, self.sample_batch = loss_fn, sample_batch
+        # The first warmup_steps steps (counted from step 0 across resumes) use warmup_loss_fn.
+        self.warmup_loss_fn, self.warmup_steps = warmup_loss_fn, warmup_steps
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.step = 0
@@ -179,7 +182,8 @@ class ComponentTrainer:
                    disable=not (progress and self.context.is_main))
         while self.step < steps:
             batch = {k: v.to(self.device) for k, v in self.sample_batch(rng).items()}
-            loss = self.loss_fn(self.network, batch)
+            warming = self.warmup_loss_fn is not None and self.step < self.warmup_steps
+            loss = (self.warmup_loss_fn if warming else self.loss_fn)(self.network, batch)
             if not torch.isfinite(loss):
                 raise RuntimeError(f'{self.name} loss became {loss.item()} at step {self.step}')
             self.optimizer.zero_grad(set_to_none=True)

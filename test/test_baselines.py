@@ -1,5 +1,6 @@
 """The seed baselines: guided and warm-start sampling, DMEMM's Eq. 8, losses, bundles, planners."""
 
+import dataclasses
 import json
 import sys
 
@@ -251,9 +252,48 @@ def test_each_methods_losses_decrease_on_a_tiny_dataset(method, tmp_path):
     for name, setup in setups.items():
         trainer = ComponentTrainer(name, models[name], setup.loss_fn, setup.sample_batch,
                                    1e-3, torch.device('cpu'), tmp_path / name,
-                                   DistributedContext(), setup.ema_decay)
+                                   DistributedContext(), setup.ema_decay,
+                                   setup.warmup_loss_fn, setup.warmup_steps)
         losses = trainer.train(setup.steps, 0, 25, 10_000, progress=False)
         assert losses[-1] < losses[0], (name, losses)
+
+
+def test_dmemm_modulation_joins_at_its_start_step_across_a_resume(tmp_path):
+    from diffusion_planner_ros.models import Dims, build_models
+    config = method_config('dmemm', steps=5)
+    config = dataclasses.replace(config, method=dataclasses.replace(config.method,
+                                                                    modulation_start=3))
+    data = SequenceDataset(tiny_episodes(), 'goal')
+    models = build_models(config, Dims(data.obs_dim, data.action_dim, data.cond_dim))
+    setup = component_setups(config, data, DDPMSchedule(config.schedule), models)['diffuser']
+    assert setup.warmup_steps == 3
+    warm = setup.warmup_loss_fn.keywords['method']
+    assert (warm.transition_weight, warm.reward_weight) == (0.0, 0.0) and warm.reward_weighting
+    assert setup.loss_fn.keywords['method'] == config.method
+    used = []
+
+    def recorded(name, loss_fn):
+        def loss(network, batch):
+            used.append(name)
+            return loss_fn(network, batch)
+        return loss
+
+    def trainer():
+        return ComponentTrainer('diffuser', models['diffuser'], recorded('full', setup.loss_fn),
+                                setup.sample_batch, 1e-3, torch.device('cpu'), tmp_path,
+                                DistributedContext(), None,
+                                recorded('warm', setup.warmup_loss_fn), setup.warmup_steps)
+
+    trainer().train(2, 0, 1, 2, progress=False)
+    resumed = trainer()
+    assert resumed.try_resume() and resumed.step == 2
+    resumed.train(5, 0, 1, 2, progress=False)
+    assert used == ['warm', 'warm', 'warm', 'full', 'full']
+    with pytest.raises(ValueError, match='modulation_start 5 must be below'):
+        dataclasses.replace(config, method=dataclasses.replace(config.method,
+                                                               modulation_start=5))
+    with pytest.raises(ValueError, match='modulation_start -1 must be >= 0'):
+        MethodConfig(name='dmemm', modulation_start=-1)
 
 
 def test_a_run_without_a_progress_bar_logs_every_log_every_steps(tmp_path):
