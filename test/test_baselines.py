@@ -165,6 +165,19 @@ def test_with_the_true_noise_the_one_shot_estimate_is_noise_at_the_top_levels():
     assert min(relative[48:]) > 2.0 and relative[-1] > 50.0
 
 
+class RecordingTransition(torch.nn.Module):
+    """A transition model that predicts no motion and records the states it is asked about."""
+
+    def __init__(self, record: list):
+        super().__init__()
+        self.record = record
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, states, actions):
+        self.record.append(states.detach().clone())
+        return (states + self.w)[None], None
+
+
 @pytest.mark.parametrize('prediction', ['epsilon', 'x0'])
 def test_a_perfect_network_predicts_tau_0_at_every_level_where_eq8_gives_noise(prediction):
     """modulation_trajectory 'predicted': the clean estimate from tau_k, bounded at any level."""
@@ -181,21 +194,12 @@ def test_a_perfect_network_predicts_tau_0_at_every_level_where_eq8_gives_noise(p
             clean, abar = window[condition[:, 0].long()], s.alphas_cumprod[k].view(-1, 1, 1)
             return clean if prediction == 'x0' else (x - abar.sqrt() * clean) / (1 - abar).sqrt()
 
-    class Transition(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, states, actions):
-            scored.append(states.detach().clone())
-            return (states + self.w)[None], None
-
     torch.manual_seed(0)
     for trajectory in ('predicted', 'one_shot'):
         method = MethodConfig(name='dmemm', reward_weighting=False, reward_weight=0.0,
                               modulation_terms=0, modulation_levels=0,
                               modulation_trajectory=trajectory)
-        dmemm_loss(Perfect(), batch, s, 4, method, Transition(), None, None)
+        dmemm_loss(Perfect(), batch, s, 4, method, RecordingTransition(scored), None, None)
     predicted, one_shot = (states - window[:, :-1, :4] for states in scored)
     assert predicted.abs().max() < 1e-3
     assert one_shot.abs().max() > 1.0   # Eq. 8 at the top levels, even for this network

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import PYTHON, REPO, script_env
 from plan_shape import crosses_wall, in_wall
-from test_baselines import OracleEps, method_config
+from test_baselines import OracleEps, RecordingTransition, method_config
 from test_bundle_planner import ENV_ID, GOAL, OBS, write_bundle
 
 from diffusion_planner_ros.config import (ExperimentConfig, MethodConfig, PlannerConfig,
@@ -115,21 +115,12 @@ def test_dmemm_modulation_sees_start_and_goal_clean_and_keeps_them(monkeypatch, 
             seen.append(x.detach().clone())
             return x
 
-    class Transition(torch.nn.Module):  # records the denoised states it is asked about
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, states, actions):
-            kept.append(states.detach().clone())
-            return (states + self.w)[None], None
-
     for given in (True, False):
         seen.clear(), kept.clear()
         method = MethodConfig(name='dmemm', goal_inpainting=given, reward_weighting=False,
                               reward_weight=0.0, modulation_terms=2, modulation_levels=0,
                               modulation_trajectory=trajectory)
-        dmemm_loss(Recorder(), batch, s, 4, method, Transition(), None, None)
+        dmemm_loss(Recorder(), batch, s, 4, method, RecordingTransition(kept), None, None)
         assert len(seen) == 2   # the diffusion loss's call and the denoised trajectory's
         if trajectory == 'predicted':   # the network's own x0 output (here its input)
             assert torch.equal(kept[0], seen[1][:, :-1, :4])
