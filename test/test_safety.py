@@ -142,6 +142,25 @@ def test_stamp_gate_drops_stamps_out_of_order_and_in_the_future():
     assert gate.check(0.51, now_s=100.61) is None
 
 
+def test_stamp_gate_anchored_on_a_stamp_far_ahead_returns_to_the_streams_clock():
+    gate = StampGate(stale_after_s=0.5)
+    assert gate.check(1000.0, now_s=0.0) is None   # the first stamp it sees is the odd one
+    verdicts = {}
+    for i in range(1, 200):   # 2 s of states at 100 Hz; every 5th is stamped 1000 s ahead
+        stamp = (1000.0 if i % 5 == 0 else 0.0) + 10.0 + 0.01 * i
+        verdicts[i] = gate.check(stamp, now_s=0.01 * i)
+    back = min(i for i, verdict in verdicts.items() if verdict is None and i % 5)
+    assert back <= 60   # within about two windows of 0.5 s
+    later = [verdicts[i] for i in range(back + 1, 200)]
+    assert all(v is None for i, v in zip(range(back + 1, 200), later) if i % 5)
+    assert all('leaps' in v for i, v in zip(range(back + 1, 200), later) if i % 5 == 0)
+    # A stream in order, with a few states out of order, keeps its anchor.
+    gate = StampGate(stale_after_s=0.5)
+    for i in range(200):
+        verdict = gate.check(10.0 + 0.01 * i - (0.5 if i % 7 == 3 else 0.0), now_s=0.01 * i)
+        assert (verdict is None) == (i % 7 != 3), (i, verdict)
+
+
 def test_returns_to_go_spends_rewards_and_starts_again_at_the_target():
     class Planner:
         condition_kind = 'returns'

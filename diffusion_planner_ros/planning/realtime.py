@@ -296,6 +296,9 @@ class StampGate:
     passes. Equal stamps pass (a lockstep bridge sends its state again when a command is lost).
     After ``stale_after_s`` of wall time without an accepted stamp the gate re-anchors on the
     next one, so a restarted driver or simulator, whose clock starts again, gets through.
+    The anchor itself may be the odd stamp (one far ahead, taken when the gate anchored): where
+    more states read as older than it than were accepted over ``stale_after_s``, the gate
+    re-anchors on the next older state, so the stream's own clock wins.
     """
 
     def __init__(self, stale_after_s: float, leap_tolerance_s: float = 1.0):
@@ -303,18 +306,30 @@ class StampGate:
         self.leap_tolerance_s = leap_tolerance_s
         self._stamp = None   # last accepted stamp (s)
         self._wall = 0.0     # wall time it was accepted at (s)
+        # States accepted and states older than the anchor, counted over a window of
+        # stale_after_s; at its end, whether the older ones outnumbered the accepted.
+        self._window = -math.inf
+        self._accepted = self._older = 0
+        self._distrust_anchor = False
 
     def check(self, stamp_s: float, now_s: float) -> str | None:
         """Accept (None) or reject (the reason) a state stamped ``stamp_s`` arriving at now_s."""
         if stamp_s == 0.0:
             return None
+        if now_s - self._window >= self.stale_after_s:
+            self._distrust_anchor = self._older > self._accepted
+            self._window, self._accepted, self._older = now_s, 0, 0
         elapsed = now_s - self._wall
         if self._stamp is not None and elapsed <= self.stale_after_s:
-            if stamp_s < self._stamp:
+            if stamp_s < self._stamp and not self._distrust_anchor:
+                self._older += 1
                 return (f'stamp {stamp_s:.3f} s is older than the last state '
                         f'({self._stamp:.3f} s)')
-            if stamp_s - self._stamp > elapsed + self.leap_tolerance_s:
+            if stamp_s >= self._stamp and stamp_s - self._stamp > elapsed + self.leap_tolerance_s:
                 return (f'stamp {stamp_s:.3f} s leaps {stamp_s - self._stamp:.3f} s ahead of '
                         f'the last state after {elapsed:.3f} s')
+        if self._stamp is not None and stamp_s < self._stamp:
+            self._distrust_anchor = False   # re-anchored on the stream's own clock
         self._stamp, self._wall = stamp_s, now_s
+        self._accepted += 1
         return None
