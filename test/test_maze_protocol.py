@@ -333,6 +333,9 @@ def test_plan_shape_reports_each_bundle_and_refuses_bad_input(tmp_path):
     # Every plan ends at its goal (inpainted), whatever the untrained network does.
     assert float(cells[6].split(',')[-1]) < 1e-4
     for bad, message in ((['--episodes', '0'], '--episodes 0 must be >= 1'),
-                         (['--jump-m', 'nan'], '--jump-m nan must be > 0')):
+                         (['--jump-m', 'nan'], '--jump-m nan must be > 0'),
+                         (['models/hopper'], 'Hopper-v5 is not a goal maze'),
+                         ([str(tmp_path / 'none')], 'not a bundle')):
         result = shape(str(path), *bad)
-        assert result.returncode != 0 and message in result.stderr
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert 'Traceback' not in result.stderr

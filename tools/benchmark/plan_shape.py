@@ -39,11 +39,19 @@ def crosses_wall(maze, start: np.ndarray, end: np.ndarray) -> bool:
                for f in np.linspace(0.0, 1.0, SEGMENT_SAMPLES))
 
 
-def plan_figures(path: str, episodes: int, seed: int, jump_m: float) -> dict:
-    """First plans of ``episodes`` episodes of the bundle at ``path``: the figures above."""
-    planner = load_planner(path, backend='eager')
+def maze_planner(path: str):
+    """Load the maze bundle at ``path`` as an eager planner; ValueError if it is not one."""
+    try:
+        planner = load_planner(path, backend='eager')
+    except (OSError, ValueError) as error:
+        raise ValueError(f'{path}: not a bundle ({error})') from error
     if not is_goal_env(planner.bundle.env_id):
-        raise SystemExit(f'{path}: {planner.bundle.env_id} is not a goal maze')
+        raise ValueError(f'{path}: {planner.bundle.env_id} is not a goal maze')
+    return planner
+
+
+def plan_figures(planner, episodes: int, seed: int, jump_m: float) -> dict:
+    """First plans of ``episodes`` episodes of a maze planner: the figures above."""
     env = make_env(planner.bundle.env_id)
     maze = env.unwrapped.maze
     steps, largest, jumps, walls, progress = [], [], [], [], []
@@ -78,12 +86,16 @@ def main() -> None:
         parser.error(f'--episodes {args.episodes} must be >= 1')
     if not args.jump_m > 0.0:
         parser.error(f'--jump-m {args.jump_m} must be > 0')
+    try:
+        planners = {path: maze_planner(path) for path in args.bundles}
+    except ValueError as error:
+        parser.error(str(error))
     print(f'first plans on env seeds {args.seed}-{args.seed + args.episodes - 1}')
     print('| bundle | H | step (m) | largest step (m) | plans with a jump | plans through a '
           'wall | distance to goal at 0, 1/4, 1/2, 3/4, end (m) |')
     print('|---|---|---|---|---|---|---|')
-    for path in args.bundles:
-        f = plan_figures(path, args.episodes, args.seed, args.jump_m)
+    for path, planner in planners.items():
+        f = plan_figures(planner, args.episodes, args.seed, args.jump_m)
         distances = ', '.join(f'{d:.2f}' for d in f['goal_distance_m'])
         print(f'| {path} | {f["horizon"]} | {f["step_m"]:.3f} | {f["largest_step_m"]:.3f} | '
               f'{f["jumps"]:.2f} | {f["walls"]:.2f} | {distances} |')
