@@ -297,8 +297,9 @@ class StampGate:
     After ``stale_after_s`` of wall time without an accepted stamp the gate re-anchors on the
     next one, so a restarted driver or simulator, whose clock starts again, gets through.
     The anchor itself may be the odd stamp (one far ahead, taken when the gate anchored): where
-    more states read as older than it than were accepted over ``stale_after_s``, the gate
-    re-anchors on the next older state, so the stream's own clock wins.
+    more states were rejected (older, or leaping ahead) than accepted over ``stale_after_s``,
+    the gate re-anchors on the next state it would reject. A wrong pick is undone the same way
+    a window later, so the gate settles on the clock most states follow.
     """
 
     def __init__(self, stale_after_s: float, leap_tolerance_s: float = 1.0):
@@ -306,10 +307,10 @@ class StampGate:
         self.leap_tolerance_s = leap_tolerance_s
         self._stamp = None   # last accepted stamp (s)
         self._wall = 0.0     # wall time it was accepted at (s)
-        # States accepted and states older than the anchor, counted over a window of
-        # stale_after_s; at its end, whether the older ones outnumbered the accepted.
+        # States accepted and rejected, counted over a window of stale_after_s; at its end,
+        # whether the rejected outnumbered the accepted.
         self._window = -math.inf
-        self._accepted = self._older = 0
+        self._accepted = self._rejected = 0
         self._distrust_anchor = False
 
     def check(self, stamp_s: float, now_s: float) -> str | None:
@@ -317,19 +318,22 @@ class StampGate:
         if stamp_s == 0.0:
             return None
         if now_s - self._window >= self.stale_after_s:
-            self._distrust_anchor = self._older > self._accepted
-            self._window, self._accepted, self._older = now_s, 0, 0
+            self._distrust_anchor = self._rejected > self._accepted
+            self._window, self._accepted, self._rejected = now_s, 0, 0
         elapsed = now_s - self._wall
+        problem = None
         if self._stamp is not None and elapsed <= self.stale_after_s:
-            if stamp_s < self._stamp and not self._distrust_anchor:
-                self._older += 1
-                return (f'stamp {stamp_s:.3f} s is older than the last state '
-                        f'({self._stamp:.3f} s)')
-            if stamp_s >= self._stamp and stamp_s - self._stamp > elapsed + self.leap_tolerance_s:
-                return (f'stamp {stamp_s:.3f} s leaps {stamp_s - self._stamp:.3f} s ahead of '
-                        f'the last state after {elapsed:.3f} s')
-        if self._stamp is not None and stamp_s < self._stamp:
-            self._distrust_anchor = False   # re-anchored on the stream's own clock
+            if stamp_s < self._stamp:
+                problem = (f'stamp {stamp_s:.3f} s is older than the last state '
+                           f'({self._stamp:.3f} s)')
+            elif stamp_s - self._stamp > elapsed + self.leap_tolerance_s:
+                problem = (f'stamp {stamp_s:.3f} s leaps {stamp_s - self._stamp:.3f} s ahead '
+                           f'of the last state after {elapsed:.3f} s')
+        if problem is not None and not self._distrust_anchor:
+            self._rejected += 1
+            return problem
+        if problem is not None:
+            self._distrust_anchor = False   # re-anchored on the clock most states follow
         self._stamp, self._wall = stamp_s, now_s
         self._accepted += 1
         return None
