@@ -193,7 +193,7 @@ class MethodConfig:
     transition_weight: float = 0.1
     reward_weight: float = 0.05
     # Levels i evaluated per window in Eq. 8's sum; 0 = all k (exact, k U-Net passes per window),
-    # m > 0 = m levels drawn uniformly, sum scaled by k / m (unbiased, m passes).
+    # m > 0 = m levels drawn uniformly, sum scaled by k / m (unbiased, m passes). one_shot only.
     modulation_terms: int = 4
     # Levels k of Eq. 9-10 are drawn from 1 .. modulation_levels (0 = 1 .. K as in the paper).
     # Eq. 8 divides by sqrt(abar_k): near k = K it multiplies the noise model's error by up to
@@ -202,9 +202,10 @@ class MethodConfig:
     modulation_levels: int = 10
     # The denoised trajectory L_tr and L_rd score: 'one_shot' is Eq. 8 (forward-noised copies
     # of tau_0 through the noise model, summed); 'predicted' is the network's own clean estimate
-    # from tau_k (its x0 output, or x0 read back from its eps), one pass per window and bounded
-    # at every level, so modulation_levels 0 (the paper's whole range) trains on trajectories,
-    # not on Eq. 8's amplified noise.
+    # from tau_k (its x0 output, or x0 read back from its eps), one pass per window. With x0
+    # prediction it is bounded at every level, so modulation_levels 0 (the paper's whole range)
+    # trains on trajectories, not on Eq. 8's amplified noise; read back from eps it divides by
+    # sqrt(abar_k) as Eq. 8 does.
     modulation_trajectory: str = 'one_shot'
     # The U-Net's step at which L_tr and L_rd join its loss (0: from the first step, as the
     # paper's Algorithm 2); before it the loss is the reward-weighted diffusion loss alone.
@@ -485,12 +486,6 @@ class ExperimentConfig:
         _require(not self.planner.track_states or self.method.name in JOINT_METHODS,
                  f'planner.track_states is Diffuser\'s maze protocol ({JOINT_METHODS}); '
                  f'{self.method.name} follows its plans with inverse dynamics')
-        method, steps = self.method, self.training.diffuser_steps
-        modulated = (method.name == 'dmemm'
-                     and max(method.transition_weight, method.reward_weight) > 0.0)
-        _require(not modulated or steps == 0 or method.modulation_start < steps,
-                 f'method.modulation_start {method.modulation_start} must be below '
-                 f'training.diffuser_steps {steps}, or the modulation losses never train')
 
 
 def _check_type(section: str, name: str, default: Any, value: Any) -> Any:
