@@ -6,7 +6,8 @@ Usage:
         runs/umaze_diffuser_maze/bundle --episodes 20 --seed 2000
 
 For each bundle, resets the maze on env seeds seed .. seed + episodes - 1 and makes the first
-plan of each episode (the bundle's own planner settings, eager), then prints per bundle:
+plan of each episode (eager; the bundle's planner settings, or --set's, as evaluate.py takes
+them), then prints per bundle:
 - the mean planned step and the mean of each plan's largest step, in metres;
 - plans with a jump: a step longer than --jump-m (the ball moves at most about 0.05 m a step);
 - plans through a wall: a planned state in a wall cell, or a step whose segment crosses one;
@@ -19,6 +20,7 @@ import argparse
 
 import numpy as np
 
+from diffusion_planner_ros.config import apply_overrides
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning import load_planner
 
@@ -39,10 +41,10 @@ def crosses_wall(maze, start: np.ndarray, end: np.ndarray) -> bool:
                for f in np.linspace(0.0, 1.0, SEGMENT_SAMPLES))
 
 
-def maze_planner(path: str):
+def maze_planner(path: str, overrides: dict):
     """Load the maze bundle at ``path`` as an eager planner; ValueError if it is not one."""
     try:
-        planner = load_planner(path, backend='eager')
+        planner = load_planner(path, backend='eager', **overrides)
     except (OSError, ValueError) as error:
         raise ValueError(f'{path}: not a bundle ({error})') from error
     if not is_goal_env(planner.bundle.env_id):
@@ -81,13 +83,18 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=2000)
     parser.add_argument('--jump-m', type=float, default=0.25,
                         help='a planned step longer than this is a jump (metres)')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='planner setting for every bundle, as evaluate.py --set '
+                             '(e.g. value_guidance_scale=100.0)')
     args = parser.parse_args()
     if args.episodes < 1:
         parser.error(f'--episodes {args.episodes} must be >= 1')
     if not args.jump_m > 0.0:
         parser.error(f'--jump-m {args.jump_m} must be > 0')
     try:
-        planners = {path: maze_planner(path) for path in args.bundles}
+        overrides = apply_overrides({}, [f'planner.{item}' for item in args.set]).get(
+            'planner', {})
+        planners = {path: maze_planner(path, overrides) for path in args.bundles}
     except ValueError as error:
         parser.error(str(error))
     print(f'first plans on env seeds {args.seed}-{args.seed + args.episodes - 1}')
