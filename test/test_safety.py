@@ -165,6 +165,16 @@ def test_stamp_gate_anchored_on_a_stamp_far_ahead_returns_to_the_streams_clock()
         verdict = gate.check(stamp, now_s=0.01 * i)
     main = [gate.check(10.0 + 0.01 * i, now_s=0.01 * i) for i in range(600, 650)]
     assert all(verdict is None for verdict in main)
+    # A source whose clock starts again (a new episode) still waits out the stale time, however
+    # the windows fall: the node's pause detection needs that gap.
+    for offset in np.arange(0.0, 0.5, 0.05):
+        gate = StampGate(stale_after_s=0.5)
+        for i in range(100):
+            assert gate.check(5.0 + 0.01 * i, now_s=offset + 0.01 * i) is None
+        restart = offset + 1.0
+        taken = next(t for t in np.arange(restart, restart + 2.0, 0.01)
+                     if gate.check(0.01 + t - restart, now_s=t) is None)
+        assert taken - (offset + 0.99) > 0.5
     # A stream in order, with a few states out of order, keeps its anchor.
     gate = StampGate(stale_after_s=0.5)
     for i in range(200):

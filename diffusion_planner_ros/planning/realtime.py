@@ -296,10 +296,12 @@ class StampGate:
     passes. Equal stamps pass (a lockstep bridge sends its state again when a command is lost).
     After ``stale_after_s`` of wall time without an accepted stamp the gate re-anchors on the
     next one, so a restarted driver or simulator, whose clock starts again, gets through.
-    The anchor itself may be the odd stamp (one far ahead, taken when the gate anchored): where
-    more states were rejected (older, or leaping ahead) than accepted over ``stale_after_s``,
-    the gate re-anchors on the next state it would reject. A wrong pick is undone the same way
-    a window later, so the gate settles on the clock most states follow.
+    The anchor itself may be the odd stamp (one far ahead, taken when the gate anchored), kept
+    fresh by more stamps of its clock: where, over ``stale_after_s``, more states were rejected
+    (older, or leaping ahead) than accepted and some were accepted after a rejection, the gate
+    re-anchors on the next state it would reject. A wrong pick is undone the same way a window
+    later, so the gate settles on the clock most states follow. A source whose clock starts
+    again (no state accepted after its first rejected one) still waits out ``stale_after_s``.
     """
 
     def __init__(self, stale_after_s: float, leap_tolerance_s: float = 1.0):
@@ -307,10 +309,10 @@ class StampGate:
         self.leap_tolerance_s = leap_tolerance_s
         self._stamp = None   # last accepted stamp (s)
         self._wall = 0.0     # wall time it was accepted at (s)
-        # States accepted and rejected, counted over a window of stale_after_s; at its end,
-        # whether the rejected outnumbered the accepted.
+        # States accepted and rejected over a window of stale_after_s, and accepted after a
+        # rejection (two clocks interleaved); at its end, whether to distrust the anchor.
         self._window = -math.inf
-        self._accepted = self._rejected = 0
+        self._accepted = self._rejected = self._contested = 0
         self._distrust_anchor = False
 
     def check(self, stamp_s: float, now_s: float) -> str | None:
@@ -318,8 +320,8 @@ class StampGate:
         if stamp_s == 0.0:
             return None
         if now_s - self._window >= self.stale_after_s:
-            self._distrust_anchor = self._rejected > self._accepted
-            self._window, self._accepted, self._rejected = now_s, 0, 0
+            self._distrust_anchor = self._rejected > self._accepted and self._contested > 0
+            self._window, self._accepted, self._rejected, self._contested = now_s, 0, 0, 0
         elapsed = now_s - self._wall
         problem = None
         if self._stamp is not None and elapsed <= self.stale_after_s:
@@ -336,4 +338,5 @@ class StampGate:
             self._distrust_anchor = False   # re-anchored on the clock most states follow
         self._stamp, self._wall = stamp_s, now_s
         self._accepted += 1
+        self._contested += self._rejected > 0
         return None
