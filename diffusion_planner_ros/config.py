@@ -535,6 +535,11 @@ def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     return ExperimentConfig(**built)
 
 
+def planner_overrides(items: list[str]) -> dict:
+    """Planner settings from 'key=value' strings (no section), as a tool's --set takes them."""
+    return apply_overrides({}, [f'planner.{item}' for item in items]).get('planner', {})
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply 'section.key=value' strings (value parsed as YAML) to nested config data."""
     raw = {name: dict(section or {}) for name, section in raw.items()}

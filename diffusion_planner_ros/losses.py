@@ -76,10 +76,16 @@ def given_rows(horizon: int, goal_inpainting: bool) -> list[int]:
 
 
 def _noised_joint(x0: torch.Tensor, schedule: DDPMSchedule, obs_dim: int,
-                  goal_inpainting: bool = False):
-    """Levels, noise and x_t for a batch of joint trajectories, the given states kept clean."""
-    t = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
-    noise = torch.randn_like(x0)
+                  goal_inpainting: bool = False, t: torch.Tensor | None = None,
+                  noise: torch.Tensor | None = None):
+    """Levels, noise and x_t for a batch of joint trajectories, the given states kept clean.
+
+    Levels t (B,) and noise are drawn unless given.
+    """
+    if t is None:
+        t = torch.randint(0, schedule.num_steps, (x0.shape[0],), device=x0.device)
+    if noise is None:
+        noise = torch.randn_like(x0)
     x_t = with_given(schedule.add_noise(x0, noise, t), x0, obs_dim, goal_inpainting)
     return t, noise, x_t
 
@@ -144,7 +150,7 @@ def dmemm_loss(model: nn.Module, batch: dict[str, torch.Tensor], schedule: DDPMS
     given = method.goal_inpainting
     levels, noise = _modulation_draws(x0, schedule, method)
     if method.modulation_trajectory == 'predicted':
-        x_k = with_given(schedule.add_noise(x0, noise, levels), x0, obs_dim, given)
+        _, _, x_k = _noised_joint(x0, schedule, obs_dim, given, levels, noise)
         tau = schedule.original(unconditional(model, x_k, levels, condition), x_k, levels)
     else:
         def epsilon(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

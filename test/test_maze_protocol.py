@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import PYTHON, REPO, script_env
-from plan_shape import crosses_wall, in_wall
+from plan_shape import crosses_wall
 from test_baselines import OracleEps, RecordingTransition, method_config
 from test_bundle_planner import ENV_ID, GOAL, OBS, write_bundle
 
 from diffusion_planner_ros.config import (ExperimentConfig, MethodConfig, PlannerConfig,
                                           ScheduleConfig)
+from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.data.minari_io import Episode
 from diffusion_planner_ros.data.sequence import STATES, SequenceDataset
 from diffusion_planner_ros.diffusion import DDPMSchedule, sample
@@ -308,13 +309,13 @@ def test_the_guide_acts_below_guide_levels_only(tmp_path):
 
 # The shape of plans ------------------------------------------------------------------------
 def test_plan_shape_sees_a_step_through_a_wall_and_not_one_along_a_corridor():
-    maze = make_env(ENV_ID).unwrapped.maze   # UMaze: a wall row between rows 1 and 3
-    top_left, top_right, bottom_left = (maze.cell_rowcol_to_xy(np.array(cell))
+    grid = MazeGrid.from_env(make_env(ENV_ID))   # UMaze: a wall row between rows 1 and 3
+    top_left, top_right, bottom_left = (grid.cell_to_xy(cell)
                                         for cell in ((1, 1), (1, 3), (3, 1)))
-    assert not in_wall(maze, top_left) and in_wall(maze, (top_left + bottom_left) / 2)
-    assert not crosses_wall(maze, top_left, top_right)
-    assert crosses_wall(maze, top_left, bottom_left)
-    assert in_wall(maze, np.array([50.0, 0.0]))   # outside the maze
+    assert grid.is_free(top_left) and not grid.is_free((top_left + bottom_left) / 2)
+    assert not crosses_wall(grid, top_left, top_right)
+    assert crosses_wall(grid, top_left, bottom_left)
+    assert not grid.is_free(np.array([50.0, 0.0]))   # outside the maze
 
 
 def test_plan_shape_reports_each_bundle_and_refuses_bad_input(tmp_path):

@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusion_planner_ros.config import apply_overrides, BACKENDS, EvaluationConfig, load_config
+from diffusion_planner_ros.config import (BACKENDS, EvaluationConfig, load_config,
+                                          planner_overrides)
 from diffusion_planner_ros.envs import resolve_env_id
 from diffusion_planner_ros.evaluation import (evaluate, machine, method_label,
                                               planner_settings, RETURNS, summarize)
@@ -93,8 +94,7 @@ def main() -> None:
             ('backend', args.backend))
             if value is not None}
         try:
-            overrides.update(apply_overrides({}, [f'planner.{item}' for item in args.set])
-                             .get('planner', {}))
+            overrides.update(planner_overrides(args.set))
         except ValueError as error:
             parser.error(f'--set: {error}')
         planner = load_planner(args.bundle, **overrides)

@@ -20,25 +20,18 @@ import argparse
 
 import numpy as np
 
-from diffusion_planner_ros.config import apply_overrides
+from diffusion_planner_ros.config import planner_overrides
+from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.planning import load_planner
 
 SEGMENT_SAMPLES = 16  # points checked along each planned step
 
 
-def in_wall(maze, xy: np.ndarray) -> bool:
-    """Say whether the point ``xy`` lies in a wall cell (or outside the maze)."""
-    row, col = maze.cell_xy_to_rowcol(xy)
-    if not (0 <= row < maze.map_length and 0 <= col < maze.map_width):
-        return True
-    return maze.maze_map[row][col] == 1
-
-
-def crosses_wall(maze, start: np.ndarray, end: np.ndarray) -> bool:
-    """Say whether the straight segment from start to end touches a wall cell."""
-    return any(in_wall(maze, start + f * (end - start))
-               for f in np.linspace(0.0, 1.0, SEGMENT_SAMPLES))
+def crosses_wall(grid: MazeGrid, start: np.ndarray, end: np.ndarray) -> bool:
+    """Say whether the straight segment from start to end leaves the free cells."""
+    return not all(grid.is_free(start + f * (end - start))
+                   for f in np.linspace(0.0, 1.0, SEGMENT_SAMPLES))
 
 
 def maze_planner(path: str, overrides: dict):
@@ -55,7 +48,7 @@ def maze_planner(path: str, overrides: dict):
 def plan_figures(planner, episodes: int, seed: int, jump_m: float) -> dict:
     """First plans of ``episodes`` episodes of a maze planner: the figures above."""
     env = make_env(planner.bundle.env_id)
-    maze = env.unwrapped.maze
+    grid = MazeGrid.from_env(env)
     steps, largest, jumps, walls, progress = [], [], [], [], []
     for episode in range(episodes):
         observation, _ = env.reset(seed=seed + episode)
@@ -66,7 +59,7 @@ def plan_figures(planner, episodes: int, seed: int, jump_m: float) -> dict:
         steps.append(step.mean())
         largest.append(step.max())
         jumps.append(bool(np.any(step > jump_m)))
-        walls.append(any(crosses_wall(maze, a, b) for a, b in zip(xy[:-1], xy[1:])))
+        walls.append(any(crosses_wall(grid, a, b) for a, b in zip(xy[:-1], xy[1:])))
         quarters = np.linspace(0, len(xy) - 1, 5).round().astype(int)
         progress.append(np.linalg.norm(xy[quarters] - goal, axis=1))
     env.close()
@@ -92,8 +85,7 @@ def main() -> None:
     if not args.jump_m > 0.0:
         parser.error(f'--jump-m {args.jump_m} must be > 0')
     try:
-        overrides = apply_overrides({}, [f'planner.{item}' for item in args.set]).get(
-            'planner', {})
+        overrides = planner_overrides(args.set)
         planners = {path: maze_planner(path, overrides) for path in args.bundles}
     except ValueError as error:
         parser.error(str(error))
