@@ -115,6 +115,49 @@ def test_a_slow_plan_answered_at_once_is_not_taken_for_a_new_episode(running):
                                [first.actions[0], second.actions[0]], atol=1e-6)
 
 
+def test_an_ended_episodes_last_state_taken_after_its_end_stays_out_of_the_next(running):
+    # The episode_end and the episode's last state travel on different topics: on a robot
+    # that sends no rewards, the planner may take the end first. The new episode's first plan
+    # must be a fresh one (no history from the last episode, the sampler reseeded).
+    loop, node, reference = running(lockstep=True)
+    ended, started = states(3, seed=3), states(1, seed=4)[0]
+
+    class ResetAnswered:
+        """The loop's planner; the new episode's first state arrives as it is reset."""
+
+        nice = None
+
+        def __init__(self, planner):
+            self.planner, self.resets = planner, 0
+
+        def plan(self, *args, **kwargs):
+            return self.planner.plan(*args, **kwargs)
+
+        def reset(self):
+            self.planner.reset()
+            self.resets += 1
+            if self.resets == 1:
+                loop.on_state(started, 0.03, time.monotonic())
+
+    loop.plans = ResetAnswered(loop.planner)
+    robot_send = node.send
+
+    def robot(action, source):
+        robot_send(action, source)
+        if len(node.commands) == 2:    # the last step: its state, then the end
+            loop.on_state(ended[2], 0.03, time.monotonic())
+            loop.end_episode()
+
+    loop.send = robot
+    loop.on_state(ended[0], 0.01, time.monotonic())
+    wait_for(lambda: len(node.commands) == 1)
+    loop.on_state(ended[1], 0.02, time.monotonic())   # no reward: planned after 2 s
+    wait_for(lambda: len(node.commands) == 3)
+    first = reference.plan(started, returns_to_go=300.0)
+    np.testing.assert_allclose(node.commands[2][0], first.actions[0], atol=1e-6)
+    assert loop.plans.resets == 1 and len(node.plans) == 3
+
+
 def test_real_time_tracks_the_plan_from_each_state_as_it_arrives(running):
     loop, node, reference = running(lockstep=False, state_timeout_s=0.05)
     first, second = states(2, seed=1)

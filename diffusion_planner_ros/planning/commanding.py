@@ -270,14 +270,19 @@ class CommandLoop:
             if not self._wake.wait(timeout=0.1):
                 continue
             self._wake.clear()
+            # One look at the state, the goal and the episode: an episode_end may arrive
+            # before the ended episode's last state has been planned on (they travel on
+            # different topics), and that state must not enter the new episode's history.
             with self._lock:
                 state, goal, version = self._state, self._goal, self._goal_version
-            if version != goal_version or self._history_stale:
+                history_stale, self._history_stale = self._history_stale, False
+                ended = state is not None and state[3][0] != self._episode
+            if version != goal_version or history_stale:
                 goal_version = version
-                self._history_stale = False
                 self.plans.reset()
                 steps_since_plan = None
-            if state is None or (goal is None and self.planner.condition_kind == 'goal'):
+            if (state is None or ended
+                    or (goal is None and self.planner.condition_kind == 'goal')):
                 continue
             observation, received, sequence, (episode, step), resent, stamp = state
             if not self.active:
@@ -409,7 +414,8 @@ class CommandLoop:
                              > self.state_timeout_s):
             self.forget_plan()
             # The history the prior conditions on is stale too: start afresh.
-            self._history_stale = True
+            with self._lock:
+                self._history_stale = True
             self.warn('timeout', 'no fresh joint_states: commanding zero')
             self._command(np.zeros(self.planner.action_dim))
             return
