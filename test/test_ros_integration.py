@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -399,10 +400,12 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
     node = Node('commander')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    states, rewards, ends = [], [], []
-    node.create_subscription(JointState, 'joint_states', states.append, 100)
+    states, rewards, ends, arrivals = [], [], [], {}
+    node.create_subscription(JointState, 'joint_states', lambda m: (
+        states.append(m), arrivals.__setitem__(len(states), time.monotonic())), 100)
     node.create_subscription(Float64, 'reward', lambda m: rewards.append(m.data), RELIABLE)
-    node.create_subscription(String, 'episode_end', lambda m: ends.append(m.data), RELIABLE)
+    node.create_subscription(String, 'episode_end', lambda m: (
+        ends.append(m.data), arrivals.__setitem__('end', time.monotonic())), RELIABLE)
     publisher = node.create_publisher(Float64MultiArray, 'commands', RELIABLE)
     reset = node.create_client(Trigger, '/sim_bridge_node/reset')
     try:
@@ -421,6 +424,9 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
             spin_until(executor, lambda: len(states) > count or bool(ends), 5)
         assert spin_until(executor, lambda: bool(ends), 5), log.read_text()[-2000:]
         assert ends == ['terminated'] and 0 < len(rewards) < 200
+        # The end goes out a pause (0.5 s) after the episode's last state, so no subscriber
+        # takes that state after the end (they travel on different topics).
+        assert arrivals['end'] - arrivals[len(states)] > 0.25
         # The sim holds: commands after the fall step nothing.
         held, spent = len(states), len(rewards)
         publisher.publish(Float64MultiArray(data=[1.0, 1.0, 1.0]))

@@ -6,10 +6,11 @@ the maze walls where there are some); applies the latest ``commands``
 (Float64MultiArray, one value per actuator in the profile's order) with zero-order hold, and
 zero after command_timeout_s. Each step's reward goes out on ``reward`` (std_msgs/Float64) before
 the state it led to. An episode ends when the env terminates it (a fall), after episode_steps,
-or at ``~/reset``; ``episode_end`` (std_msgs/String: terminated, episode_steps or reset) says
-so, and the sim holds until ``~/reset`` starts the next one and publishes its goal on
-``episode_goal``. Two modes: real time (one env step per env dt of wall time) and
-lockstep (one env step per received command). Swap this node for a real driver by remapping.
+or at ``~/reset``; the sim holds at once, ``episode_end`` (std_msgs/String: terminated,
+episode_steps or reset) says so half a second after the episode's last state, and ``~/reset``
+starts the next episode half a second after that end, publishing its goal on ``episode_goal``.
+Two modes: real time (one env step per env dt of wall time) and lockstep (one env step per
+received command). Swap this node for a real driver by remapping.
 """
 
 from __future__ import annotations
@@ -89,8 +90,11 @@ class SimBridgeNode(Node):
         self._last_warn: dict[str, float] = {}
         self.episode, self.sim_time, self.steps = 0, 0.0, 0
         self.ended = False
-        # A reset of a running episode: its timer, and whether the end is still to go out.
-        self._reset_timer, self._end_pending = None, False
+        # An episode's end goes out a pause after its last state, and the next episode starts
+        # a pause after its end: the pause timer, the end still to go out (its reason), when
+        # the last one went out, and whether ~/reset asked for the next episode.
+        self._pause_timer, self._end_reason, self._end_sent = None, None, -math.inf
+        self._reset_requested = False
         self.episode_steps = self.get_parameter('episode_steps').value
         self.goal = None
 
@@ -162,32 +166,41 @@ class SimBridgeNode(Node):
         self.episode += 1
         response.success = True
         response.message = f'episode {self.episode}'
-        if self._end_pending:
-            self._end_episode('reset')  # reset again within the pause: the end still goes out
-        self._cancel_reset_timer()
-        if self.ended:
-            self._reset_episode()
-            return response
-        # Ending a running episode. The end and the states travel on different topics, so the
-        # sim holds at once (commands planned from its states are dropped), the end goes out a
-        # pause later, when the states already sent have arrived, and the next episode starts
-        # a pause after that: no subscriber takes a state into the wrong episode.
-        self.ended, self._end_pending = True, True
-        self._reset_timer = self.create_timer(RESET_PAUSE_S, self._on_reset_timer)
+        self._reset_requested = True
+        if not self.ended:
+            self._end_episode('reset')    # the pause timer starts the next episode after it
+        elif self._pause_timer is None:
+            # The end went out already: the next episode a pause after it.
+            self._pause(RESET_PAUSE_S - (time.monotonic() - self._end_sent))
         return response
 
-    def _on_reset_timer(self) -> None:
-        if self._end_pending:
-            self._end_pending = False
-            self._end_episode('reset')
-            return
-        self._cancel_reset_timer()
-        self._reset_episode()
+    def _end_episode(self, reason: str) -> None:
+        """Hold the sim at once; the end goes out a pause later.
 
-    def _cancel_reset_timer(self) -> None:
-        if self._reset_timer is not None:
-            self.destroy_timer(self._reset_timer)
-        self._reset_timer, self._end_pending = None, False
+        The end and the states travel on different topics: sent a pause after the last state
+        (when the states already sent have arrived), and the next episode's first state a pause
+        after it, no subscriber takes a state into the wrong episode.
+        """
+        self.ended, self._end_reason = True, reason
+        self._pause(RESET_PAUSE_S)
+
+    def _pause(self, seconds: float) -> None:
+        if self._pause_timer is not None:
+            self.destroy_timer(self._pause_timer)
+        self._pause_timer = self.create_timer(max(seconds, 1e-3), self._on_pause)
+
+    def _on_pause(self) -> None:
+        self.destroy_timer(self._pause_timer)
+        self._pause_timer = None
+        if self._end_reason is not None:
+            self.end_pub.publish(String(data=self._end_reason))
+            self.get_logger().info(f'episode ended after {self.steps} steps: {self._end_reason}')
+            self._end_reason, self._end_sent = None, time.monotonic()
+            if self._reset_requested:
+                self._pause(RESET_PAUSE_S)
+        elif self._reset_requested:
+            self._reset_requested = False
+            self._reset_episode()
 
     # Commands ------------------------------------------------------------------------------
     def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
@@ -253,11 +266,6 @@ class SimBridgeNode(Node):
             self._end_episode('terminated')
         elif self.episode_steps and self.steps >= self.episode_steps:
             self._end_episode('episode_steps')
-
-    def _end_episode(self, reason: str) -> None:
-        self.ended = True
-        self.end_pub.publish(String(data=reason))
-        self.get_logger().info(f'episode ended after {self.steps} steps: {reason}')
 
     # Output --------------------------------------------------------------------------------
     def _stamp(self) -> Time:
