@@ -53,6 +53,8 @@ def isolated_paths(tmp_path, monkeypatch):
     scratch.mkdir()
     monkeypatch.setenv('MINARI_DATASETS_PATH', str(datasets))
     monkeypatch.setenv('TMPDIR', str(scratch))
+    # A process caches its temporary folder at the first use: this one's too.
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
     return tmp_path
 
 
