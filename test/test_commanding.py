@@ -128,9 +128,10 @@ def test_an_ended_episodes_last_state_taken_after_its_end_stays_out_of_the_next(
         nice = None
 
         def __init__(self, planner):
-            self.planner, self.resets = planner, 0
+            self.planner, self.resets, self.plans = planner, 0, 0
 
         def plan(self, *args, **kwargs):
+            self.plans += 1
             return self.planner.plan(*args, **kwargs)
 
         def reset(self):
@@ -140,6 +141,9 @@ def test_an_ended_episodes_last_state_taken_after_its_end_stays_out_of_the_next(
                 loop.on_state(started, 0.03, time.monotonic())
 
     loop.plans = ResetAnswered(loop.planner)
+    # In lockstep the control rate only sets the pause that marks a new episode on a robot
+    # without episode_end: 20 s here, so a slow test thread cannot start one.
+    loop.control_rate_hz = 0.5
     robot_send = node.send
 
     def robot(action, source):
@@ -155,7 +159,8 @@ def test_an_ended_episodes_last_state_taken_after_its_end_stays_out_of_the_next(
     wait_for(lambda: len(node.commands) == 3)
     first = reference.plan(started, returns_to_go=300.0)
     np.testing.assert_allclose(node.commands[2][0], first.actions[0], atol=1e-6)
-    assert loop.plans.resets == 1 and len(node.plans) == 3
+    # Three plans: each episode's states, not the ended episode's last one.
+    assert loop.plans.resets == 1 and loop.plans.plans == 3 and len(node.plans) == 3
 
 
 def test_real_time_tracks_the_plan_from_each_state_as_it_arrives(running):

@@ -532,3 +532,76 @@ def test_a_command_that_arrived_before_the_bridges_step_is_applied_at_that_step(
             assert list(node.states[seen].effort) == command
     finally:
         bridge.destroy_node()
+
+
+def test_the_bridge_sends_an_end_a_pause_after_the_last_state_and_the_next_episode_after_it(
+        ros_env):
+    """Every way an episode ends: the end alone, once, between two pauses (sim bridge, lockstep).
+
+    The end and the states travel on different topics; the pauses keep a subscriber from taking
+    a state into the wrong episode.
+    """
+    from std_srvs.srv import Trigger
+
+    rclpy.init()
+    bridge = SimBridgeNode(parameter_overrides=[Parameter('profile', value=PROFILE),
+                                                Parameter('lockstep', value=True)])
+    executor = SingleThreadedExecutor()
+    executor.add_node(bridge)
+    sent_out = []   # (what, when)
+    publish_state, publish_end = bridge.state_pub.publish, bridge.end_pub.publish
+    bridge.state_pub.publish = lambda msg: (sent_out.append(('state', time.monotonic())),
+                                            publish_state(msg))
+    bridge.end_pub.publish = lambda msg: (sent_out.append((msg.data, time.monotonic())),
+                                          publish_end(msg))
+
+    def spin_until(condition, timeout_s=10.0):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, sent_out
+            executor.spin_once(timeout_sec=0.01)
+
+    def reset():
+        return bridge._on_reset(Trigger.Request(), Trigger.Response())
+
+    def after(kind, start):
+        return [(what, when) for what, when in sent_out[start:] if what == kind]
+
+    zero = np.zeros(len(bridge.profile.actuators))
+    try:
+        # A running episode reset twice within its pauses: one end, then one new episode.
+        bridge._step(zero)
+        start, last_state = len(sent_out), sent_out[-1][1]
+        reset()
+        bridge._step(zero)     # held: steps nothing
+        reset()
+        spin_until(lambda: len(after('state', start)) == 1)
+        (_, end_at), = after('reset', start)
+        (_, state_at), = after('state', start)
+        assert end_at - last_state >= 0.5 and state_at - end_at >= 0.5
+        assert bridge.episode == 2 and bridge.steps == 0
+        # An episode that ends itself (episode_steps): the end a pause after its last state,
+        # then nothing until ~/reset; a reset long after the end starts the episode at once.
+        bridge.episode_steps = 2
+        start = len(sent_out)
+        bridge._step(zero)
+        bridge._step(zero)
+        last_state = sent_out[-1][1]
+        spin_until(lambda: after('episode_steps', start))
+        (_, end_at), = after('episode_steps', start)
+        assert end_at - last_state >= 0.5
+        quiet = time.monotonic() + 0.6
+        spin_until(lambda: time.monotonic() > quiet)   # nothing may come: nothing to wait for
+        assert len(sent_out) == start + 3
+        reset()
+        assert bridge._pause_timer.timer_period_ns <= 1e6     # no second pause
+        spin_until(lambda: len(after('state', start)) == 3)
+        # Stopped within the pause: the end still goes out, before the last state.
+        bridge._step(zero)
+        bridge._step(zero)
+        start = len(sent_out)
+        bridge.stop()
+        assert [what for what, _ in sent_out[start:]] == ['episode_steps', 'state']
+    finally:
+        bridge.destroy_node()
+        rclpy.try_shutdown()

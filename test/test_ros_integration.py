@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from conftest import process_gone, REPO  # noqa: E402
 from diffusion_planner_ros.nodes.runner import DUMP_STACKS_SIGNAL  # noqa: E402
 from diffusion_planner_ros.nodes.demo.sim_graph import stop_nodes  # noqa: E402
+from diffusion_planner_ros.nodes.timing import sent  # noqa: E402
 from ros_helpers import (BUNDLE, FakeDriver, get_planner_parameter, planner_args,  # noqa: E402
                          PROFILE, RELIABLE, run_sim_graph, set_planner_parameter, spin_until,
                          start, stop, wait_logged)
@@ -400,12 +400,12 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
     node = Node('commander')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    states, rewards, ends, arrivals = [], [], [], {}
-    node.create_subscription(JointState, 'joint_states', lambda m: (
-        states.append(m), arrivals.__setitem__(len(states), time.monotonic())), 100)
+    states, rewards, ends, sent_at = [], [], [], {}    # sent_at: when the bridge sent each
+    node.create_subscription(JointState, 'joint_states', lambda m, info: (
+        states.append(m), sent_at.__setitem__(len(states), sent(info))), 100)
     node.create_subscription(Float64, 'reward', lambda m: rewards.append(m.data), RELIABLE)
-    node.create_subscription(String, 'episode_end', lambda m: (
-        ends.append(m.data), arrivals.__setitem__('end', time.monotonic())), RELIABLE)
+    node.create_subscription(String, 'episode_end', lambda m, info: (
+        ends.append(m.data), sent_at.__setitem__('end', sent(info))), RELIABLE)
     publisher = node.create_publisher(Float64MultiArray, 'commands', RELIABLE)
     reset = node.create_client(Trigger, '/sim_bridge_node/reset')
     try:
@@ -426,7 +426,7 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
         assert ends == ['terminated'] and 0 < len(rewards) < 200
         # The end goes out a pause (0.5 s) after the episode's last state, so no subscriber
         # takes that state after the end (they travel on different topics).
-        assert arrivals['end'] - arrivals[len(states)] > 0.25
+        assert sent_at['end'] - sent_at[len(states)] >= 0.45
         # The sim holds: commands after the fall step nothing.
         held, spent = len(states), len(rewards)
         publisher.publish(Float64MultiArray(data=[1.0, 1.0, 1.0]))

@@ -8,7 +8,8 @@ zero after command_timeout_s. Each step's reward goes out on ``reward`` (std_msg
 the state it led to. An episode ends when the env terminates it (a fall), after episode_steps,
 or at ``~/reset``; the sim holds at once, ``episode_end`` (std_msgs/String: terminated,
 episode_steps or reset) says so half a second after the episode's last state, and ``~/reset``
-starts the next episode half a second after that end, publishing its goal on ``episode_goal``.
+starts the next episode no sooner than half a second after that end, publishing its goal on
+``episode_goal``.
 Two modes: real time (one env step per env dt of wall time) and lockstep (one env step per
 received command). Swap this node for a real driver by remapping.
 """
@@ -24,6 +25,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.clock import Clock as RosClock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -95,6 +97,7 @@ class SimBridgeNode(Node):
         # the last one went out, and whether ~/reset asked for the next episode.
         self._pause_timer, self._end_reason, self._end_sent = None, None, -math.inf
         self._reset_requested = False
+        self._steady = RosClock(clock_type=ClockType.STEADY_TIME)
         self.episode_steps = self.get_parameter('episode_steps').value
         self.goal = None
 
@@ -187,15 +190,20 @@ class SimBridgeNode(Node):
     def _pause(self, seconds: float) -> None:
         if self._pause_timer is not None:
             self.destroy_timer(self._pause_timer)
-        self._pause_timer = self.create_timer(max(seconds, 1e-3), self._on_pause)
+        # Wall time: the sim's clock stands still while it holds.
+        self._pause_timer = self.create_timer(max(seconds, 1e-3), self._on_pause,
+                                              clock=self._steady)
+
+    def _send_end(self) -> None:
+        self.end_pub.publish(String(data=self._end_reason))
+        self.get_logger().info(f'episode ended after {self.steps} steps: {self._end_reason}')
+        self._end_reason, self._end_sent = None, time.monotonic()
 
     def _on_pause(self) -> None:
         self.destroy_timer(self._pause_timer)
         self._pause_timer = None
         if self._end_reason is not None:
-            self.end_pub.publish(String(data=self._end_reason))
-            self.get_logger().info(f'episode ended after {self.steps} steps: {self._end_reason}')
-            self._end_reason, self._end_sent = None, time.monotonic()
+            self._send_end()
             if self._reset_requested:
                 self._pause(RESET_PAUSE_S)
         elif self._reset_requested:
@@ -328,7 +336,13 @@ class SimBridgeNode(Node):
         return walls
 
     def stop(self) -> None:
-        """Apply zero to the actuators before exiting, and report it on joint_states."""
+        """Apply zero to the actuators before exiting, and report it on joint_states.
+
+        An episode end still pending goes out first.
+        """
+        if self._end_reason is not None:
+            self._send_end()
+            self.end_pub.wait_for_all_acked(Duration(seconds=LAST_MESSAGE_ACK_S))
         with self._lock:
             self._command[:] = 0.0
         zero = np.zeros(len(self.profile.actuators))
