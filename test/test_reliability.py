@@ -548,12 +548,18 @@ def test_the_bridge_sends_an_end_a_pause_after_the_last_state_and_the_next_episo
                                                 Parameter('lockstep', value=True)])
     executor = SingleThreadedExecutor()
     executor.add_node(bridge)
-    sent_out = []   # (what, when)
-    publish_state, publish_end = bridge.state_pub.publish, bridge.end_pub.publish
-    bridge.state_pub.publish = lambda msg: (sent_out.append(('state', time.monotonic())),
-                                            publish_state(msg))
-    bridge.end_pub.publish = lambda msg: (sent_out.append((msg.data, time.monotonic())),
-                                          publish_end(msg))
+    sent_out = []   # (what, when): 'state', or the end's reason
+
+    def recorded(publisher, what):
+        publish = publisher.publish
+
+        def record_and_publish(msg):
+            sent_out.append((what(msg), time.monotonic()))
+            publish(msg)
+        publisher.publish = record_and_publish
+
+    recorded(bridge.state_pub, lambda msg: 'state')
+    recorded(bridge.end_pub, lambda msg: msg.data)
 
     def spin_until(condition, timeout_s=10.0):
         deadline = time.monotonic() + timeout_s

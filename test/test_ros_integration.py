@@ -401,11 +401,18 @@ def test_bridge_reports_rewards_and_a_fall_then_holds_until_reset(ros_env, tmp_p
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     states, rewards, ends, sent_at = [], [], [], {}    # sent_at: when the bridge sent each
-    node.create_subscription(JointState, 'joint_states', lambda m, info: (
-        states.append(m), sent_at.__setitem__(len(states), sent(info))), 100)
+
+    def on_state(msg, info):
+        states.append(msg)
+        sent_at[len(states)] = sent(info)
+
+    def on_end(msg, info):
+        ends.append(msg.data)
+        sent_at['end'] = sent(info)
+
+    node.create_subscription(JointState, 'joint_states', on_state, 100)
     node.create_subscription(Float64, 'reward', lambda m: rewards.append(m.data), RELIABLE)
-    node.create_subscription(String, 'episode_end', lambda m, info: (
-        ends.append(m.data), sent_at.__setitem__('end', sent(info))), RELIABLE)
+    node.create_subscription(String, 'episode_end', on_end, RELIABLE)
     publisher = node.create_publisher(Float64MultiArray, 'commands', RELIABLE)
     reset = node.create_client(Trigger, '/sim_bridge_node/reset')
     try:

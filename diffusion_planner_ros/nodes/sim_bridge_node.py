@@ -188,9 +188,8 @@ class SimBridgeNode(Node):
         self._pause(RESET_PAUSE_S)
 
     def _pause(self, seconds: float) -> None:
-        if self._pause_timer is not None:
-            self.destroy_timer(self._pause_timer)
-        # Wall time: the sim's clock stands still while it holds.
+        # One pause at a time (every caller starts one where none runs). Wall time: the sim's
+        # clock stands still while it holds.
         self._pause_timer = self.create_timer(max(seconds, 1e-3), self._on_pause,
                                               clock=self._steady)
 
