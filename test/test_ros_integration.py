@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 rclpy = pytest.importorskip('rclpy')
 
@@ -357,6 +358,10 @@ def test_nodes_refuse_bad_start_parameters_with_their_names(ros_env, tmp_path):
                           '-p', 'plan_rate_hz:=-3.0'], 'plan_rate_hz out of range'),
         ('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}',
                              '-p', 'command_timeout_s:=-1.0'], 'command_timeout_s out of range'),
+        ('planner_node', ['--ros-args', '-p', f'bundle:={BUNDLE}', '-p', f'profile:={PROFILE}',
+                          '-p', 'executor:=fast'], "executor 'fast' is not one of single, events"),
+        ('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}', '-p', 'executor:=fast'],
+         "executor 'fast'"),
     ]
     for executable, args, named in cases:
         process, log = start(executable, args, ros_env, tmp_path, executable)
@@ -367,17 +372,24 @@ def test_nodes_refuse_bad_start_parameters_with_their_names(ros_env, tmp_path):
 
 
 @pytest.mark.serial
-def test_sim_graph_hopper_lockstep_matches_evaluate(ros_env, tmp_path):
+@pytest.mark.parametrize('executor', ['single', 'events'])
+def test_sim_graph_hopper_lockstep_matches_evaluate(executor, ros_env, tmp_path):
     # robot:=hopper picks the hopper profile, bundle and rates; in lockstep the planner spends
     # the bridge's /reward off its returns-to-go target and starts afresh at /episode_end, so
-    # its episodes are evaluate.py's, return for return.
+    # its episodes are evaluate.py's, return for return, on either executor of both nodes.
     from diffusion_planner_ros.envs import make_env
     from diffusion_planner_ros.evaluation import run_planner_episode
     from diffusion_planner_ros.planning import load_planner
 
-    output, summary = run_sim_graph(['robot:=hopper', '--episodes', '2', '--steps', '80'],
-                                    ros_env, tmp_path)
+    params = yaml.safe_load((REPO / 'config' / 'sim' / 'hopper.yaml').read_text())
+    for node in ('planner_node', 'sim_bridge_node'):
+        params[node]['ros__parameters']['executor'] = executor
+    params_file = tmp_path / 'hopper.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    output, summary = run_sim_graph(['robot:=hopper', f'params:={params_file}', '--episodes',
+                                     '2', '--steps', '80'], ros_env, tmp_path)
     assert summary['robot'] == 'hopper' and summary['timed_out'] == 0, output[-3000:]
+    assert summary['planner_diagnostics']['executor'] == executor
     assert summary['episode_ends'] == ['episode_steps', 'episode_steps']
     planner = load_planner(REPO / 'models' / 'hopper', 'cpu')
     env = make_env('Hopper-v5', max_episode_steps=80)

@@ -64,7 +64,8 @@ from diffusion_planner_ros.planning.commanding import CommandLoop, plan_budget_m
 from diffusion_planner_ros.planning.realtime import PlanLead
 from diffusion_planner_ros.planning.returns import episode_target, ReturnsToGo, target_steps
 from diffusion_planner_ros.planning.threads import configure_threads
-from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
+from diffusion_planner_ros.nodes.runner import (
+    declare_executor, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import robot_world
 
@@ -91,6 +92,7 @@ class PlannerNode(LifecycleNode):
 
     def __init__(self):
         super().__init__('planner_node')
+        declare_executor(self)
         p = self.declare_parameter
         # The bundle is the one required parameter. Parameters declared with a type and no
         # value are unset until given: unset means the bundle's value (or its robot's).
@@ -310,7 +312,7 @@ class PlannerNode(LifecycleNode):
             # before the state it led to) is spent before that state wakes the planner, and an
             # episode's last state is taken before its end.
             self.create_subscription(Float64, 'reward', self._on_reward, reliable),
-            self.create_subscription(JointState, 'joint_states', self._on_joint_state, 10),
+            subscribe_with_info(self, JointState, 'joint_states', self._on_joint_state, 10),
             self.create_subscription(String, 'episode_end', self._on_episode_end, reliable),
             self.create_subscription(PoseStamped, 'goal_pose', self._on_goal, 10),
             self.create_timer(1.0, self._publish_diagnostics, clock=self._steady),
@@ -652,6 +654,7 @@ class PlannerNode(LifecycleNode):
             'refine_reason': loop.refine_reason,
             'plan_lead_steps_p50': _fmt(loop.lead_steps_used.percentile(50)),
             'plan_thread_nice': str(loop.plan_nice),
+            'executor': self.get_parameter('executor').value,
             'plan_process': 'none' if self.plans is self.planner else str(self.plans.pid),
             'rewards_received': str(loop.returns_to_go.rewards),
             'state_age_s': _fmt(age),

@@ -37,7 +37,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
-from diffusion_planner_ros.nodes.runner import LAST_MESSAGE_ACK_S, spin_node
+from diffusion_planner_ros.nodes.runner import (
+    declare_executor, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import load_profile
 
@@ -58,6 +59,7 @@ class SimBridgeNode(Node):
 
     def __init__(self, **node_options):
         super().__init__('sim_bridge_node', **node_options)
+        declare_executor(self)
         self.declare_parameter('profile', '', ParameterDescriptor(
             description='robot profile YAML', read_only=True))
         self.declare_parameter('lockstep', False, ParameterDescriptor(
@@ -111,8 +113,8 @@ class SimBridgeNode(Node):
         self.reward_pub = self.create_publisher(Float64, 'reward', reliable)
         self.end_pub = self.create_publisher(String, 'episode_end', reliable)
         self.tf_pub = self.create_publisher(TFMessage, '/tf', 10) if TFMessage else None
-        self._command_sub = self.create_subscription(
-            Float64MultiArray, 'commands', self._on_command,
+        self._command_sub = subscribe_with_info(
+            self, Float64MultiArray, 'commands', self._on_command,
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.create_service(Trigger, '~/reset', self._on_reset)
         self.lockstep = self.get_parameter('lockstep').value
