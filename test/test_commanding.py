@@ -197,3 +197,15 @@ def test_states_with_stamps_that_go_backwards_are_dropped_and_counted(running):
     loop.on_state(states(1)[0], 2.0, now)
     loop.on_state(states(1)[0], 1.0, now + T)
     assert loop.rejected_states == 1 and node.warnings[0].startswith('joint_states:stamp')
+
+
+def test_a_state_of_unknown_arrival_counts_as_arrived_now_and_leaves_the_delay_unmeasured(
+        running):
+    # The events executor gives no MessageInfo: the state is taken as it comes, with no
+    # executor delay made up for it; a known arrival is measured.
+    loop, node, _ = running(lockstep=False)
+    loop.on_state(states(1)[0], 1.0, None)
+    assert loop.executor_delay.percentile(50) is None
+    assert loop.state_age_s() < 1.0
+    loop.on_state(states(1)[0], 2.0, time.monotonic() - 0.2)
+    assert loop.executor_delay.percentile(50) >= 200.0

@@ -551,7 +551,7 @@ class PlannerNode(LifecycleNode):
         # A state's age counts from its arrival: in a backlog handled late, only the newest is
         # fresh.
         self.loop.on_state(observation, msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec,
-                           arrival(info))
+                           None if info is None else arrival(info))
 
     def _on_goal(self, msg: PoseStamped) -> None:
         goal = np.array([msg.pose.position.x, msg.pose.position.y])

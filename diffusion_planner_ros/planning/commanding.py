@@ -183,9 +183,16 @@ class CommandLoop:
         self.track.clear()
         self.trigger.plan_now()
 
-    def on_state(self, observation: np.ndarray, stamp: float, received: float) -> None:
-        """Take a state stamped ``stamp`` (s) that arrived at ``received`` (monotonic s)."""
-        self.executor_delay.add(1e3 * (time.monotonic() - received))
+    def on_state(self, observation: np.ndarray, stamp: float, received: float | None) -> None:
+        """Take a state stamped ``stamp`` (s) that arrived at ``received`` (monotonic s).
+
+        ``received`` None: the arrival time is unknown (an executor that gives no MessageInfo);
+        the state counts as arrived now and the executor's delay goes unmeasured.
+        """
+        if received is None:
+            received = time.monotonic()
+        else:
+            self.executor_delay.add(1e3 * (time.monotonic() - received))
         problem = self.stamps.check(stamp, received)
         if problem is not None:
             self.reject(problem)
