@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,13 +124,21 @@ def pin(process, cores: set) -> None:
         os.sched_setaffinity(int(task.name), cores)
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system, s) a process's threads have used so far."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
               planner_params: dict, rewards: bool, pin_planner: bool = False,
-              recorder_idle: bool = True) -> dict:
+              recorder_idle: bool = True, bridge_params: dict | None = None) -> dict:
     """Start the graph, run the episodes, stop it; return the run's figures.
 
     pin_planner: the planner's process gets the last core to itself, the bridge and this
     process share the others (as a robot computer keeps its planner off the driver's core).
+    The figures include each node's CPU use over the episodes, in cores (CPU s per wall s; a
+    plan process's own CPU is not counted).
     """
     share = share_directory()
     launch_args, specs = read_launch_file(share / 'launch' / 'sim.launch.py', share,
@@ -151,7 +160,8 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
                                else target) for source, target in planner.remappings]
     extra = {'planner_node': {'lockstep': str(lockstep).lower(), **planner_params},
              'sim_bridge_node': {'lockstep': str(lockstep).lower(),
-                                 'episode_steps': steps if lockstep else 0}}
+                                 'episode_steps': steps if lockstep else 0,
+                                 **(bridge_params or {})}}
     seed = _bridge_seed(next(s for s in specs if s.name == 'sim_bridge_node'))
     processes = start_nodes(specs, extra)
     all_cores = os.sched_getaffinity(0)
@@ -178,6 +188,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
     records = []
     try:
         client.wait_for_graph(executor, launch_args['command_topic'])
+        start = time.monotonic(), {Path(p.args[0]).name: cpu_seconds(p.pid) for p in processes}
         for episode in range(1, episodes + 1):
             timeout = 120.0 if lockstep else steps * period_s * 3 + 10
             record = client.run_episode(executor, episode, steps, timeout,
@@ -185,6 +196,9 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
             records.append(record)
             print(f'  episode {episode}: seed {record.seed} return '
                   f'{record.episode_return:.1f} steps {len(record.rewards)}', flush=True)
+        wall_s = time.monotonic() - start[0]
+        cpu_cores = {name: (cpu_seconds(p.pid) - start[1][name]) / wall_s
+                     for p in processes for name in [Path(p.args[0]).name]}
         client.spin_until(executor, lambda: False, 1.2)  # the last diagnostics
     finally:
         diagnostics = dict(client.diagnostics)
@@ -212,6 +226,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
         'episode_steps': [len(r.rewards) for r in records],
         'seeds': [r.seed for r in records],
         **figures,
+        'cpu_cores': cpu_cores,
         'planner_diagnostics': diagnostics,
     }
 
@@ -268,6 +283,8 @@ def main() -> None:
     parser.add_argument('--params', default='', metavar='P:=V,...',
                         help='planner parameters of every run, lockstep included (e.g. '
                              'bundle:=PATH); a variant\'s own win')
+    parser.add_argument('--bridge-params', default='', metavar='P:=V,...',
+                        help='sim bridge parameters of every run (e.g. executor:=events)')
     parser.add_argument('--no-lockstep', action='store_true', help='skip the lockstep run')
     parser.add_argument('--no-realtime', action='store_true', help='only the lockstep run')
     parser.add_argument('--rewards', action='store_true',
@@ -291,6 +308,7 @@ def main() -> None:
     variants = {'anytime': {}}
     try:
         shared = parse_params(args.params)
+        bridge = parse_params(args.bridge_params)
         for item in args.variant:
             name, sep, params = item.partition('=')
             if not sep or not name:
@@ -304,21 +322,21 @@ def main() -> None:
         common['backend'] = 'eager'
 
     report = {'robot': args.robot, 'episodes': args.episodes, 'params': shared,
-              'rewards': args.rewards,
+              'bridge_params': bridge, 'rewards': args.rewards,
               'pin_planner': args.pin_planner, 'recorder': args.recorder,
               'machine': machine(), 'realtime': {}}
     if not args.no_lockstep:
         print('lockstep', flush=True)
         report['lockstep'] = run_graph(args.robot, True, args.episodes, args.steps, common,
                                        args.rewards, args.pin_planner,
-                                       args.recorder == 'idle')
+                                       args.recorder == 'idle', bridge)
     for name, params in ({} if args.no_realtime else variants).items():
         report['realtime'][name] = []
         for added in args.added_latency_ms:
             print(f'real time, {name}, added latency {added:g} ms', flush=True)
             run = run_graph(args.robot, False, args.episodes, args.steps,
                             {**common, **params, 'added_latency_ms': added}, args.rewards,
-                            args.pin_planner, args.recorder == 'idle')
+                            args.pin_planner, args.recorder == 'idle', bridge)
             run['added_latency_ms'] = added
             if report.get('lockstep'):
                 reference = report['lockstep']['score_mean']
@@ -326,8 +344,8 @@ def main() -> None:
             report['realtime'][name].append(run)
 
     print('| mode | added ms | score | ratio | success | age p50/p99 | plan age p50/p99 | '
-          'no new command | k p50 |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          'no new command | k p50 | CPU cores planner / bridge |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     rows = ([('lockstep', report['lockstep'])] if report.get('lockstep') else []) + [
         (f'real time, {name}', run) for name, runs in report['realtime'].items() for run in runs]
     for label, run in rows:
@@ -336,7 +354,9 @@ def main() -> None:
               f'{run["success_rate"]:.2f} | {_fmt(run.get("age_p50_periods"))}/'
               f'{_fmt(run.get("age_p99_periods"))} | {_fmt(run.get("plan_age_p50_periods"))}/'
               f'{_fmt(run.get("plan_age_p99_periods"))} | '
-              f'{_fmt(run.get("no_new_command_share"))} | {_fmt(run.get("refine_steps_p50"))} |')
+              f'{_fmt(run.get("no_new_command_share"))} | {_fmt(run.get("refine_steps_p50"))} | '
+              f'{_fmt(run["cpu_cores"].get("planner_node"))} / '
+              f'{_fmt(run["cpu_cores"].get("sim_bridge_node"))} |')
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + '\n')
