@@ -30,15 +30,21 @@ def console_scripts() -> dict:
     return scripts
 
 
+RUNNER = REPO / 'diffusion_planner_ros' / 'nodes' / 'runner.py'
+
+
 def node_topics(source) -> set:
     text = source.read_text()
-    pattern = r"create_(?:lifecycle_publisher|publisher|subscription)\(\s*\w+,\s*'([^']+)'"
+    pattern = (r"(?:create_(?:lifecycle_publisher|publisher|subscription)\(|"
+               r"subscribe_with_info\(\s*self,)\s*\w+,\s*'([^']+)'")
     return set(re.findall(pattern, text))
 
 
 def declared_parameters(source) -> set:
     text = source.read_text()
-    return set(re.findall(r"(?:declare_parameter|\bp)\(\s*'([^']+)'", text))
+    # A node that calls declare_executor declares what runner.py's declare_parameter names.
+    shared = declared_parameters(RUNNER) if 'declare_executor(self)' in text else set()
+    return set(re.findall(r"(?:declare_parameter|\bp)\(\s*'([^']+)'", text)) | shared
 
 
 @pytest.fixture

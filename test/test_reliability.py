@@ -405,12 +405,14 @@ def test_lockstep_planner_commands_a_resent_state_once(ros_env, recorder, tmp_pa
     assert code == 0, log.read_text()[-3000:]
 
 
+@pytest.mark.parametrize('node_executor', ['single', 'events'])
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum):
+def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum, node_executor):
     node, executor = driver
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
-    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true'], ros_env, tmp_path,
-                         'planner')
+    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true',
+                                          '-p', f'executor:={node_executor}'],
+                         ros_env, tmp_path, 'planner')
     try:
         assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0
                           and node.count_publishers('/drv/cmd') > 0, 60), log.read_text()
@@ -430,9 +432,11 @@ def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum):
             planner.kill()
 
 
+@pytest.mark.parametrize('node_executor', ['single', 'events'])
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_bridge_applies_zero_on_signal(ros_env, recorder, tmp_path, signum):
-    bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}'],
+def test_bridge_applies_zero_on_signal(ros_env, recorder, tmp_path, signum, node_executor):
+    bridge, log = start('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}',
+                                            '-p', f'executor:={node_executor}'],
                         ros_env, tmp_path, 'bridge')
     node, executor = recorder(state_topic='joint_states', command_topic='commands')
     try:

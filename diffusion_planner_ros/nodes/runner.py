@@ -50,7 +50,7 @@ def declare_executor(node) -> str:
         raise ValueError(f'executor {kind!r} is not one of {", ".join(EXECUTORS)}')
     if kind == 'events' and EventsExecutor is None:
         raise ValueError("executor 'events' needs rclpy 7.1.4 or later (ROS 2 Jazzy); this "
-                         'rclpy has no EventsExecutor')
+                         'rclpy has no EventsExecutor: set executor:=single')
     return kind
 
 
