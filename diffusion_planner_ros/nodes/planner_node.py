@@ -20,8 +20,9 @@ A lifecycle node (configure, activate, deactivate, cleanup); it drives itself to
 ``autostart`` is false. A worker thread plans, so the executor is never blocked; with
 plan_process (real time only) the plans themselves run in a child process
 (planning/plan_process.py), so the executor that sends each state's command never waits for
-the planning thread's interpreter lock. Only SingleThreadedExecutor is used
-(MultiThreadedExecutor misbehaves with the PyPI rclpy wheels).
+the planning thread's interpreter lock. The node spins on SingleThreadedExecutor or, with
+executor:=events, on rclpy's EventsExecutor (nodes/runner.py); never on MultiThreadedExecutor,
+which misbehaves with the PyPI rclpy wheels.
 
 Bad input never reaches the planner: joint_states with missing, duplicate or non-finite
 profile joints, or with stamps that go backwards or leap ahead, are dropped with a throttled
@@ -308,9 +309,10 @@ class PlannerNode(LifecycleNode):
         self._entities = [
             self.command_pub, self.path_pub, self.marker_pub, self.timing_pub,
             self.command_info_pub, self.diag_pub,
-            # The executor serves ready subscriptions in this order: a step's reward (sent
-            # before the state it led to) is spent before that state wakes the planner, and an
-            # episode's last state is taken before its end.
+            # SingleThreadedExecutor serves ready subscriptions in this order: a step's reward
+            # (sent before the state it led to) is spent before that state wakes the planner,
+            # and an episode's last state is taken before its end. The events executor serves
+            # them in the order they arrived, which is the bridge's order on one host.
             self.create_subscription(Float64, 'reward', self._on_reward, reliable),
             subscribe_with_info(self, JointState, 'joint_states', self._on_joint_state, 10),
             self.create_subscription(String, 'episode_end', self._on_episode_end, reliable),
@@ -541,7 +543,7 @@ class PlannerNode(LifecycleNode):
             self._last_warn[key] = now
             self.get_logger().warning(message)
 
-    def _on_joint_state(self, msg: JointState, info: dict) -> None:
+    def _on_joint_state(self, msg: JointState, info: dict | None) -> None:
         try:
             observation = self.profile.observation_from_joint_state(
                 msg.name, msg.position, msg.velocity)

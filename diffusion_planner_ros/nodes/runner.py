@@ -38,10 +38,12 @@ def declare_executor(node) -> str:
     """Declare a node's read-only `executor` parameter; return its value once it is checked.
 
     'single' is rclpy's SingleThreadedExecutor, which builds each wait in Python. 'events' is
-    rclpy's EventsExecutor (C++; experimental in rclpy, in Jazzy's 7.1.4 and later): the same
-    callbacks in the order their events arrived, with less work between them. It calls a
-    subscription's callback with the message alone (no MessageInfo), so a node on it counts a
-    message's age from its callback, not from its arrival in DDS.
+    rclpy's EventsExecutor (C++; experimental in rclpy, in Jazzy's 7.1.4 and later), which runs
+    the callbacks in the order their events arrived, with less work between them. On rclpy
+    7.1.6 it fails on a subscription callback that takes a MessageInfo, so a node on it
+    subscribes with the message alone (subscribe_with_info) and counts a message's age from
+    its callback, not from its arrival in DDS: a stall of the node's executor then makes a
+    backlog look fresh.
     """
     kind = node.declare_parameter('executor', 'single', ParameterDescriptor(
         description='single (SingleThreadedExecutor) or events (EventsExecutor)',
@@ -74,7 +76,7 @@ def spin_node(factory: Callable, args=None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    node = None
+    node = executor = None
     try:
         try:
             node = factory()
@@ -92,5 +94,7 @@ def spin_node(factory: Callable, args=None) -> None:
     finally:
         if node is not None:
             node.stop()
+            if executor is not None:
+                executor.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()

@@ -212,7 +212,7 @@ class SimBridgeNode(Node):
             self._reset_episode()
 
     # Commands ------------------------------------------------------------------------------
-    def _on_command(self, msg: Float64MultiArray, info: dict) -> None:
+    def _on_command(self, msg: Float64MultiArray, info: dict | None) -> None:
         values = np.asarray(msg.data, dtype=np.float64)
         if values.shape != (len(self.profile.actuators),):
             self._warn('command:length', f'dropped command of length {values.size}: expected '
@@ -224,7 +224,8 @@ class SimBridgeNode(Node):
         with self._lock:
             self._command = np.clip(values, self.action_low, self.action_high)
             # Its age counts from its arrival: a bridge that stalled must not take the backlog
-            # of a dead planner for fresh commands.
+            # of a dead planner for fresh commands. (On the events executor a command it
+            # delivers has no arrival time and counts from now; one taken at a step keeps it.)
             self._command_time = arrival(info)
         if self.lockstep:
             self._step(self._command.copy())
@@ -243,9 +244,10 @@ class SimBridgeNode(Node):
         """Handle the commands that have arrived but wait in the executor's queue.
 
         A robot applies at its step the latest command that reached it before the step, as a
-        ros2_control hardware interface reads its command buffer. rclpy's executor runs a ready
-        timer before a ready subscription, so without this a command that arrived while the
-        executor was busy would wait for the step after.
+        ros2_control hardware interface reads its command buffer. SingleThreadedExecutor runs a
+        ready timer before a ready subscription, and the events executor a timer event queued
+        before the command's, so without this a command that arrived while the executor was
+        busy would wait for the step after.
         """
         sub = self._command_sub
         while True:

@@ -206,7 +206,8 @@ class CommandLoop:
                     and received - max(self._state[1], self._last_plan_command)
                     > max(NEW_EPISODE_GAP_S, NEW_EPISODE_GAP_PERIODS / self.control_rate_hz)):
                 # States resume after a pause (not one this planner made by planning slowly):
-                # a robot that sends no episode_end has started anew.
+                # a robot that sends no episode_end has started anew. (With arrival times
+                # unknown, a stall of the node's executor this long looks the same.)
                 self._start_episode()
             self._state_sequence += 1
             if not resent:

@@ -27,7 +27,9 @@ Per run: score and success, their ratio to lockstep, and from the bridge's appli
 - plan age: the same from the state the command's plan was made for (a tracked plan is followed
   for several steps after it, so this is the age of the plan in force);
 - no_new_command: the share of steps that applied the same command as the step before, or none;
-- refine steps of the plans whose commands were applied (anytime planning).
+- refine steps of the plans whose commands were applied (anytime planning);
+- cpu_cores: each node's CPU time over the episodes (reset pauses included) per wall second.
+--bridge-params sets the bridge's parameters in every run (e.g. executor:=events).
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
     records = []
     try:
         client.wait_for_graph(executor, launch_args['command_topic'])
-        start = time.monotonic(), {Path(p.args[0]).name: cpu_seconds(p.pid) for p in processes}
+        start_s = time.monotonic()
+        start_cpu = {Path(p.args[0]).name: cpu_seconds(p.pid) for p in processes}
         for episode in range(1, episodes + 1):
             timeout = 120.0 if lockstep else steps * period_s * 3 + 10
             record = client.run_episode(executor, episode, steps, timeout,
@@ -196,8 +199,8 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
             records.append(record)
             print(f'  episode {episode}: seed {record.seed} return '
                   f'{record.episode_return:.1f} steps {len(record.rewards)}', flush=True)
-        wall_s = time.monotonic() - start[0]
-        cpu_cores = {name: (cpu_seconds(p.pid) - start[1][name]) / wall_s
+        wall_s = time.monotonic() - start_s
+        cpu_cores = {name: (cpu_seconds(p.pid) - start_cpu[name]) / wall_s
                      for p in processes for name in [Path(p.args[0]).name]}
         client.spin_until(executor, lambda: False, 1.2)  # the last diagnostics
     finally:
