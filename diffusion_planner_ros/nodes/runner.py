@@ -30,8 +30,9 @@ except ImportError:
 LAST_MESSAGE_ACK_S = 1.0
 # The signal on which a node prints every thread's stack to stderr (and goes on).
 DUMP_STACKS_SIGNAL = signal.SIGUSR1
-# The executors a node can spin on (the `executor` parameter of every node).
-EXECUTORS = ('single', 'events')
+# The executors a node can spin on, by the value of its `executor` parameter (None: this rclpy
+# has none).
+EXECUTORS = {'single': SingleThreadedExecutor, 'events': EventsExecutor}
 
 
 def declare_executor(node) -> str:
@@ -50,7 +51,7 @@ def declare_executor(node) -> str:
         read_only=True)).value
     if kind not in EXECUTORS:
         raise ValueError(f'executor {kind!r} is not one of {", ".join(EXECUTORS)}')
-    if kind == 'events' and EventsExecutor is None:
+    if EXECUTORS[kind] is None:
         raise ValueError("executor 'events' needs rclpy 7.1.4 or later (ROS 2 Jazzy); this "
                          'rclpy has no EventsExecutor: set executor:=single')
     return kind
@@ -84,8 +85,7 @@ def spin_node(factory: Callable, args=None) -> None:
             print(f'cannot start: {error}', file=sys.stderr)
             rclpy.try_shutdown()
             sys.exit(2)
-        executor = (EventsExecutor() if node.get_parameter('executor').value == 'events'
-                    else SingleThreadedExecutor())
+        executor = EXECUTORS[node.get_parameter('executor').value]()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.05)

@@ -191,7 +191,7 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
     try:
         client.wait_for_graph(executor, launch_args['command_topic'])
         start_s = time.monotonic()
-        start_cpu = {Path(p.args[0]).name: cpu_seconds(p.pid) for p in processes}
+        start_cpu = {p.pid: cpu_seconds(p.pid) for p in processes}
         for episode in range(1, episodes + 1):
             timeout = 120.0 if lockstep else steps * period_s * 3 + 10
             record = client.run_episode(executor, episode, steps, timeout,
@@ -200,8 +200,8 @@ def run_graph(robot: str, lockstep: bool, episodes: int, steps: int | None,
             print(f'  episode {episode}: seed {record.seed} return '
                   f'{record.episode_return:.1f} steps {len(record.rewards)}', flush=True)
         wall_s = time.monotonic() - start_s
-        cpu_cores = {name: (cpu_seconds(p.pid) - start_cpu[name]) / wall_s
-                     for p in processes for name in [Path(p.args[0]).name]}
+        cpu_cores = {Path(p.args[0]).name: (cpu_seconds(p.pid) - start_cpu[p.pid]) / wall_s
+                     for p in processes}
         client.spin_until(executor, lambda: False, 1.2)  # the last diagnostics
     finally:
         diagnostics = dict(client.diagnostics)
