@@ -1,6 +1,7 @@
 """Diffuser's maze protocol: x0 prediction, start and goal inpainting, long windows, tracking."""
 
 import dataclasses
+import json
 import subprocess
 
 import gymnasium as gym
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PYTHON, REPO, script_env
+from maze_plan_cost import table
 from plan_shape import crosses_wall
 from test_baselines import OracleEps, RecordingTransition, method_config
 from test_bundle_planner import ENV_ID, GOAL, OBS, write_bundle
@@ -348,3 +350,20 @@ def test_plan_shape_reports_each_bundle_and_refuses_bad_input(tmp_path):
         result = shape(str(path), *bad)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert 'Traceback' not in result.stderr
+
+
+def test_maze_plan_cost_compares_each_method_per_plan_and_per_episode(tmp_path):
+    # The suite's Trajectory Diffuser plans every 4 steps of a 300-step UMaze episode (75
+    # plans); a maze protocol plans once per goal.
+    (tmp_path / 'table.json').write_text(json.dumps([
+        {'dataset': maze, 'name': name, 'plan_ms_p50': ms}
+        for maze in ('umaze', 'medium', 'large')
+        for name, ms in (('trajectory_diffuser', 10.0), ('decision_diffuser', 100.0))]))
+    (tmp_path / 'diffuser_maze').mkdir()
+    for seed, ms in enumerate((200.0, 400.0, 300.0)):
+        (tmp_path / 'diffuser_maze' / f'umaze_seed{seed}.json').write_text(
+            json.dumps({'plan_ms_p50': ms, 'plans_per_episode': 1.5}))
+    umaze = table(tmp_path).splitlines()[2]
+    assert umaze.startswith('| umaze | 10.0 ms; 0.8 s | 100 ms (10x); 7.5 s |')
+    assert '| 300 ms (30x); 0.5 s |' in umaze           # median plan, mean plans an episode
+    assert umaze.count('not run') == 5                   # no file, no row: not run
