@@ -6,6 +6,7 @@ figures come from tools/reliability/fault_drill.py and soak.py (docs/reliability
 
 import json
 import math
+import os
 import signal
 import subprocess
 import time
@@ -430,6 +431,40 @@ def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum, node
     finally:
         if planner.poll() is None:
             planner.kill()
+
+
+def test_planner_threads_run_at_the_thread_priority_asked(driver, ros_env, tmp_path):
+    """thread_priority:=20: the node's threads on SCHED_FIFO 20, its planning thread on 19."""
+    node, executor = driver
+    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
+    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true',
+                                          '-p', 'thread_priority:=20'],
+                         ros_env, tmp_path, 'planner')
+    try:
+        assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0
+                          and node.count_publishers('/drv/cmd') > 0, 60), log.read_text()
+        assert wait_logged(executor, log, 'active: commanding'), log.read_text()
+        node.publish_goal(node.goal)
+        assert wait_logged(executor, log, 'new goal'), log.read_text()
+        node.publish_state()
+        assert spin_until(executor, lambda: node.steps >= 20, 60), log.read_text()[-2000:]
+        text = log.read_text()
+        if 'not permitted' in text:  # a user without CAP_SYS_NICE: told, and it plans on
+            assert 'running on the normal scheduler' in text
+            return
+        assert 'threads at SCHED_FIFO priority 20' in text, text[-2000:]
+        threads = {}
+        for tid in os.listdir(f'/proc/{planner.pid}/task'):
+            try:
+                threads[int(tid)] = (os.sched_getscheduler(int(tid)),
+                                     os.sched_getparam(int(tid)).sched_priority)
+            except ProcessLookupError:
+                continue
+        assert threads[planner.pid] == (os.SCHED_FIFO, 20), threads
+        assert set(threads.values()) == {(os.SCHED_FIFO, 20), (os.SCHED_FIFO, 19)}, threads
+    finally:
+        planner.send_signal(signal.SIGINT)
+        assert planner.wait(timeout=20) == 0, log.read_text()[-2000:]
 
 
 @pytest.mark.parametrize('node_executor', ['single', 'events'])

@@ -362,6 +362,10 @@ def test_nodes_refuse_bad_start_parameters_with_their_names(ros_env, tmp_path):
                           '-p', 'executor:=fast'], "executor 'fast' is not one of single, events"),
         ('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}', '-p', 'executor:=fast'],
          "executor 'fast'"),
+        ('planner_node', ['--ros-args', '-p', f'bundle:={BUNDLE}', '-p', f'profile:={PROFILE}',
+                          '-p', 'thread_priority:=100'], 'thread_priority out of range'),
+        ('sim_bridge_node', ['--ros-args', '-p', f'profile:={PROFILE}',
+                             '-p', 'thread_priority:=-1'], 'thread_priority out of range'),
     ]
     for executable, args, named in cases:
         process, log = start(executable, args, ros_env, tmp_path, executable)

@@ -66,7 +66,7 @@ from diffusion_planner_ros.planning.realtime import PlanLead
 from diffusion_planner_ros.planning.returns import episode_target, ReturnsToGo, target_steps
 from diffusion_planner_ros.planning.threads import configure_threads
 from diffusion_planner_ros.nodes.runner import (
-    declare_executor, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
+    declare_executor, declare_thread_priority, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import robot_world
 
@@ -94,6 +94,7 @@ class PlannerNode(LifecycleNode):
     def __init__(self):
         super().__init__('planner_node')
         declare_executor(self)
+        declare_thread_priority(self)
         p = self.declare_parameter
         # The bundle is the one required parameter. Parameters declared with a type and no
         # value are unset until given: unset means the bundle's value (or its robot's).

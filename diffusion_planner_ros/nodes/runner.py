@@ -14,11 +14,13 @@ import sys
 import threading
 from typing import Callable
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
+
+from diffusion_planner_ros.scheduling import MAX_PRIORITY, set_realtime_priority
 
 try:  # rclpy 7.1.4 (Jazzy) and later; not in Humble
     from rclpy.experimental.events_executor import EventsExecutor
@@ -55,6 +57,28 @@ def declare_executor(node) -> str:
         raise ValueError("executor 'events' needs rclpy 7.1.4 or later (ROS 2 Jazzy); this "
                          'rclpy has no EventsExecutor: set executor:=single')
     return kind
+
+
+def declare_thread_priority(node) -> int:
+    """Declare a node's read-only `thread_priority` parameter and apply it; return its value.
+
+    0 (the default) leaves the node on the normal scheduler. 1-99 runs every thread of the node
+    (the executor's, DDS's, the planning thread one lower) at that SCHED_FIFO priority, so
+    other work on the computer cannot hold a core the node needs. Where the user may not set
+    it, the node says so and runs on as before. Call it first in the node's constructor, so the
+    threads the node starts afterwards inherit it.
+    """
+    priority = node.declare_parameter('thread_priority', 0, ParameterDescriptor(
+        description='SCHED_FIFO priority of the node\'s threads (Linux; needs CAP_SYS_NICE or '
+                    'an rtprio limit); 0 = the normal scheduler',
+        read_only=True,
+        integer_range=[IntegerRange(from_value=0, to_value=MAX_PRIORITY, step=1)])).value
+    problem = set_realtime_priority(priority)
+    if problem:
+        node.get_logger().warning(f'{problem}; running on the normal scheduler')
+    elif priority:
+        node.get_logger().info(f'threads at SCHED_FIFO priority {priority}')
+    return priority
 
 
 def subscribe_with_info(node, msg_type, topic: str, callback: Callable, qos):

@@ -38,7 +38,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diffusion_planner_ros.data.maze import MazeGrid
 from diffusion_planner_ros.envs import is_goal_env, make_env, split_observation
 from diffusion_planner_ros.nodes.runner import (
-    declare_executor, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
+    declare_executor, declare_thread_priority, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import load_profile
 
@@ -60,6 +60,7 @@ class SimBridgeNode(Node):
     def __init__(self, **node_options):
         super().__init__('sim_bridge_node', **node_options)
         declare_executor(self)
+        declare_thread_priority(self)
         self.declare_parameter('profile', '', ParameterDescriptor(
             description='robot profile YAML', read_only=True))
         self.declare_parameter('lockstep', False, ParameterDescriptor(
