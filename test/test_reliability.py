@@ -406,13 +406,12 @@ def test_lockstep_planner_commands_a_resent_state_once(ros_env, recorder, tmp_pa
     assert code == 0, log.read_text()[-3000:]
 
 
-@pytest.mark.parametrize('node_executor', ['single', 'events'])
-@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
-def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum, node_executor):
+def drive_lockstep_planner(driver, ros_env, tmp_path, *params):
+    """Start a lockstep planner on the driver's topics with ``params``; drive it 20 steps."""
     node, executor = driver
     args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
-    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true',
-                                          '-p', f'executor:={node_executor}'],
+    extra = [arg for param in params for arg in ('-p', param)]
+    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true', *extra],
                          ros_env, tmp_path, 'planner')
     try:
         assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0
@@ -422,6 +421,19 @@ def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum, node
         assert wait_logged(executor, log, 'new goal'), log.read_text()
         node.publish_state()
         assert spin_until(executor, lambda: node.steps >= 20, 60), log.read_text()[-2000:]
+    except BaseException:
+        planner.kill()
+        raise
+    return planner, log
+
+
+@pytest.mark.parametrize('node_executor', ['single', 'events'])
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum, node_executor):
+    node, executor = driver
+    planner, log = drive_lockstep_planner(driver, ros_env, tmp_path,
+                                          f'executor:={node_executor}')
+    try:
         assert node.commands[-1] != [0.0, 0.0]
         planner.send_signal(signum)
         assert planner.wait(timeout=20) == 0, log.read_text()[-2000:]
@@ -435,19 +447,8 @@ def test_planner_commands_zero_on_signal(driver, ros_env, tmp_path, signum, node
 
 def test_planner_threads_run_at_the_thread_priority_asked(driver, ros_env, tmp_path):
     """thread_priority:=20: the node's threads on SCHED_FIFO 20, its planning thread on 19."""
-    node, executor = driver
-    args = planner_args(state_topic='/drv/joint_states', command_topic='/drv/cmd')
-    planner, log = start('planner_node', [*args, '-p', 'lockstep:=true',
-                                          '-p', 'thread_priority:=20'],
-                         ros_env, tmp_path, 'planner')
+    planner, log = drive_lockstep_planner(driver, ros_env, tmp_path, 'thread_priority:=20')
     try:
-        assert spin_until(executor, lambda: node.goal_pub.get_subscription_count() > 0
-                          and node.count_publishers('/drv/cmd') > 0, 60), log.read_text()
-        assert wait_logged(executor, log, 'active: commanding'), log.read_text()
-        node.publish_goal(node.goal)
-        assert wait_logged(executor, log, 'new goal'), log.read_text()
-        node.publish_state()
-        assert spin_until(executor, lambda: node.steps >= 20, 60), log.read_text()[-2000:]
         text = log.read_text()
         if 'not permitted' in text:  # a user without CAP_SYS_NICE: told, and it plans on
             assert 'running on the normal scheduler' in text
