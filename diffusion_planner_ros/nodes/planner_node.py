@@ -69,6 +69,7 @@ from diffusion_planner_ros.nodes.runner import (
     declare_executor, declare_thread_priority, LAST_MESSAGE_ACK_S, spin_node, subscribe_with_info)
 from diffusion_planner_ros.nodes.timing import arrival
 from diffusion_planner_ros.robots import robot_world
+from diffusion_planner_ros.scheduling import rank_planning_threads, thread_ids
 
 WARN_PERIOD_S = 2.0
 
@@ -95,6 +96,8 @@ class PlannerNode(LifecycleNode):
         super().__init__('planner_node')
         declare_executor(self)
         declare_thread_priority(self)
+        # The threads that send commands; the planner's, started from here on, run lower.
+        self._sender_threads = thread_ids()
         p = self.declare_parameter
         # The bundle is the one required parameter. Parameters declared with a type and no
         # value are unset until given: unset means the bundle's value (or its robot's).
@@ -325,6 +328,7 @@ class PlannerNode(LifecycleNode):
         gc.freeze()
         self._worker = threading.Thread(target=self.loop.run, daemon=True)
         self._worker.start()
+        rank_planning_threads(self._sender_threads)
         self.get_logger().info(
             f'planning with {gp("bundle").value} on {self.planner.device}, profile '
             f'{self.profile.name}, method {self.planner.method}, '

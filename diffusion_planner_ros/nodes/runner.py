@@ -63,7 +63,7 @@ def declare_thread_priority(node) -> int:
     """Declare a node's read-only `thread_priority` parameter and apply it; return its value.
 
     0 (the default) leaves the node on the normal scheduler. 1-99 runs every thread of the node
-    (the executor's, DDS's, the planning thread one lower) at that SCHED_FIFO priority, so
+    (the executor's, DDS's; the planner's one lower) at that SCHED_FIFO priority, so
     other work on the computer cannot hold a core the node needs. Where the user may not set
     it, the node says so and runs on as before. Call it first in the node's constructor, so the
     threads the node starts afterwards inherit it.

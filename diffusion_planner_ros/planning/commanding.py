@@ -38,7 +38,6 @@ from diffusion_planner_ros.planning.realtime import (ActionChunk, budget_left_ms
                                                      PlanTrack, PlanTrigger, StampGate)
 from diffusion_planner_ros.planning.returns import ReturnsToGo
 from diffusion_planner_ros.planning.threads import lower_thread_priority
-from diffusion_planner_ros.scheduling import rank_below_senders
 
 # A plan's budget where none is given: this share of a plan period, leaving the rest for the
 # command's way out.
@@ -271,7 +270,6 @@ class CommandLoop:
         """Plan whenever a state asks for it, until ``stop``."""
         if self.plans is self.planner:
             self.plan_nice = lower_thread_priority(self.plan_thread_nice)
-            rank_below_senders()
         consumed_sequence, steps_since_plan, goal_version = 0, None, 0
         # Lockstep: the (episode, step) last commanded and when, so a resent state gets no
         # second command (the bridge would step twice) unless that command looks lost.

@@ -201,12 +201,12 @@ def serve(spec: dict, read, write) -> None:
     from diffusion_planner_ros.planning import load_planner
     from diffusion_planner_ros.planning.threads import configure_threads, lower_thread_priority
 
-    from diffusion_planner_ros.scheduling import rank_below_senders
+    from diffusion_planner_ros.scheduling import rank_planning_threads
 
-    # Threads created from here on (ONNX Runtime's, torch's) inherit the nice value, and a
-    # SCHED_FIFO priority one below the node's (thread_priority).
+    # Threads created from here on (ONNX Runtime's, torch's) inherit the nice value, and the
+    # planning priority: one below the node's SCHED_FIFO priority (thread_priority).
     nice = lower_thread_priority(spec['nice']) if spec['nice'] else None
-    rank_below_senders()
+    rank_planning_threads()
     try:
         configure_threads(spec['torch_threads'])
         planner = load_planner(spec['bundle'], **spec['options'])
