@@ -35,10 +35,11 @@ def set_realtime_priority(priority: int) -> str | None:
                          f'got {priority!r}')
     if priority == 0:
         return None
-    if not hasattr(os, 'sched_setscheduler') or not thread_ids():
+    threads = thread_ids()
+    if not hasattr(os, 'sched_setscheduler') or not threads:
         return 'SCHED_FIFO is set per thread through Linux; this system has no /proc/self/task'
     changed = []
-    for thread in sorted(thread_ids()):
+    for thread in sorted(threads):
         try:
             before = (os.sched_getscheduler(thread), os.sched_getparam(thread))
             os.sched_setscheduler(thread, os.SCHED_FIFO, os.sched_param(priority))
